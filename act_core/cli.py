@@ -1,0 +1,50 @@
+"""The ``act-steer`` command line: one command, subcommands registered by each area.
+
+Each area module (``cli_core``, ``cli_image``, ``cli_llm``) exposes ``register(subparsers)``
+and imports its heavy dependencies inside the handlers, so ``act-steer --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+AREAS = ("act_core.cli_core", "act_core.cli_image", "act_core.cli_llm")
+
+
+class CLIError(Exception):
+    """An error meant for the user: printed as 'error: …' with exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="act-steer",
+        description="Activation Transport (AcT): fit transport maps and steer SDXL and LLMs with them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in AREAS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .mapfile import MapFileError
+
+    try:
+        rc = args.handler(args)
+    except (CLIError, MapFileError, ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"act-steer {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"act-steer {args.command}: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

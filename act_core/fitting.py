@@ -1,0 +1,120 @@
+"""Fitting procedures, written once against a Runner.
+
+A *Runner* is anything that can push a list of inputs (prompts) through a model so that
+hooked modules see their activations. Adapters for diffusers, ComfyUI and transformers each
+provide one; tests use a few lines around a plain ``nn.Module``::
+
+    class Runner(Protocol):
+        model: torch.nn.Module            # module names resolve against this tree
+        architecture: Optional[str]       # recorded in the map, checked when loading
+        def run(self, inputs, collector): # batches; sets collector.attention_mask per batch;
+            ...                           # wraps each forward in hooks.run_until_stop
+
+Procedures:
+
+``simultaneous``
+    One collection pass over source and target with every module hooked; each module is
+    fitted on activations of the *unsteered* model (the reference's ``atonce``).
+``causal``
+    Modules are fitted one at a time in forward order. Module ℓ is fitted on activations
+    produced with every upstream map already applied at λ = 1, to source *and* target
+    (paper Def. 3.2; the reference's ``incr``). The forward pass stops after module ℓ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Union
+
+import torch
+
+from .estimators import fit_transport
+from .hooks import ActivationCollector, steer
+from .mapfile import TransportMap, map_meta_defaults
+from .selection import ordered, select_modules
+
+PROCEDURES = ("simultaneous", "causal")
+#: progress(done, total, message); it may raise to cancel (no map is returned then).
+Progress = Callable[[int, int, str], None]
+
+
+class Runner(Protocol):
+    model: torch.nn.Module
+    architecture: Optional[str]
+
+    def run(self, inputs: Sequence[Any], collector: ActivationCollector) -> None: ...
+
+
+def _layout(shape: tuple) -> str:
+    return "spatial_mean" if len(shape) == 4 else "tokens"
+
+
+def collect(
+    runner: Runner,
+    inputs: Sequence[Any],
+    modules: Mapping[str, Optional[int]],
+    pooling: str = "mean",
+    stop_after: bool = True,
+) -> tuple:
+    """Run ``inputs`` once with ``modules`` hooked; return ``({name: (N, D)}, {name: shape})``."""
+    collector = ActivationCollector(runner.model, modules, pooling=pooling, stop_after=stop_after)
+    with collector:
+        runner.run(inputs, collector)
+    return collector.take(), dict(collector.shapes)
+
+
+def fit_map(
+    runner: Runner,
+    source: Sequence[Any],
+    target: Sequence[Any],
+    modules: Union[str, Sequence[str], Mapping[str, Optional[int]]],
+    method: str = "linear",
+    pooling: str = "mean",
+    procedure: str = "simultaneous",
+    support: Optional[str] = None,
+    progress: Optional[Progress] = None,
+    **meta: Any,
+) -> TransportMap:
+    """Fit one transport per module from ``source`` inputs toward ``target`` inputs.
+
+    Args:
+        modules: regex patterns (full match, optional ``:k`` tuple index) or an explicit
+            ``{name: index}`` mapping.
+        method: ``linear`` | ``mean`` | ``gaussian`` | ``aura``.
+        procedure: ``simultaneous`` | ``causal`` (see module docstring).
+        support: the maps' default support (also used for upstream maps in causal fitting).
+        progress: called as ``progress(done, total, message)``; raising from it cancels.
+        meta: extra metadata recorded in the map (e.g. ``style="watercolor"``).
+    """
+    if procedure not in PROCEDURES:
+        raise ValueError(f"unknown procedure {procedure!r}: choose one of {', '.join(PROCEDURES)}")
+    if len(source) == 0 or len(target) == 0:
+        raise ValueError(f"empty prompt set: {len(source)} source and {len(target)} target inputs; both need at least 2")
+    chosen = dict(modules) if isinstance(modules, Mapping) else select_modules(runner.model, modules)
+    names = ordered(runner.model, list(chosen))
+    tmap = TransportMap(
+        meta=map_meta_defaults(
+            method, pooling, procedure, getattr(runner, "architecture", None),
+            [str(s) for s in source], [str(t) for t in target], default_support=support, **meta,
+        )
+    )
+    tick = progress or (lambda done, total, msg: None)
+    if procedure == "simultaneous":
+        tick(0, 3, "collecting source activations")
+        src, shapes = collect(runner, source, {n: chosen[n] for n in names}, pooling)
+        tick(1, 3, "collecting target activations")
+        tgt, _ = collect(runner, target, {n: chosen[n] for n in names}, pooling)
+        tick(2, 3, f"fitting {len(names)} modules")
+        for n in names:
+            tmap.add(n, fit_transport(src[n], tgt[n], method, support), _layout(shapes[n]), chosen[n])
+        tick(3, 3, "done")
+        return tmap
+    total = len(names)
+    for i, n in enumerate(names):
+        tick(i, total, f"causal fit of {n} ({i + 1}/{total})")
+        with steer(runner.model, tmap, strength=1.0, support=support) if len(tmap) else contextlib.nullcontext():
+            src, shapes = collect(runner, source, {n: chosen[n]}, pooling)
+            tgt, _ = collect(runner, target, {n: chosen[n]}, pooling)
+        tmap.add(n, fit_transport(src[n], tgt[n], method, support), _layout(shapes[n]), chosen[n])
+    tick(total, total, "done")
+    return tmap

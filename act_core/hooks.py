@@ -1,0 +1,255 @@
+"""Forward hooks: collect pooled activations, and steer module outputs with a TransportMap.
+
+Both kinds are registered with ``register_forward_hook`` on any ``torch.nn.Module`` and
+are always removed: on ``remove()``, on leaving the ``with`` block, and when an exception
+passes through it. After removal the model is exactly as before (no state is touched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+
+import torch
+
+from .mapfile import TransportMap
+from .pooling import POOLINGS, pool
+
+
+class StopForward(Exception):
+    """Raised by a collector after the last hooked module, to end a forward pass early."""
+
+
+def _pick(output: Any, index: Optional[int]) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return output[0 if index is None else index]
+    raise TypeError(f"cannot hook a module output of type {type(output).__name__}; expected a tensor or a tuple")
+
+
+def _replace(output: Any, index: Optional[int], value: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return value
+    items = list(output)
+    items[0 if index is None else index] = value
+    if isinstance(output, list):
+        return items
+    if hasattr(output, "_fields"):  # namedtuple
+        return type(output)(*items)
+    return tuple(items)
+
+
+def count_hooks(model: torch.nn.Module) -> int:
+    """Number of forward and forward-pre hooks on ``model`` and all its submodules."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+# -- collection --------------------------------------------------------------------------------
+
+
+class ActivationCollector:
+    """Pool the outputs of named modules over every forward pass while attached.
+
+    Args:
+        model: the root module; names are resolved with ``get_submodule``.
+        modules: module name -> tuple output index (or None), or a list of names.
+        pooling: ``mean`` (default), ``max``, ``min``, ``last`` or ``none`` (see :mod:`pooling`).
+        stop_after: raise :class:`StopForward` once every hooked module has recorded in the
+            current pass, so the rest of the model is skipped. Callers wrap the forward in
+            :func:`run_until_stop`.
+        select: optional callable applied to each raw output before pooling (e.g. keep the
+            conditional half of a CFG batch).
+
+    Set ``collector.attention_mask`` (``(B, T)``, 1 = real token) before each batch for
+    padding-aware pooling. Memory: one ``(B, D)`` float32 row block per module and batch.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        modules: Union[Mapping[str, Optional[int]], Sequence[str]],
+        pooling: str = "mean",
+        stop_after: bool = False,
+        select: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ):
+        self.model = model
+        self.modules: Dict[str, Optional[int]] = dict(modules) if isinstance(modules, Mapping) else {n: None for n in modules}
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+        self.pooling = pooling
+        self.stop_after = stop_after
+        self.select = select
+        self.attention_mask: Optional[torch.Tensor] = None
+        self.records: Dict[str, List[torch.Tensor]] = {n: [] for n in self.modules}
+        self.shapes: Dict[str, tuple] = {}
+        self._fired: set = set()
+        self._handles: List[Any] = []
+        for n in self.modules:
+            model.get_submodule(n)  # fail early, before any hook is attached
+
+    def _make_hook(self, name: str, index: Optional[int]):
+        def hook(module, args, output):
+            x = _pick(output, index)
+            if self.select is not None:
+                x = self.select(x)
+            self.shapes[name] = tuple(x.shape)
+            self.records[name].append(pool(x, self.pooling, self.attention_mask).cpu())
+            self._fired.add(name)
+            if len(self._fired) == len(self.modules):
+                self._fired.clear()
+                if self.stop_after:
+                    raise StopForward()
+
+        return hook
+
+    def attach(self) -> "ActivationCollector":
+        if self._handles:
+            raise RuntimeError("collector is already attached")
+        try:
+            for n, idx in self.modules.items():
+                self._handles.append(self.model.get_submodule(n).register_forward_hook(self._make_hook(n, idx)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._fired.clear()
+
+    def __enter__(self) -> "ActivationCollector":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def take(self) -> Dict[str, torch.Tensor]:
+        """Return ``{module: (samples, D) float32}`` gathered so far, and start afresh."""
+        out = {}
+        for n, rows in self.records.items():
+            if not rows:
+                raise RuntimeError(f"module {n!r} recorded no activation: did the forward pass reach it?")
+            out[n] = torch.cat(rows, 0)
+            self.records[n] = []
+        return out
+
+
+def run_until_stop(fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """Call ``fn``; a :class:`StopForward` from a collector ends it quietly (returns None)."""
+    try:
+        return fn(*args, **kwargs)
+    except StopForward:
+        return None
+
+
+# -- steering ----------------------------------------------------------------------------------
+
+Gate = Callable[[str, torch.Tensor], Any]
+
+
+class SteerHandle:
+    """Forward hooks that transport module outputs; ``remove()`` restores the model.
+
+    ``strength`` is a float (every module) or a dict of per-module strengths (modules not
+    in it use ``tmap.default_strength``). ``support`` overrides every map's default support.
+    ``gate(name, output)`` may return True (steer the whole batch), False (leave this call
+    alone) or a ``(B,)`` bool tensor of batch rows to steer (e.g. the conditional half).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tmap: TransportMap,
+        strength: Union[float, Mapping[str, float], None] = None,
+        support: Optional[str] = None,
+        name_map: Optional[Callable[[str], str]] = None,
+        gate: Optional[Gate] = None,
+        layout: Optional[str] = None,
+    ):
+        self.model, self.tmap, self.support, self.gate, self.layout = model, tmap, support, gate, layout
+        self.name_map = name_map
+        self.set_strength(strength)
+        self._handles: List[Any] = []
+
+    def set_strength(self, strength: Union[float, Mapping[str, float], None]) -> None:
+        default = self.tmap.default_strength
+        if strength is None:
+            self.strengths = {n: default for n in self.tmap.maps}
+        elif isinstance(strength, Mapping):
+            unknown = [n for n in strength if n not in self.tmap.maps]
+            if unknown:
+                raise KeyError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
+            self.strengths = {n: float(strength.get(n, default)) for n in self.tmap.maps}
+        else:
+            self.strengths = {n: float(strength) for n in self.tmap.maps}
+
+    def _make_hook(self, name: str):
+        t = self.tmap.maps[name]
+        index = self.tmap.output_index.get(name)
+        layout = self.layout or self.tmap.layouts.get(name, "auto")
+
+        def hook(module, args, output):
+            lam = self.strengths[name]
+            if lam == 0:
+                return None
+            x = _pick(output, index)
+            rows = True if self.gate is None else self.gate(name, x)
+            if rows is False:
+                return None
+            if rows is True:
+                y = t.apply(x, lam, self.support, layout)
+            else:
+                y = x.clone()
+                y[rows] = t.apply(x[rows], lam, self.support, layout)
+            return _replace(output, index, y)
+
+        return hook
+
+    def attach(self) -> "SteerHandle":
+        if self._handles:
+            raise RuntimeError("steering hooks are already attached")
+        try:
+            for name in self.tmap.maps:
+                local = self.name_map(name) if self.name_map else name
+                module = self.model.get_submodule(local)
+                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> "SteerHandle":
+        return self.attach() if not self._handles else self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:
+    """Attach steering hooks now; call ``.remove()`` on the result to detach."""
+    return SteerHandle(model, tmap, strength, **kwargs).attach()
+
+
+@contextlib.contextmanager
+def steer(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> Iterator[SteerHandle]:
+    """``with steer(model, tmap, strength=1.0): ...`` — hooks exist only inside the block.
+
+    Keyword arguments: ``support``, ``name_map``, ``gate``, ``layout`` (see :class:`SteerHandle`).
+    """
+    handle = SteerHandle(model, tmap, strength, **kwargs).attach()
+    try:
+        yield handle
+    finally:
+        handle.remove()

@@ -1,0 +1,61 @@
+"""Pooling: reduce one module output to one vector per sample.
+
+Shapes: ``(B, D)`` passes through; ``(B, T, D)`` is reduced over tokens, skipping padding
+when an attention mask ``(B, T)`` (1 = real token) is given; ``(B, C, H, W)`` is reduced over
+space (the unit is the channel). Reductions run in float32. ``"none"`` keeps every
+token / pixel as its own row (``(rows, D)``) and is the only op whose memory grows with
+sequence length.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+POOLINGS = ("mean", "max", "min", "last", "none")
+
+
+def pool(x: torch.Tensor, pooling: str = "mean", attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Pool ``x`` to ``(B, D)`` float32 (``(rows, D)`` for ``"none"``); always a new tensor."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+    x = x.detach()
+    if x.ndim == 2:
+        return x.to(torch.float32, copy=True)
+    if x.ndim == 4:
+        b, c = x.shape[:2]
+        x = x.float().flatten(2).transpose(1, 2)  # (B, HW, C)
+        if pooling == "last":
+            raise ValueError("pooling 'last' has no meaning for a (B, C, H, W) feature map; use 'mean'")
+        attention_mask = None
+    elif x.ndim == 3:
+        x = x.float()
+    else:
+        raise ValueError(f"cannot pool an activation of shape {tuple(x.shape)}: expected (B, D), (B, T, D) or (B, C, H, W)")
+    mask = None
+    if attention_mask is not None and tuple(attention_mask.shape) == tuple(x.shape[:2]):
+        mask = attention_mask.to(device=x.device).bool()
+    if pooling == "none":
+        rows = x[mask] if mask is not None else x.reshape(-1, x.shape[-1])
+        return rows.contiguous()
+    if mask is None:
+        if pooling == "mean":
+            return x.mean(1)
+        if pooling == "max":
+            return x.amax(1)
+        if pooling == "min":
+            return x.amin(1)
+        return x[:, -1].clone()
+    m = mask.unsqueeze(-1)
+    if pooling == "mean":
+        count = m.sum(1).clamp(min=1)
+        return (x * m).sum(1) / count
+    if pooling == "max":
+        return x.masked_fill(~m, float("-inf")).amax(1)
+    if pooling == "min":
+        return x.masked_fill(~m, float("inf")).amin(1)
+    # last real token, whatever the padding side
+    t = mask.shape[1]
+    idx = (t - 1) - mask.flip(1).int().argmax(1)
+    return x[torch.arange(x.shape[0], device=x.device), idx].clone()

@@ -1,0 +1,200 @@
+"""Per-unit affine transport maps and how they are applied.
+
+A :class:`UnitTransport` holds, for ``D`` independent units, the affine map
+``T(a) = omega * a + beta`` together with the *support*: quantile bands of the
+source distribution inside which a value is transported. Values outside the
+chosen band pass through unchanged (the reference's strict-inequality rule,
+``lo < a < hi``); ``support="all"`` transports everything.
+
+Strength ``λ`` interpolates between identity and the full map (McCann
+interpolation, paper Eq. 1)::
+
+    T_λ(a) = (1 - λ) a + λ (ω a + β) = (1 + λ(ω - 1)) a + λ β
+
+``λ = 0`` returns the input unchanged, bit for bit. Any real ``λ`` is accepted.
+
+Layouts (``x`` is the activation tensor):
+
+``"tokens"``
+    ``x`` has shape ``(..., D)``; every element along the leading axes (every
+    token, every sample) is transported independently.
+``"spatial_mean"``
+    ``x`` has shape ``(B, D, H, W)`` (a conv feature map). As in the reference,
+    the unit value is each channel's spatial mean ``m``; the band test and the
+    map are evaluated on ``m`` and the whole channel is shifted by
+    ``T_λ(m) - m``: the spatial pattern is kept, its mean is transported.
+``"per_pixel"``
+    ``x`` has shape ``(B, D, H, W)``; the affine map is applied to every pixel
+    of the channel, the band test still uses the channel's spatial mean (the
+    bands were estimated on spatial means).
+``"auto"``
+    ``"spatial_mean"`` for 4-D inputs, ``"tokens"`` otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+
+#: Quantile bands stored for every map, as (lower %, upper %) of the source.
+BAND_PERCENTS: Dict[str, Tuple[float, float]] = {
+    "q_0_100": (0.0, 100.0),
+    "q_0.5_99.5": (0.5, 99.5),
+    "q_1_99": (1.0, 99.0),
+    "q_2_98": (2.0, 98.0),
+    "q_5_95": (5.0, 95.0),
+    "q_10_90": (10.0, 90.0),
+    "q_20_80": (20.0, 80.0),
+    "q_30_70": (30.0, 70.0),
+    "q_40_60": (40.0, 60.0),
+}
+BAND_NAMES: Tuple[str, ...] = tuple(BAND_PERCENTS)
+#: The unbounded support (paper's Q_∞); ``"q_all"`` is the reference's spelling.
+UNBOUNDED = "all"
+SUPPORT_CHOICES: Tuple[str, ...] = BAND_NAMES + (UNBOUNDED,)
+LAYOUTS = ("auto", "tokens", "spatial_mean", "per_pixel")
+
+#: Bit flags per unit, stored in map files.
+FLAG_CONSTANT_SOURCE = 1
+FLAG_CONSTANT_TARGET = 2
+
+
+def normalize_support(support: Optional[str]) -> str:
+    """Return the canonical support name, or raise a ValueError that lists the choices."""
+    if support in (UNBOUNDED, "q_all", "inf", None):
+        return UNBOUNDED
+    if support in BAND_PERCENTS:
+        return support
+    raise ValueError(
+        f"unknown support {support!r}: choose one of {', '.join(SUPPORT_CHOICES)} "
+        "(a quantile band of the source, or 'all' for the unbounded support)"
+    )
+
+
+@dataclass
+class UnitTransport:
+    """Affine per-unit transport ``a -> ω a + β`` for ``D`` units.
+
+    Attributes:
+        omega: ``(D,)`` float32 slopes ω.
+        beta: ``(D,)`` float32 offsets β.
+        bands: ``(len(BAND_NAMES), 2, D)`` float32 source quantiles; ``bands[k, 0]``
+            is the lower and ``bands[k, 1]`` the upper bound of band ``BAND_NAMES[k]``.
+        flags: ``(D,)`` uint8 bit flags (``FLAG_CONSTANT_SOURCE``, ``FLAG_CONSTANT_TARGET``).
+        method: the estimator that produced the map.
+        default_support: the support used when ``apply`` is given none.
+    """
+
+    omega: torch.Tensor
+    beta: torch.Tensor
+    bands: torch.Tensor
+    flags: torch.Tensor
+    method: str = "linear"
+    default_support: str = "q_0_100"
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        d = self.omega.shape
+        if self.omega.ndim != 1 or self.beta.shape != d:
+            raise ValueError(f"omega and beta must both have shape (D,), got {tuple(self.omega.shape)} and {tuple(self.beta.shape)}")
+        if self.bands.shape != (len(BAND_NAMES), 2, d[0]):
+            raise ValueError(f"bands must have shape ({len(BAND_NAMES)}, 2, {d[0]}), got {tuple(self.bands.shape)}")
+        if self.flags.shape != d:
+            raise ValueError(f"flags must have shape ({d[0]},), got {tuple(self.flags.shape)}")
+        self.default_support = normalize_support(self.default_support)
+
+    @property
+    def units(self) -> int:
+        return int(self.omega.shape[0])
+
+    @property
+    def degenerate(self) -> torch.Tensor:
+        """``(D,)`` bool: units whose source was constant (mapped by a pure shift)."""
+        return (self.flags & FLAG_CONSTANT_SOURCE) != 0
+
+    def band(self, support: str) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """Return ``(lo, hi)`` of a named band, or None for the unbounded support."""
+        support = normalize_support(support)
+        if support == UNBOUNDED:
+            return None
+        k = BAND_NAMES.index(support)
+        return self.bands[k, 0], self.bands[k, 1]
+
+    # -- application ---------------------------------------------------------------------------
+
+    def coefficients(self, strength: float, dtype: torch.dtype, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(a, c)`` with ``T_λ(x) = a x + c``: ``a = 1 + λ(ω-1)``, ``c = λβ`` (computed in float64)."""
+        key = ("coef", float(strength), dtype, device)
+        hit = self._cache.get(key)
+        if hit is None:
+            lam = float(strength)
+            a = 1.0 + lam * (self.omega.double() - 1.0)
+            c = lam * self.beta.double()
+            hit = (a.to(device=device, dtype=dtype), c.to(device=device, dtype=dtype))
+            if len(self._cache) > 16:
+                self._cache.clear()
+            self._cache[key] = hit
+        return hit
+
+    def bounds(self, support: str, dtype: torch.dtype, device: torch.device) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        key = ("band", support, dtype, device)
+        if key not in self._cache:
+            b = self.band(support)
+            self._cache[key] = None if b is None else (b[0].to(device=device, dtype=dtype), b[1].to(device=device, dtype=dtype))
+        return self._cache[key]
+
+    def apply(self, x: torch.Tensor, strength: float = 1.0, support: Optional[str] = None, layout: str = "auto") -> torch.Tensor:
+        """Transport ``x`` with strength ``λ``; see the module docstring for layouts and support.
+
+        The computation runs in ``x``'s dtype on ``x``'s device; the map is cast once and cached.
+        Returns a new tensor (``x`` itself when ``strength == 0``).
+        """
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+        if not torch.is_floating_point(x):
+            raise TypeError(f"activations must be a floating-point tensor, got {x.dtype}")
+        support = normalize_support(self.default_support if support is None else support)
+        if layout == "auto":
+            layout = "spatial_mean" if x.ndim == 4 else "tokens"
+        channel_dim = 1 if layout in ("spatial_mean", "per_pixel") else -1
+        if layout != "tokens" and x.ndim != 4:
+            raise ValueError(f"layout {layout!r} needs a 4-D (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+        if x.shape[channel_dim] != self.units:
+            raise ValueError(
+                f"activation has {x.shape[channel_dim]} units on dim {channel_dim} (shape {tuple(x.shape)}) "
+                f"but the map has {self.units}"
+            )
+        if strength == 0:
+            return x
+        a, c = self.coefficients(strength, x.dtype, x.device)
+        bounds = self.bounds(support, x.dtype, x.device)
+        if layout == "tokens":
+            y = torch.addcmul(c, x, a)
+            if bounds is None:
+                return y
+            return torch.where((bounds[0] < x) & (x < bounds[1]), y, x)
+        # 4-D layouts: band test on the spatial mean of each (sample, channel)
+        view = (1, -1, 1, 1)
+        if layout == "spatial_mean":
+            m = x.mean(dim=(2, 3))
+            shift = torch.addcmul(c, m, a) - m
+            if bounds is not None:
+                shift = torch.where((bounds[0] < m) & (m < bounds[1]), shift, torch.zeros_like(shift))
+            return x + shift[:, :, None, None]
+        y = torch.addcmul(c.view(view), x, a.view(view))
+        if bounds is None:
+            return y
+        m = x.mean(dim=(2, 3), keepdim=True)
+        inside = (bounds[0].view(view) < m) & (m < bounds[1].view(view))
+        return torch.where(inside, y, x)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def folded(self, strength: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Float32 ``(a, c)`` of the fixed-λ map ``x -> a x + c`` (exact only with ``support='all'``)."""
+        return self.coefficients(strength, torch.float32, torch.device("cpu"))
+
+    def to_tensors(self) -> Dict[str, torch.Tensor]:
+        return {"omega": self.omega, "beta": self.beta, "bands": self.bands, "flags": self.flags}

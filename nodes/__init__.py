@@ -1,0 +1,1 @@
+"""ComfyUI nodes of act-steering (no math here: everything calls act_core)."""
