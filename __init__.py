@@ -1,12 +1,9 @@
 """ComfyUI entry point of the act-steering node pack (the repository root is the node folder).
 
-ComfyUI imports this file as a package; nodes are defined in ./nodes and loaded through the
-V3 ``comfy_entrypoint``. Outside ComfyUI (e.g. when pytest imports the repository root)
-nothing here runs.
+ComfyUI imports this file as a package (``custom_nodes/<folder>/__init__.py``); the nodes live
+in ./nodes and are loaded through the V3 ``comfy_entrypoint``. When the file is imported
+outside a package (pytest collecting the repository root) nothing here runs.
 """
 
-try:
+if __package__:
     from .nodes import comfy_entrypoint  # noqa: F401
-except ImportError as _e:  # pragma: no cover - only outside ComfyUI
-    if "comfy" not in str(_e):
-        raise
