@@ -5,8 +5,9 @@ V3 ``comfy_entrypoint``. Outside ComfyUI (e.g. when pytest imports the repositor
 nothing here runs.
 """
 
-try:
-    from .nodes import comfy_entrypoint  # noqa: F401
-except ImportError as _e:  # pragma: no cover - only outside ComfyUI
-    if "comfy" not in str(_e):
-        raise
+if __package__:  # pytest may import this file on its own (no parent package): then do nothing
+    try:
+        from .nodes import comfy_entrypoint  # noqa: F401
+    except ImportError as _e:  # pragma: no cover - only outside ComfyUI
+        if "comfy" not in str(_e):
+            raise
