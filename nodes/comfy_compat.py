@@ -1,0 +1,239 @@
+"""The only module of the pack that touches ComfyUI (``comfy.*``, ``folder_paths``, ``comfy_api``).
+
+Everything else in ``nodes/`` talks to ComfyUI through the names below, and all math lives in
+``act_core``. Written against ComfyUI 0.3.75 (the version the tests run); features that moved
+between versions are looked up with ``getattr``.
+
+Module trees used for names (see ``act_core.names``):
+
+- UNet: ``MODEL.model`` (``comfy.model_base.SDXL``), names ``diffusion_model.<UNetModel name>``;
+- text encoders: ``CLIP.cond_stage_model`` (``SDXLClipModel``), names ``clip_l.transformer.text_model.<x>``.
+
+:func:`model_tree` joins both in one read-only naming view (``model.`` + UNet names,
+``cond_stage_model.`` + CLIP names) so a single fit can hook either or both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.sample
+import comfy.utils
+import folder_paths
+from comfy_api.latest import ComfyExtension, io, ui  # noqa: F401  (re-exported for the node modules)
+
+log = logging.getLogger("act_steering")
+
+TransportMapType = io.Custom("TRANSPORT_MAP")
+PromptPairsType = io.Custom("ACT_PROMPT_PAIRS")
+
+UNET_ROOT = "model"
+CLIP_ROOT = "cond_stage_model"
+WRAPPER_KEY = "act_steering"
+MAPS_FOLDER = "act_maps"
+
+
+# -- model identity ---------------------------------------------------------------------------
+
+def architecture(model) -> str:
+    """``"sdxl"`` for SDXL-family MODELs (base, Turbo, Lightning, ...), else a lower-case class name."""
+    import comfy.model_base
+
+    base = model.model
+    if isinstance(base, comfy.model_base.SDXL):
+        return "sdxl"
+    return type(base).__name__.lower()
+
+
+def clip_architecture(clip) -> str:
+    import comfy.sdxl_clip
+
+    cm = clip.cond_stage_model
+    if isinstance(cm, comfy.sdxl_clip.SDXLClipModel):
+        return "sdxl"
+    return type(cm).__name__.lower()
+
+
+class _View(torch.nn.Module):
+    """A naming view: children are shared modules (not copied); never called."""
+
+    def __init__(self, children: Dict[str, torch.nn.Module]):
+        super().__init__()
+        for k, v in children.items():
+            self.add_module(k, v)
+
+    def forward(self, *a, **k):  # pragma: no cover
+        raise RuntimeError("naming view only")
+
+
+def model_tree(model=None, clip=None) -> torch.nn.Module:
+    """``nn.Module`` whose names are ``model.<UNet names>`` and ``cond_stage_model.<CLIP names>``.
+
+    CLIP first: ``named_modules()`` order is then forward order (text encoders run first).
+    """
+    kids: Dict[str, torch.nn.Module] = {}
+    if clip is not None:
+        kids[CLIP_ROOT] = clip.cond_stage_model
+    if model is not None:
+        kids[UNET_ROOT] = model.model
+    return _View(kids)
+
+
+# -- progress and cancellation -----------------------------------------------------------------
+
+def progress_bar(total: int):
+    return comfy.utils.ProgressBar(max(1, int(total)))
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's interruption exception when the user pressed Cancel (POST /interrupt)."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+# -- text encoding and sampling ----------------------------------------------------------------
+
+def encode(clip, text: str):
+    """CONDITIONING for ``text``, as CLIPTextEncode makes it."""
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def latent_channels(model) -> int:
+    return int(getattr(model.model.latent_format, "latent_channels", 4))
+
+
+def empty_latent(model, width: int, height: int, batch: int = 1) -> torch.Tensor:
+    return torch.zeros(batch, latent_channels(model), max(1, height // 8), max(1, width // 8))
+
+
+def sample(model, positive, negative, latent: torch.Tensor, seed: int, steps: int, cfg: float,
+           sampler_name: str = "euler", scheduler: str = "normal", denoise: float = 1.0) -> torch.Tensor:
+    """Run ComfyUI's own sampler (the KSampler path) and return the denoised latent."""
+    latent = comfy.sample.fix_empty_latent_channels(model, latent) if hasattr(comfy.sample, "fix_empty_latent_channels") else latent
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+                               denoise=denoise, seed=seed, disable_pbar=True)
+
+
+def sampler_names() -> List[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS)
+
+
+def scheduler_names() -> List[str]:
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def decode(vae, latent: torch.Tensor) -> torch.Tensor:
+    """VAE-decode to an IMAGE tensor ``(B, H, W, 3)`` in [0, 1]."""
+    images = vae.decode(latent)
+    if images.ndim == 5:  # some VAEs return (B, T, H, W, C)
+        images = images.reshape(-1, *images.shape[-3:])
+    return images
+
+
+# -- running the UNet / text encoders under act_core hooks --------------------------------------
+
+def percent_to_sigma(model, percent: float) -> float:
+    return float(model.get_model_object("model_sampling").percent_to_sigma(float(percent)))
+
+
+def add_unet_wrapper(model, wrapper: Callable) -> Any:
+    """Clone ``model`` and wrap every UNet forward of the clone in ``wrapper``.
+
+    ``wrapper(unet, call, transformer_options)`` must run ``call()`` (the real forward) and
+    return its result; it sees the ``UNetModel`` and ComfyUI's ``transformer_options``
+    (``cond_or_uncond``, ``sigmas``). The input MODEL is not changed.
+    """
+
+    def diffusion_model_wrapper(executor, *args, **kwargs):
+        transformer_options = kwargs.get("transformer_options")
+        if transformer_options is None:
+            transformer_options = args[5] if len(args) > 5 else {}
+        return wrapper(executor.class_obj, lambda: executor(*args, **kwargs), transformer_options)
+
+    m = model.clone()
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
+    return m
+
+
+def cond_rows(transformer_options, batch: int) -> Optional[torch.Tensor]:
+    """``(batch,)`` bool: rows of the conditional (positive) half; None when unknown."""
+    cu = transformer_options.get("cond_or_uncond") if transformer_options else None
+    if not cu or batch % len(cu):
+        return None
+    chunk = batch // len(cu)
+    return torch.tensor([c == 0 for c in cu for _ in range(chunk)], dtype=torch.bool)
+
+
+def current_sigma(transformer_options) -> Optional[float]:
+    s = transformer_options.get("sigmas") if transformer_options else None
+    if s is None:
+        return None
+    return float(s.flatten()[0]) if isinstance(s, torch.Tensor) else float(s)
+
+
+def patch_clip_encode(clip, around: Callable) -> Any:
+    """Clone ``clip`` so that its text encoding runs inside ``around(cond_stage_model, call)``.
+
+    Implemented as an object patch of ``cond_stage_model.encode_token_weights`` on the clone's
+    patcher: ComfyUI applies it only while the clone is the loaded CLIP, so the input CLIP
+    (which shares the same modules) is never affected.
+    """
+    c = clip.clone()
+    cm = clip.cond_stage_model
+    original = type(cm).encode_token_weights
+
+    def encode_token_weights(token_weight_pairs):
+        return around(cm, lambda: original(cm, token_weight_pairs))
+
+    c.patcher.add_object_patch("encode_token_weights", encode_token_weights)
+    return c
+
+
+# -- the act_maps model folder -----------------------------------------------------------------
+
+def register_maps_folder() -> None:
+    """Register ``models/act_maps`` first in the folder list (``extra_model_paths.yaml`` entries
+    named ``act_maps`` are kept after it) and list only ``.safetensors`` files there."""
+    default = os.path.join(folder_paths.models_dir, MAPS_FOLDER)
+    folder_paths.add_model_folder_path(MAPS_FOLDER, default, is_default=True)
+    _, exts = folder_paths.folder_names_and_paths[MAPS_FOLDER]
+    if exts != {".safetensors"}:
+        exts.clear()
+        exts.add(".safetensors")
+
+
+def list_maps() -> List[str]:
+    register_maps_folder()
+    return sorted(folder_paths.get_filename_list(MAPS_FOLDER))
+
+
+def map_path(name: str) -> str:
+    register_maps_folder()
+    return folder_paths.get_full_path_or_raise(MAPS_FOLDER, name)
+
+
+def maps_save_dir() -> str:
+    register_maps_folder()
+    paths = folder_paths.get_folder_paths(MAPS_FOLDER)
+    target = paths[0]
+    os.makedirs(target, exist_ok=True)
+    return target
+
+
+def comfy_version() -> str:
+    try:
+        import comfyui_version
+
+        return str(comfyui_version.__version__)
+    except Exception:  # pragma: no cover - very old or very new layouts
+        return "unknown"

@@ -1,0 +1,141 @@
+"""Pack-side glue between ComfyUI module trees and act_core (no ComfyUI imports, no math).
+
+Names: :func:`comfy_compat.model_tree` exposes ``model.<UNet names>`` and
+``cond_stage_model.<CLIP names>``; maps store canonical names (``act_core.names``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Iterable, Mapping, Optional
+
+from act_core import names as act_names
+from act_core.mapfile import MapFileError, TransportMap
+
+UNET_ROOT = "model"
+CLIP_ROOT = "cond_stage_model"
+SUPPORTED_ARCHITECTURES = ("sdxl",)
+
+
+def tree_to_canonical(tree_name: str) -> str:
+    root, _, rest = tree_name.partition(".")
+    if root not in (UNET_ROOT, CLIP_ROOT) or not rest:
+        raise act_names.NameTranslationError(f"{tree_name!r} is not below model. or cond_stage_model.")
+    return act_names.from_comfy(rest)
+
+
+def canonical_to_tree(canonical: str) -> str:
+    root = UNET_ROOT if act_names.component(canonical) == "unet" else CLIP_ROOT
+    return f"{root}.{act_names.to_comfy(canonical)}"
+
+
+def canonical_index(tree_names: Iterable[str]) -> Dict[str, str]:
+    """``{canonical: tree name}`` for every module of the tree that has a canonical name (tree order)."""
+    out: Dict[str, str] = {}
+    for n in tree_names:
+        try:
+            c = tree_to_canonical(n)
+        except act_names.NameTranslationError:
+            continue
+        out.setdefault(c, n)
+    return out
+
+
+def check_architecture(tmap: TransportMap, model_architecture: Optional[str] = None) -> None:
+    """Clear errors for maps this pack cannot apply (an LLM map, an SD1.5 model, ...)."""
+    arch = tmap.architecture
+    if arch and arch not in SUPPORTED_ARCHITECTURES:
+        raise MapFileError(
+            f"this map was fitted on a {arch!r} model; the ComfyUI nodes steer SDXL-family models "
+            f"({', '.join(SUPPORTED_ARCHITECTURES)}). Fit a map on an SDXL checkpoint (Fit transport map node)."
+        )
+    if model_architecture and model_architecture not in SUPPORTED_ARCHITECTURES:
+        raise MapFileError(
+            f"the connected model is {model_architecture!r}; activation-transport maps here work on SDXL-family "
+            "checkpoints (SDXL base, Turbo, Lightning, ...). Load an SDXL checkpoint."
+        )
+    if arch and model_architecture and arch != model_architecture:
+        raise MapFileError(f"this map was fitted on {arch!r} but the model is {model_architecture!r}")
+
+
+def component_subset(tmap: TransportMap, component: str, node_hint: str) -> TransportMap:
+    """The part of ``tmap`` that lives in ``component`` ("unet" or "clip"), or a clear error."""
+    keep = []
+    for n in tmap.maps:
+        try:
+            if act_names.component(n) == component:
+                keep.append(n)
+        except act_names.NameTranslationError as e:
+            raise MapFileError(f"map module {n!r} is not an SDXL module name ({e})") from None
+    if not keep:
+        other = "text-encoder" if component == "unet" else "UNet"
+        raise MapFileError(f"this map has only {other} modules; connect it to {node_hint} instead")
+    return tmap.subset(keep)
+
+
+_ALIASES = {
+    "unet": r"unet\..*", "down": r"unet\.down_blocks\..*", "mid": r"unet\.mid_block\..*",
+    "up": r"unet\.up_blocks\..*", "text_encoder": r"text_encoder\..*", "text_encoder_2": r"text_encoder_2\..*",
+}
+
+
+def block_strengths(spec: str, modules: Iterable[str], strength: float) -> Dict[str, float]:
+    """Per-module strengths from ``strength`` and a per-block spec.
+
+    ``spec`` holds lines or comma-separated items ``key=factor``; ``key`` is ``down``, ``mid``,
+    ``up``, ``unet``, ``text_encoder``, ``text_encoder_2`` or a full-match regex over canonical
+    names. A module gets ``strength * factor`` of the *first* item that matches it, else
+    ``strength``. Example: ``down=0, mid=1, up=1.5``.
+    """
+    modules = list(modules)
+    out = {n: float(strength) for n in modules}
+    items = [s.strip() for s in re.split(r"[,\n]", spec or "") if s.strip()]
+    taken = set()
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ValueError(f"per-block strength item {item!r} must look like 'down=0.5' (key=factor)")
+        try:
+            factor = float(value)
+        except ValueError:
+            raise ValueError(f"per-block strength {item!r}: {value!r} is not a number") from None
+        pattern = _ALIASES.get(key, key)
+        try:
+            rx = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"per-block key {key!r} is neither down/mid/up/unet/text_encoder(_2) nor a valid regex: {e}") from None
+        hits = [n for n in modules if rx.fullmatch(n)]
+        if not hits:
+            raise ValueError(
+                f"per-block key {key!r} matches no module of this map; use down, mid, up, unet, text_encoder, "
+                f"text_encoder_2 or a regex over names such as {modules[0]!r}"
+            )
+        for n in hits:
+            if n not in taken:
+                out[n] = float(strength) * factor
+                taken.add(n)
+    return out
+
+
+def rows_gate(rows_fn):
+    """act_core gate from ``rows_fn(batch) -> (B,) bool or None`` (None = steer every row)."""
+
+    def gate(name, x):
+        rows = rows_fn(x.shape[0])
+        if rows is None or bool(rows.all()):
+            return True
+        if not bool(rows.any()):
+            return False
+        return rows.to(x.device)
+
+    return gate
+
+
+def local_name_map(tmap: TransportMap, strip: str) -> Mapping[str, str]:
+    """``{canonical: ComfyUI name with the leading ``strip.`` removed}`` for every module of ``tmap``."""
+    out = {}
+    for n in tmap.maps:
+        local = act_names.to_comfy(n)
+        out[n] = local[len(strip) + 1:] if strip and local.startswith(strip + ".") else local
+    return out

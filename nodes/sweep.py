@@ -1,0 +1,105 @@
+"""Strength sweep node: one image per λ, same seed, labelled and laid out as a grid."""
+
+from __future__ import annotations
+
+import re
+from typing import List, Sequence
+
+import numpy as np
+import torch
+
+from . import comfy_compat as cc
+from .apply import apply_to_model
+from .comfy_compat import TransportMapType, io, ui
+
+CATEGORY = "steering/act"
+MAX_STRENGTHS = 16
+
+
+def parse_strengths(text: str) -> List[float]:
+    items = [s for s in re.split(r"[,\s;]+", text or "") if s]
+    if not items:
+        raise ValueError("give at least one strength, e.g. '0, 0.5, 1, 1.5'")
+    try:
+        values = [float(s) for s in items]
+    except ValueError:
+        raise ValueError(f"strengths must be numbers separated by commas, got {text!r}") from None
+    if len(values) > MAX_STRENGTHS:
+        raise ValueError(f"{len(values)} strengths given; a sweep renders at most {MAX_STRENGTHS}")
+    return values
+
+
+def labelled_grid(images: Sequence[torch.Tensor], labels: Sequence[str], columns: int) -> torch.Tensor:
+    """Tile ``(H, W, 3)`` images in rows of ``columns`` with a text strip above each; ``(1, H', W', 3)``."""
+    from PIL import Image, ImageDraw
+
+    h, w = images[0].shape[:2]
+    strip = max(12, min(32, h // 8))
+    tiles = []
+    for img, label in zip(images, labels):
+        canvas = Image.new("RGB", (w, h + strip), (255, 255, 255))
+        arr = (img.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        canvas.paste(Image.fromarray(arr), (0, strip))
+        ImageDraw.Draw(canvas).text((2, 1), label, fill=(0, 0, 0))
+        tiles.append(torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0))
+    columns = max(1, min(columns, len(tiles)))
+    rows = (len(tiles) + columns - 1) // columns
+    blank = torch.ones_like(tiles[0])
+    tiles += [blank] * (rows * columns - len(tiles))
+    grid = torch.cat([torch.cat(tiles[r * columns:(r + 1) * columns], dim=1) for r in range(rows)], dim=0)
+    return grid.unsqueeze(0)
+
+
+class StrengthSweep(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ActStrengthSweep",
+            display_name="Strength sweep (AcT)",
+            category=CATEGORY,
+            description=(
+                "Renders the same seed once per strength λ with the map applied to the model (as 'Apply transport map "
+                "to model'), decodes with the VAE and returns a labelled grid plus the images. λ = 0 is the unsteered model."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The SDXL-family model."),
+                TransportMapType.Input("transport_map", tooltip="A map with UNet layers."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning (CLIP Text Encode)."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning."),
+                io.Latent.Input("latent_image", tooltip="Starting latent (Empty Latent Image)."),
+                io.Vae.Input("vae", tooltip="VAE to decode the results."),
+                io.String.Input("strengths", default="0, 0.5, 1, 1.5", tooltip="Comma-separated λ values, one image each."),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                             tooltip="Noise seed, the same for every λ."),
+                io.Int.Input("steps", default=20, min=1, max=200, tooltip="Sampling steps."),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale."),
+                io.Combo.Input("sampler_name", options=cc.sampler_names(), default="euler", tooltip="Sampler."),
+                io.Combo.Input("scheduler", options=cc.scheduler_names(), default="normal", tooltip="Scheduler."),
+                io.Int.Input("columns", default=4, min=1, max=16, tooltip="Images per grid row."),
+            ],
+            outputs=[io.Image.Output(display_name="grid", tooltip="Labelled grid, one tile per λ."),
+                     io.Image.Output(display_name="images", tooltip="The images as a batch, in λ order.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, transport_map, positive, negative, latent_image, vae, strengths, seed, steps, cfg,
+                sampler_name, scheduler, columns) -> io.NodeOutput:
+        values = parse_strengths(strengths)
+        latent = latent_image["samples"]
+        bar = cc.progress_bar(len(values))
+        images = []
+        for i, lam in enumerate(values):
+            cc.check_interrupted()
+            m = apply_to_model(model, transport_map, lam)
+            out = cc.sample(m, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler)
+            images.append(cc.decode(vae, out))
+            bar.update_absolute(i + 1, len(values))
+        batch = torch.cat(images, 0)
+        per = images[0].shape[0]
+        labels = [f"λ={lam:g}" + (f" #{k}" if per > 1 else "") for lam in values for k in range(per)]
+        grid = labelled_grid(list(batch), labels, columns * per)
+        return io.NodeOutput(grid, batch, ui=ui.PreviewImage(grid, cls=cls))
+
+
+NODES = [StrengthSweep]

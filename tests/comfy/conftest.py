@@ -1,0 +1,79 @@
+"""Fixtures for the ComfyUI tests: a real ComfyUI 0.3.75 (tools/comfyui_setup.py), imported in-process.
+
+The setup runs once (idempotent, stamped); without network and without a prepared
+``.comfyui/`` the tests fail with the setup's own error rather than skipping.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIM = ROOT / "tools" / "comfy_shim"
+HERE = Path(__file__).resolve().parent
+
+
+def comfyui_dir() -> Path:
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import comfyui_setup
+    finally:
+        sys.path.pop(0)
+    if not comfyui_setup.ready():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "comfyui_setup.py")], check=True)
+    return comfyui_setup.comfyui_dir()
+
+
+def _load_file_module(name, path, package_dir=None):
+    kw = {"submodule_search_locations": [str(package_dir)]} if package_dir else {}
+    spec = importlib.util.spec_from_file_location(name, str(path), **kw)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def comfy_env(tmp_path_factory):
+    """Import ComfyUI in this process (CPU), with models/ under a temporary folder."""
+    import torch
+
+    torch.set_num_threads(1)
+    comfy = comfyui_dir()
+    _load_file_module("act_comfy_shim", SHIM / "sitecustomize.py").install()
+    if str(comfy) not in sys.path:
+        sys.path.insert(0, str(comfy))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import folder_paths
+
+    base = tmp_path_factory.mktemp("comfy_base")
+    folder_paths.models_dir = str(base / "models")
+    folder_paths.set_temp_directory(str(base / "temp")) if hasattr(folder_paths, "set_temp_directory") else None
+    folder_paths.output_directory = str(base / "output")
+    import comfy.model_management  # noqa: F401  (device setup with args.cpu)
+    import nodes  # noqa: F401  (ComfyUI's nodes.py: registers the stock nodes)
+
+    return {"dir": comfy, "base": base}
+
+
+@pytest.fixture(scope="session")
+def pack(comfy_env):
+    """The node pack imported as ComfyUI imports it: the repository root as a package."""
+    return _load_file_module("act_steering_pack", ROOT / "__init__.py", ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_pack(comfy_env):
+    return _load_file_module("act_tiny_sdxl", HERE / "act_tiny_sdxl" / "__init__.py", HERE / "act_tiny_sdxl")
+
+
+@pytest.fixture()
+def tiny(tiny_pack):
+    """A fresh tiny SDXL (MODEL, CLIP); seeded, so every build is identical."""
+    return tiny_pack.build(seed=0)
