@@ -43,10 +43,10 @@ def comfy_env(tmp_path_factory):
     import torch
 
     torch.set_num_threads(1)
-    comfy = comfyui_dir()
+    comfy_dir = comfyui_dir()
     _load_file_module("act_comfy_shim", SHIM / "sitecustomize.py").install()
-    if str(comfy) not in sys.path:
-        sys.path.insert(0, str(comfy))
+    if str(comfy_dir) not in sys.path:
+        sys.path.insert(0, str(comfy_dir))
     from comfy.cli_args import args
 
     args.cpu = True
@@ -59,7 +59,7 @@ def comfy_env(tmp_path_factory):
     import comfy.model_management  # noqa: F401  (device setup with args.cpu)
     import nodes  # noqa: F401  (ComfyUI's nodes.py: registers the stock nodes)
 
-    return {"dir": comfy, "base": base}
+    return {"dir": comfy_dir, "base": base}
 
 
 @pytest.fixture(scope="session")
