@@ -122,6 +122,7 @@ SPECS = {
 def build(title, nodes, links, object_info):
     by_id = {}
     ui_links = []
+    column_y = [60]
     for nid, (ntype, widgets) in nodes:
         info = object_info[ntype]
         specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
@@ -144,8 +145,15 @@ def build(title, nodes, links, object_info):
             raise KeyError(f"{ntype}: unknown widgets {unknown}")
         outputs = [{"name": n, "type": t, "links": [], "slot_index": k}
                    for k, (n, t) in enumerate(zip(info["output_name"], info["output"]))]
-        col, row = divmod(len(by_id), 4)
-        by_id[nid] = {"id": nid, "type": ntype, "pos": [60 + 420 * col, 60 + 300 * row], "size": [380, 260],
+        multiline = sum(1 for n in order if len(specs[n]) > 1 and isinstance(specs[n][1], dict) and specs[n][1].get("multiline"))
+        height = 60 + 24 * (len(values) + len(inputs) + len(outputs)) + 110 * multiline
+        if ntype in ("SaveImage", "PreviewImage", "ActStrengthSweep"):
+            height += 220
+        if column_y[-1] + height > 1400:
+            column_y.append(60)
+        x, y = 60 + 440 * (len(column_y) - 1), column_y[-1]
+        column_y[-1] += height + 40
+        by_id[nid] = {"id": nid, "type": ntype, "pos": [x, y], "size": [400, height],
                       "flags": {}, "order": len(by_id), "mode": 0, "inputs": inputs, "outputs": outputs,
                       "properties": {"Node name for S&R": ntype}, "widgets_values": values}
     for k, (src, dst, name) in enumerate(links, start=1):

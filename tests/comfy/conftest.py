@@ -5,6 +5,8 @@ The setup runs once (idempotent, stamped); without network and without a prepare
 """
 
 import importlib.util
+import shutil
+import time
 import os
 import subprocess
 import sys
@@ -12,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
+TINY = "tiny_sdxl.safetensors"
+
 ROOT = Path(__file__).resolve().parents[2]
 SHIM = ROOT / "tools" / "comfy_shim"
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import server  # noqa: E402
 
 
 def comfyui_dir() -> Path:
@@ -77,3 +83,26 @@ def tiny_pack(comfy_env):
 def tiny(tiny_pack):
     """A fresh tiny SDXL (MODEL, CLIP); seeded, so every build is identical."""
     return tiny_pack.build(seed=0)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_env, tiny_pack, tmp_path_factory):
+    base = tmp_path_factory.mktemp("server_base")
+    server.install_pack(base / "custom_nodes")
+    shutil.copytree(Path(__file__).parent / "act_tiny_sdxl", base / "custom_nodes" / "act_tiny_sdxl",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (base / "models" / "checkpoints").mkdir(parents=True)
+    tiny_pack.save_tiny_checkpoint(base / "models" / "checkpoints" / TINY)
+    s = server.ComfyServer(comfy_env["dir"], base)
+    t0 = time.time()
+    s.start()
+    print(f"ComfyUI server answered after {time.time() - t0:.1f} s")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy_server):
+    return comfy_server.get("/object_info")
+
+

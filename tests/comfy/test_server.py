@@ -1,7 +1,6 @@
 """The node pack in a real ComfyUI 0.3.75 server (subprocess on 127.0.0.1, --cpu), driven over HTTP."""
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -16,29 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 NODE_IDS = ["ActPromptPairs", "ActFitTransportMap", "ActApplyToModel", "ActApplyToClip", "ActSaveMap", "ActLoadMap",
             "ActCombineMaps", "ActMapInfo", "ActStrengthSweep"]
-TINY = "tiny_sdxl.safetensors"
+from conftest import TINY
 SMALL = {"ckpt_name": TINY, "width": 64, "height": 64, "steps": 2, "count": 4}
-
-
-@pytest.fixture(scope="session")
-def comfy_server(comfy_env, tiny_pack, tmp_path_factory):
-    base = tmp_path_factory.mktemp("server_base")
-    srv.install_pack(base / "custom_nodes")
-    shutil.copytree(Path(__file__).parent / "act_tiny_sdxl", base / "custom_nodes" / "act_tiny_sdxl",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (base / "models" / "checkpoints").mkdir(parents=True)
-    tiny_pack.save_tiny_checkpoint(base / "models" / "checkpoints" / TINY)
-    s = srv.ComfyServer(comfy_env["dir"], base)
-    t0 = time.time()
-    s.start()
-    print(f"ComfyUI server answered after {time.time() - t0:.1f} s")
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="session")
-def object_info(comfy_server):
-    return comfy_server.get("/object_info")
 
 
 def _workflow(name):
