@@ -6,12 +6,13 @@ in ./nodes and are loaded through the V3 ``comfy_entrypoint``. The library the n
 is registered under that name (only ``act_core``; the folder itself is never put on
 ``sys.path``, which would expose ``nodes`` and shadow ComfyUI's ``nodes.py``).
 
-When the file is imported outside a package (pytest collecting the repository root) nothing
-here runs.
+Outside ComfyUI (no ``comfy_api`` importable, e.g. pytest collecting the repository root as a
+package) nothing here runs.
 """
 
-if __package__:
-    import importlib.util as _ilu
+import importlib.util as _ilu
+
+if __package__ and _ilu.find_spec("comfy_api") is not None:
     import os as _os
     import sys as _sys
 
