@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIM = ROOT / "tools" / "comfy_shim"
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import server  # noqa: E402
+import comfy_harness as server  # noqa: E402
 
 
 def comfyui_dir() -> Path:
@@ -93,9 +93,12 @@ def comfy_server(comfy_env, tiny_pack, tmp_path_factory):
                     ignore=shutil.ignore_patterns("__pycache__"))
     (base / "models" / "checkpoints").mkdir(parents=True)
     tiny_pack.save_tiny_checkpoint(base / "models" / "checkpoints" / TINY)
+    # a second act_maps folder, as a user's extra_model_paths.yaml would add it
+    (base / "extra_maps").mkdir()
+    (base / "extra_model_paths.yaml").write_text(f"act_tests:\n  base_path: {base}\n  act_maps: extra_maps\n")
     s = server.ComfyServer(comfy_env["dir"], base)
     t0 = time.time()
-    s.start()
+    s.start(extra_args=["--extra-model-paths-config", str(base / "extra_model_paths.yaml")])
     print(f"ComfyUI server answered after {time.time() - t0:.1f} s")
     yield s
     s.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import cdp
-import server as srv
+import comfy_harness as srv
 import ui2api
 
 pytestmark = pytest.mark.comfy

@@ -1,12 +1,13 @@
 """The node pack in a real ComfyUI 0.3.75 server (subprocess on 127.0.0.1, --cpu), driven over HTTP."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-import server as srv
+import comfy_harness as srv
 import ui2api
 
 pytestmark = pytest.mark.comfy
@@ -76,6 +77,22 @@ def test_saved_map_is_listed_and_offered_by_the_loader(comfy_server):
     assert "watercolor_sdxl.safetensors" in comfy_server.get("/models/act_maps")
     info = comfy_server.get("/object_info/ActLoadMap")["ActLoadMap"]
     assert "watercolor_sdxl.safetensors" in json.dumps(info["input"]["required"]["map_name"])
+
+
+def test_extra_model_paths_folder_is_honoured(comfy_server):
+    src = comfy_server.base / "models" / "act_maps" / "watercolor_sdxl.safetensors"
+    extra = comfy_server.base / "extra_maps"
+    shutil.copy2(src, extra / "extra_watercolor.safetensors")
+    (extra / "readme.txt").write_text("not a map")
+    listed = comfy_server.get("/models/act_maps")
+    assert "extra_watercolor.safetensors" in listed and "readme.txt" not in listed
+    prompt = {
+        "1": {"class_type": "ActLoadMap", "inputs": {"map_name": "extra_watercolor.safetensors"}},
+        "2": {"class_type": "ActMapInfo", "inputs": {"transport_map": ["1", 0]}},
+    }
+    entry = comfy_server.run(prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert "watercolor" in entry["outputs"]["2"]["text"][0]
 
 
 def test_path_traversal_in_map_name_is_refused(comfy_server):

@@ -47,13 +47,13 @@ class ComfyServer:
         self.log_path = self.base / "server.log"
         self.proc = None
 
-    def start(self, timeout: float = 180.0) -> "ComfyServer":
+    def start(self, timeout: float = 180.0, extra_args=()) -> "ComfyServer":
         env = dict(os.environ)
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                    PYTHONPATH=str(ROOT / "tools" / "comfy_shim"), PYTHONDONTWRITEBYTECODE="1")
         cmd = [sys.executable, str(self.comfy_dir / "main.py"), "--cpu", "--listen", "127.0.0.1",
                "--port", str(self.port), "--disable-auto-launch", "--base-directory", str(self.base),
-               "--database-url", "sqlite:///:memory:"]
+               "--database-url", "sqlite:///:memory:", *extra_args]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=str(self.base), env=env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
