@@ -8,7 +8,7 @@ import torch
 from act_core import auroc, fit_transport
 from act_core.transport import FLAG_CONSTANT_SOURCE, FLAG_CONSTANT_TARGET
 
-from .reference_math import reference_linear
+from reference_math import reference_linear
 
 
 def gauss(n, d, mean, std, g):

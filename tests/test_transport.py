@@ -6,7 +6,7 @@ import torch
 from act_core import BAND_NAMES, fit_transport
 from act_core.transport import BAND_PERCENTS
 
-from .reference_math import reference_apply, reference_bands, reference_linear
+from reference_math import reference_apply, reference_bands, reference_linear
 
 
 @pytest.fixture
