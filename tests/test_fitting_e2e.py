@@ -110,3 +110,38 @@ def test_demo_reduces_distance(tmp_path, capsys):
     assert rows[1.0] < rows[0.5] < rows[0.0]
     assert (tmp_path / "demo_map.safetensors").exists()
     assert wasserstein_1d(torch.zeros(3, 2), torch.ones(3, 2)) == 1.0
+
+
+def test_one_pass_causal_equals_reference_procedure(setup):
+    model, runner, source, target = setup
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        fast = fit_map(runner, source, target, LAYERS, procedure="causal", support="q_0_100")
+        n_fast = len(calls)
+        calls.clear()
+        ref = fit_map(runner, source, target, LAYERS, procedure="causal_reference", support="q_0_100")
+        n_ref = len(calls)
+    finally:
+        handle.remove()
+    assert fast.modules == ref.modules
+    for n in fast.modules:
+        assert torch.allclose(fast[n].omega, ref[n].omega, rtol=1e-4, atol=1e-5), n
+        assert torch.allclose(fast[n].beta, ref[n].beta, rtol=1e-4, atol=1e-5), n
+        assert torch.allclose(fast[n].bands, ref[n].bands, rtol=1e-4, atol=1e-5), n
+    assert n_fast == 1 and n_ref == 4 * 2 * 4  # 4 modules x (source, target) x 4 batches of 16
+    assert runner.batch_size == 16  # restored
+
+
+def test_one_pass_causal_needs_a_batchable_runner(setup):
+    model, runner, source, target = setup
+
+    class NoBatch:
+        def __init__(self):
+            self.model, self.architecture = model, "x"
+
+        def run(self, inputs, collector):
+            runner.run(inputs, collector)
+
+    with pytest.raises(ValueError, match="causal_reference"):
+        fit_map(NoBatch(), source, target, LAYERS, procedure="causal")
