@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 
 from .mapfile import TransportMap
+from .transport import normalize_support
 from .pooling import POOLINGS, pool
 
 
@@ -38,6 +39,16 @@ def _replace(output: Any, index: Optional[int], value: torch.Tensor) -> Any:
     if hasattr(output, "_fields"):  # namedtuple
         return type(output)(*items)
     return tuple(items)
+
+
+def _owns(x: torch.Tensor, args) -> bool:
+    """True when writing into ``x`` in place cannot change anything but this output:
+    no autograd, not a view, not one of the module's inputs (e.g. an Identity or a layer
+    that returns its input after ``x +=``)."""
+    if x._base is not None or (x.requires_grad and torch.is_grad_enabled()):
+        return False
+    ptr = x.data_ptr()
+    return not any(isinstance(a, torch.Tensor) and a.data_ptr() == ptr for a in args)
 
 
 def count_hooks(model: torch.nn.Module) -> int:
@@ -157,6 +168,8 @@ class SteerHandle:
     in it use ``tmap.default_strength``). ``support`` overrides every map's default support.
     ``gate(name, output)`` may return True (steer the whole batch), False (leave this call
     alone) or a ``(B,)`` bool tensor of batch rows to steer (e.g. the conditional half).
+    ``inplace`` lets hooks write into a module's fresh output tensor instead of allocating
+    a new one (never for views, autograd tensors, or outputs that alias an input).
     """
 
     def __init__(
@@ -168,8 +181,10 @@ class SteerHandle:
         name_map: Optional[Callable[[str], str]] = None,
         gate: Optional[Gate] = None,
         layout: Optional[str] = None,
+        inplace: bool = True,
     ):
         self.model, self.tmap, self.support, self.gate, self.layout = model, tmap, support, gate, layout
+        self.inplace = inplace
         self.name_map = name_map
         self.set_strength(strength)
         self._handles: List[Any] = []
@@ -190,6 +205,8 @@ class SteerHandle:
         t = self.tmap.maps[name]
         index = self.tmap.output_index.get(name)
         layout = self.layout or self.tmap.layouts.get(name, "auto")
+        support = normalize_support(self.support if self.support is not None else t.default_support)
+        inplace_allowed = self.inplace
 
         def hook(module, args, output):
             lam = self.strengths[name]
@@ -199,12 +216,15 @@ class SteerHandle:
             rows = True if self.gate is None else self.gate(name, x)
             if rows is False:
                 return None
-            if rows is True:
-                y = t.apply(x, lam, self.support, layout)
-            else:
+            lay = layout if layout != "auto" else ("spatial_mean" if x.ndim == 4 else "tokens")
+            if rows is not True:
                 y = x.clone()
-                y[rows] = t.apply(x[rows], lam, self.support, layout)
-            return _replace(output, index, y)
+                y[rows] = t.apply(x[rows], lam, support, lay)
+                return _replace(output, index, y)
+            if x.shape[1 if lay != "tokens" else -1] != t.units:
+                t.apply(x, lam, support, lay)  # raises the explanatory unit-count error
+            kernel = t.kernel(lam, support, lay, x.dtype, x.device)
+            return _replace(output, index, kernel(x, inplace_allowed and _owns(x, args)))
 
         return hook
 
