@@ -9,6 +9,8 @@ provide one; tests use a few lines around a plain ``nn.Module``::
         architecture: Optional[str]       # recorded in the map, checked when loading
         def run(self, inputs, collector): # batches; sets collector.attention_mask per batch;
             ...                           # wraps each forward in hooks.run_until_stop
+        # optional: def order(self, names) -> names in forward (completion) order, used by
+        # causal fitting instead of named_modules() order
 
 Procedures:
 
@@ -101,7 +103,9 @@ def fit_map(
     if len(source) == 0 or len(target) == 0:
         raise ValueError(f"empty prompt set: {len(source)} source and {len(target)} target inputs; both need at least 2")
     chosen = dict(modules) if isinstance(modules, Mapping) else select_modules(runner.model, modules)
-    names = ordered(runner.model, list(chosen))
+    # Runners may know the true forward order better than named_modules() (e.g. SDXL's UNet).
+    order = getattr(runner, "order", None)
+    names = list(order(list(chosen))) if callable(order) else ordered(runner.model, list(chosen))
     tmap = TransportMap(
         meta=map_meta_defaults(
             method, pooling, procedure, getattr(runner, "architecture", None),
