@@ -212,7 +212,9 @@ class SDXLRunner:
     Args:
         pipe: a ``StableDiffusionXLPipeline`` (any SDXL-family weights).
         batch_size: prompts per pipeline call.
-        seed: initial noise of batch ``i`` comes from ``torch.Generator().manual_seed(seed + i)``.
+        seed: the initial noise of each prompt comes from a generator seeded with ``seed`` and a
+            stable hash of the prompt text, so a prompt gets the same noise whatever batch it
+            is in (one-pass causal fitting batches source and target together).
         height, width: image size during collection (default: the pipeline's, 1024 for SDXL).
         collect_step: None (default): one step at t = 999. ``k``: run the model's own
             ``steps``-step schedule, unsteered, and record only at denoising step ``k``
@@ -235,9 +237,22 @@ class SDXLRunner:
         self.model = sdxl_module_tree(pipe)
 
     # one pipeline call -------------------------------------------------------------------------
-    def _call(self, prompts: List[str], generator: torch.Generator, steps: int):
+    def _latents(self, prompts: List[str]) -> torch.Tensor:
+        import zlib
+
+        scale = self.pipe.vae_scale_factor
+        h = (self.height or self.pipe.default_sample_size * scale) // scale
+        w = (self.width or self.pipe.default_sample_size * scale) // scale
+        c = self.pipe.unet.config.in_channels
+        out = []
+        for p in prompts:
+            g = torch.Generator("cpu").manual_seed((self.seed * 1_000_003 + zlib.crc32(p.encode("utf-8"))) % (2**63))
+            out.append(torch.randn(c, h, w, generator=g))
+        return torch.stack(out).to(device=self.pipe.unet.device, dtype=self.pipe.unet.dtype)
+
+    def _call(self, prompts: List[str], steps: int):
         return self.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=0.0, output_type="latent",
-                         generator=generator, height=self.height, width=self.width)
+                         latents=self._latents(prompts), height=self.height, width=self.width)
 
     @torch.no_grad()
     def run(self, inputs: Sequence[str], collector: ActivationCollector) -> None:
@@ -271,8 +286,7 @@ class SDXLRunner:
                     counter.step = -1
                     if collector._handles:
                         collector.remove()
-                g = torch.Generator("cpu").manual_seed(self.seed + b)
-                run_until_stop(self._call, batch, g, steps)
+                run_until_stop(self._call, batch, steps)
                 if self.on_batch:
                     self.on_batch(b + 1, total)
         finally:
