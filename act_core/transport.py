@@ -63,6 +63,8 @@ FLAG_CONSTANT_TARGET = 2
 
 def normalize_support(support: Optional[str]) -> str:
     """Return the canonical support name, or raise a ValueError that lists the choices."""
+    if support is not None and not isinstance(support, str):
+        raise ValueError(f"support must be a name such as 'q_0_100' or 'all', got {type(support).__name__}")
     if support in (UNBOUNDED, "q_all", "inf", None):
         return UNBOUNDED
     if support in BAND_PERCENTS:
@@ -185,6 +187,22 @@ class UnitTransport:
         return k
 
     def _build_kernel(self, strength, support, layout, dtype, device):
+        limit = torch.finfo(dtype).max
+        if limit < 1e10:  # float16: saturate instead of overflowing to inf
+            a64, c64 = self.coefficients(strength, torch.float64, torch.device("cpu"))
+            if (a64.abs().max() * 2 > limit) or (c64.abs().max() * 2 > limit):
+                wide = self._build_kernel(strength, support, layout, torch.float32, device)
+
+                def upcast(x, inplace):
+                    y = wide(x.float(), True).clamp_(-limit, limit).to(dtype)
+                    return x.copy_(y) if inplace else y
+
+                return upcast
+            base = self._build_kernel_native(strength, support, layout, dtype, device)
+            return lambda x, inplace: base(x, inplace).clamp_(-limit, limit)
+        return self._build_kernel_native(strength, support, layout, dtype, device)
+
+    def _build_kernel_native(self, strength, support, layout, dtype, device):
         a, c = self.coefficients(strength, dtype, device)
         bounds = self.bounds(support, dtype, device)
         a_minus_1 = a - 1

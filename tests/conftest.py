@@ -15,3 +15,9 @@ torch.set_num_threads(int(os.environ.get("ACT_TEST_THREADS", "1")))
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print measurements that tests recorded (e.g. the map-file fuzz counts)."""
+    for line in getattr(config, "_act_report", []):
+        terminalreporter.write_line(line)
