@@ -67,9 +67,11 @@ def collect(
     modules: Mapping[str, Optional[int]],
     pooling: str = "mean",
     stop_after: bool = True,
+    sketch: Optional[int] = None,
 ) -> tuple:
-    """Run ``inputs`` once with ``modules`` hooked; return ``({name: (N, D)}, {name: shape})``."""
-    collector = ActivationCollector(runner.model, modules, pooling=pooling, stop_after=stop_after)
+    """Run ``inputs`` once with ``modules`` hooked; return ``({name: (N, D)}, {name: shape})``
+    (``{name: QuantileSketch}`` when ``sketch`` is set)."""
+    collector = ActivationCollector(runner.model, modules, pooling=pooling, stop_after=stop_after, sketch=sketch)
     with collector:
         runner.run(inputs, collector)
     return collector.take(), dict(collector.shapes)
@@ -85,6 +87,7 @@ def fit_map(
     procedure: str = "simultaneous",
     support: Optional[str] = None,
     progress: Optional[Progress] = None,
+    sketch: Optional[int] = None,
     **meta: Any,
 ) -> TransportMap:
     """Fit one transport per module from ``source`` inputs toward ``target`` inputs.
@@ -96,6 +99,9 @@ def fit_map(
         procedure: ``simultaneous`` | ``causal`` | ``causal_reference`` (see module docstring).
         support: the maps' default support (also used for upstream maps in causal fitting).
         progress: called as ``progress(done, total, message)``; raising from it cancels.
+        sketch: bounded memory: keep a quantile sketch of this size per module instead of
+            every pooled sample (``simultaneous`` and ``causal_reference``; see
+            :mod:`act_core.streaming`). None (default) fits on the exact samples.
         meta: extra metadata recorded in the map (e.g. ``style="watercolor"``).
     """
     if procedure not in PROCEDURES:
@@ -113,14 +119,19 @@ def fit_map(
         )
     )
     tick = progress or (lambda done, total, msg: None)
+    if sketch is not None:
+        if procedure == "causal":
+            raise ValueError("sketch needs procedure 'simultaneous' or 'causal_reference' (one-pass causal holds the batch anyway)")
+        tmap.meta["quantile_sketch"] = int(sketch)
+    fit = _fitter(method, support, sketch)
     if procedure == "simultaneous":
         tick(0, 3, "collecting source activations")
-        src, shapes = collect(runner, source, {n: chosen[n] for n in names}, pooling)
+        src, shapes = collect(runner, source, {n: chosen[n] for n in names}, pooling, sketch=sketch)
         tick(1, 3, "collecting target activations")
-        tgt, _ = collect(runner, target, {n: chosen[n] for n in names}, pooling)
+        tgt, _ = collect(runner, target, {n: chosen[n] for n in names}, pooling, sketch=sketch)
         tick(2, 3, f"fitting {len(names)} modules")
         for n in names:
-            tmap.add(n, fit_transport(src[n], tgt[n], method, support), _layout(shapes[n]), chosen[n])
+            tmap.add(n, fit(src[n], tgt[n]), _layout(shapes[n]), chosen[n])
         tick(3, 3, "done")
         return tmap
     if procedure == "causal":
@@ -129,11 +140,19 @@ def fit_map(
     for i, n in enumerate(names):
         tick(i, total, f"causal fit of {n} ({i + 1}/{total})")
         with steer(runner.model, tmap, strength=1.0, support=support) if len(tmap) else contextlib.nullcontext():
-            src, shapes = collect(runner, source, {n: chosen[n]}, pooling)
-            tgt, _ = collect(runner, target, {n: chosen[n]}, pooling)
-        tmap.add(n, fit_transport(src[n], tgt[n], method, support), _layout(shapes[n]), chosen[n])
+            src, shapes = collect(runner, source, {n: chosen[n]}, pooling, sketch=sketch)
+            tgt, _ = collect(runner, target, {n: chosen[n]}, pooling, sketch=sketch)
+        tmap.add(n, fit(src[n], tgt[n]), _layout(shapes[n]), chosen[n])
     tick(total, total, "done")
     return tmap
+
+
+def _fitter(method, support, sketch):
+    if sketch is None:
+        return lambda src, tgt: fit_transport(src, tgt, method, support)
+    from .streaming import fit_transport_streaming
+
+    return lambda src, tgt: fit_transport_streaming(src, tgt, method, support)
 
 
 class _InPassFitter(ActivationCollector):

@@ -71,6 +71,8 @@ class ActivationCollector:
             :func:`run_until_stop`.
         select: optional callable applied to each raw output before pooling (e.g. keep the
             conditional half of a CFG batch).
+        sketch: keep a bounded-memory :class:`~act_core.streaming.QuantileSketch` of size
+            ``sketch`` per module instead of every pooled row.
 
     Set ``collector.attention_mask`` (``(B, T)``, 1 = real token) before each batch for
     padding-aware pooling. Memory: one ``(B, D)`` float32 row block per module and batch.
@@ -83,8 +85,10 @@ class ActivationCollector:
         pooling: str = "mean",
         stop_after: bool = False,
         select: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        sketch: Optional[int] = None,
     ):
         self.model = model
+        self.sketch = sketch
         self.modules: Dict[str, Optional[int]] = dict(modules) if isinstance(modules, Mapping) else {n: None for n in modules}
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
@@ -92,12 +96,19 @@ class ActivationCollector:
         self.stop_after = stop_after
         self.select = select
         self.attention_mask: Optional[torch.Tensor] = None
-        self.records: Dict[str, List[torch.Tensor]] = {n: [] for n in self.modules}
+        self.records: Dict[str, Any] = {n: self._new_record() for n in self.modules}
         self.shapes: Dict[str, tuple] = {}
         self._fired: set = set()
         self._handles: List[Any] = []
         for n in self.modules:
             model.get_submodule(n)  # fail early, before any hook is attached
+
+    def _new_record(self):
+        if self.sketch is None:
+            return []
+        from .streaming import QuantileSketch
+
+        return QuantileSketch(self.sketch)
 
     def _make_hook(self, name: str, index: Optional[int]):
         def hook(module, args, output):
@@ -105,7 +116,11 @@ class ActivationCollector:
             if self.select is not None:
                 x = self.select(x)
             self.shapes[name] = tuple(x.shape)
-            self.records[name].append(pool(x, self.pooling, self.attention_mask).cpu())
+            pooled = pool(x, self.pooling, self.attention_mask).cpu()
+            if self.sketch is None:
+                self.records[name].append(pooled)
+            else:
+                self.records[name].update(pooled)
             self._fired.add(name)
             if len(self._fired) == len(self.modules):
                 self._fired.clear()
@@ -137,14 +152,15 @@ class ActivationCollector:
     def __exit__(self, *exc) -> None:
         self.remove()
 
-    def take(self) -> Dict[str, torch.Tensor]:
-        """Return ``{module: (samples, D) float32}`` gathered so far, and start afresh."""
+    def take(self) -> Dict[str, Any]:
+        """Return ``{module: (samples, D) float32}`` gathered so far (``QuantileSketch`` per module
+        when ``sketch`` is set), and start afresh."""
         out = {}
-        for n, rows in self.records.items():
-            if not rows:
+        for n, rec in self.records.items():
+            if (self.sketch is None and not rec) or (self.sketch is not None and rec.n == 0):
                 raise RuntimeError(f"module {n!r} recorded no activation: did the forward pass reach it?")
-            out[n] = torch.cat(rows, 0)
-            self.records[n] = []
+            out[n] = torch.cat(rec, 0) if self.sketch is None else rec
+            self.records[n] = self._new_record()
         return out
 
 

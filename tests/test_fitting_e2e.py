@@ -145,3 +145,15 @@ def test_one_pass_causal_needs_a_batchable_runner(setup):
 
     with pytest.raises(ValueError, match="causal_reference"):
         fit_map(NoBatch(), source, target, LAYERS, procedure="causal")
+
+
+def test_bounded_memory_fit_is_close_to_exact(setup):
+    model, runner, source, target = setup
+    exact = fit_map(runner, source, target, LAYERS, procedure="simultaneous")
+    approx = fit_map(runner, source, target, LAYERS, procedure="simultaneous", sketch=64)  # no compaction: wiring
+    assert approx.meta["quantile_sketch"] == 64
+    for n in exact.modules:
+        assert torch.allclose(approx[n].omega, exact[n].omega, atol=0.02, rtol=0.02), n
+        assert torch.equal(approx[n].bands[0], exact[n].bands[0])  # min / max kept exactly
+    with pytest.raises(ValueError, match="sketch needs"):
+        fit_map(runner, source, target, LAYERS, procedure="causal", sketch=16)
