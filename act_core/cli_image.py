@@ -24,7 +24,7 @@ MODEL_HELP = ("SDXL model: a diffusers folder (model_index.json) or a single-fil
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help=MODEL_HELP)
+    g.add_argument("--model", help=MODEL_HELP + " (required except with --list/--list-presets)")
     g.add_argument("--unet", help="diffusers-format UNet weights to load on --model, e.g. "
                                   "sdxl_lightning_4step_unet.safetensors on the SDXL base folder")
     g.add_argument("--config", help="local diffusers SDXL folder with configs/tokenizers, for single-file checkpoints")
@@ -165,8 +165,11 @@ def _print_presets() -> int:
 
 
 def _load(args):
+    from .cli import CLIError
     from .diffusers_sdxl import load_sdxl
 
+    if not args.model:
+        raise CLIError("--model is required: " + MODEL_HELP)
     t0 = time.perf_counter()
     sys.stderr.write(f"loading {args.model} …\n")
     pipe = load_sdxl(args.model, kind=args.kind, unet=args.unet, config=args.config,

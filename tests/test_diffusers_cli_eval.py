@@ -151,8 +151,10 @@ def test_cli_errors(model_dir, tmp_path, capsys):
     assert rc == 2 and "bad --strengths" in err
     rc, _, err = _run(capsys, "generate", "--model", str(model_dir), "--prompt", " ", "--out", str(tmp_path / "x.png"))
     assert rc == 2 and "empty --prompt" in err
-    rc, out, _ = _run(capsys, "fit-style", "--model", "x", "--list")
+    rc, out, _ = _run(capsys, "fit-style", "--list")
     assert rc == 0 and "watercolor" in out and "pixel_art" in out
     rc, out, _ = _run(capsys, "fit-negation", "--model", "x", "--list-presets")
     assert rc == 0 and "unet_norms" in out
+    rc, _, err = _run(capsys, "generate", "--prompt", "a cat", "--out", str(tmp_path / "x.png"))
+    assert rc == 2 and "--model is required" in err
     assert not (tmp_path / "a.safetensors").exists()
