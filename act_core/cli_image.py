@@ -42,7 +42,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                    help="a layer preset (default unet_norms: every UNet normalisation, as in the paper) or "
                         "comma-separated full-match regexes over canonical names; see --list-presets")
     g.add_argument("--method", default="linear", choices=["linear", "mean", "gaussian", "aura"])
-    g.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal"],
+    g.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal", "causal_reference"],
                    help="causal fits layer by layer with upstream maps applied (slower, usually better)")
     g.add_argument("-n", "--num-prompts", type=int, default=64, help="prompt pairs to fit on (paper: 2048)")
     g.add_argument("--captions", help="your own captions file (.txt/.json/.csv/COCO json) instead of the shipped ones")
