@@ -9,6 +9,8 @@ provide one; tests use a few lines around a plain ``nn.Module``::
         architecture: Optional[str]       # recorded in the map, checked when loading
         def run(self, inputs, collector): # batches; sets collector.attention_mask per batch;
             ...                           # wraps each forward in hooks.run_until_stop
+        # optional: def order(self, names) -> names in forward (completion) order, used by
+        # causal fitting instead of named_modules() order
 
 Procedures:
 
@@ -18,7 +20,16 @@ Procedures:
 ``causal``
     Modules are fitted one at a time in forward order. Module ℓ is fitted on activations
     produced with every upstream map already applied at λ = 1, to source *and* target
-    (paper Def. 3.2; the reference's ``incr``). The forward pass stops after module ℓ.
+    (paper Def. 3.2; the reference's ``incr``). Computed in ONE forward pass: source and
+    target inputs go through the model as one batch, and the hook of module ℓ fits ℓ's map
+    on that batch and immediately transports the batch's output, so every downstream module
+    sees upstream-transported activations. Same estimates as the reference procedure (batch
+    rows never interact in the models we steer), at the cost of one pass instead of ≈ L/2.
+    Needs a runner with a writable ``batch_size`` and memory for all inputs at once.
+``causal_reference``
+    The reference's procedure literally: for each module ℓ, re-run the model up to ℓ over
+    all inputs with the upstream maps attached. ≈ L prefix passes; kept for checking and for
+    runners that cannot batch everything at once.
 """
 
 from __future__ import annotations
@@ -29,11 +40,12 @@ from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, U
 import torch
 
 from .estimators import fit_transport
-from .hooks import ActivationCollector, steer
+from .hooks import ActivationCollector, StopForward, _pick, _replace, steer
 from .mapfile import TransportMap, map_meta_defaults
+from .pooling import pool
 from .selection import ordered, select_modules
 
-PROCEDURES = ("simultaneous", "causal")
+PROCEDURES = ("simultaneous", "causal", "causal_reference")
 #: progress(done, total, message); it may raise to cancel (no map is returned then).
 Progress = Callable[[int, int, str], None]
 
@@ -55,9 +67,11 @@ def collect(
     modules: Mapping[str, Optional[int]],
     pooling: str = "mean",
     stop_after: bool = True,
+    sketch: Optional[int] = None,
 ) -> tuple:
-    """Run ``inputs`` once with ``modules`` hooked; return ``({name: (N, D)}, {name: shape})``."""
-    collector = ActivationCollector(runner.model, modules, pooling=pooling, stop_after=stop_after)
+    """Run ``inputs`` once with ``modules`` hooked; return ``({name: (N, D)}, {name: shape})``
+    (``{name: QuantileSketch}`` when ``sketch`` is set)."""
+    collector = ActivationCollector(runner.model, modules, pooling=pooling, stop_after=stop_after, sketch=sketch)
     with collector:
         runner.run(inputs, collector)
     return collector.take(), dict(collector.shapes)
@@ -73,6 +87,7 @@ def fit_map(
     procedure: str = "simultaneous",
     support: Optional[str] = None,
     progress: Optional[Progress] = None,
+    sketch: Optional[int] = None,
     **meta: Any,
 ) -> TransportMap:
     """Fit one transport per module from ``source`` inputs toward ``target`` inputs.
@@ -81,9 +96,12 @@ def fit_map(
         modules: regex patterns (full match, optional ``:k`` tuple index) or an explicit
             ``{name: index}`` mapping.
         method: ``linear`` | ``mean`` | ``gaussian`` | ``aura``.
-        procedure: ``simultaneous`` | ``causal`` (see module docstring).
+        procedure: ``simultaneous`` | ``causal`` | ``causal_reference`` (see module docstring).
         support: the maps' default support (also used for upstream maps in causal fitting).
         progress: called as ``progress(done, total, message)``; raising from it cancels.
+        sketch: bounded memory: keep a quantile sketch of this size per module instead of
+            every pooled sample (``simultaneous`` and ``causal_reference``; see
+            :mod:`act_core.streaming`). None (default) fits on the exact samples.
         meta: extra metadata recorded in the map (e.g. ``style="watercolor"``).
     """
     if procedure not in PROCEDURES:
@@ -91,7 +109,9 @@ def fit_map(
     if len(source) == 0 or len(target) == 0:
         raise ValueError(f"empty prompt set: {len(source)} source and {len(target)} target inputs; both need at least 2")
     chosen = dict(modules) if isinstance(modules, Mapping) else select_modules(runner.model, modules)
-    names = ordered(runner.model, list(chosen))
+    # Runners may know the true forward order better than named_modules() (e.g. SDXL's UNet).
+    order = getattr(runner, "order", None)
+    names = list(order(list(chosen))) if callable(order) else ordered(runner.model, list(chosen))
     tmap = TransportMap(
         meta=map_meta_defaults(
             method, pooling, procedure, getattr(runner, "architecture", None),
@@ -99,22 +119,101 @@ def fit_map(
         )
     )
     tick = progress or (lambda done, total, msg: None)
+    if sketch is not None:
+        if procedure == "causal":
+            raise ValueError("sketch needs procedure 'simultaneous' or 'causal_reference' (one-pass causal holds the batch anyway)")
+        tmap.meta["quantile_sketch"] = int(sketch)
+    fit = _fitter(method, support, sketch)
     if procedure == "simultaneous":
         tick(0, 3, "collecting source activations")
-        src, shapes = collect(runner, source, {n: chosen[n] for n in names}, pooling)
+        src, shapes = collect(runner, source, {n: chosen[n] for n in names}, pooling, sketch=sketch)
         tick(1, 3, "collecting target activations")
-        tgt, _ = collect(runner, target, {n: chosen[n] for n in names}, pooling)
+        tgt, _ = collect(runner, target, {n: chosen[n] for n in names}, pooling, sketch=sketch)
         tick(2, 3, f"fitting {len(names)} modules")
         for n in names:
-            tmap.add(n, fit_transport(src[n], tgt[n], method, support), _layout(shapes[n]), chosen[n])
+            tmap.add(n, fit(src[n], tgt[n]), _layout(shapes[n]), chosen[n])
         tick(3, 3, "done")
         return tmap
+    if procedure == "causal":
+        return _fit_causal_one_pass(runner, source, target, chosen, names, method, pooling, support, tmap, tick)
     total = len(names)
     for i, n in enumerate(names):
         tick(i, total, f"causal fit of {n} ({i + 1}/{total})")
         with steer(runner.model, tmap, strength=1.0, support=support) if len(tmap) else contextlib.nullcontext():
-            src, shapes = collect(runner, source, {n: chosen[n]}, pooling)
-            tgt, _ = collect(runner, target, {n: chosen[n]}, pooling)
-        tmap.add(n, fit_transport(src[n], tgt[n], method, support), _layout(shapes[n]), chosen[n])
+            src, shapes = collect(runner, source, {n: chosen[n]}, pooling, sketch=sketch)
+            tgt, _ = collect(runner, target, {n: chosen[n]}, pooling, sketch=sketch)
+        tmap.add(n, fit(src[n], tgt[n]), _layout(shapes[n]), chosen[n])
     tick(total, total, "done")
+    return tmap
+
+
+def _fitter(method, support, sketch):
+    if sketch is None:
+        return lambda src, tgt: fit_transport(src, tgt, method, support)
+    from .streaming import fit_transport_streaming
+
+    return lambda src, tgt: fit_transport_streaming(src, tgt, method, support)
+
+
+class _InPassFitter(ActivationCollector):
+    """A collector whose hooks fit each module's map on the batch and transport it in place.
+
+    Rows ``[:n_source]`` of every batch are source inputs, the rest target inputs.
+    """
+
+    def __init__(self, model, modules, pooling, n_source, fit, tick):
+        super().__init__(model, modules, pooling=pooling, stop_after=True)
+        self.n_source, self.fit, self.tick, self.done = n_source, fit, tick, 0
+
+    def _make_hook(self, name, index):
+        def hook(module, args, output):
+            if name in self._fired:
+                raise RuntimeError(f"module {name!r} ran twice in one forward pass; use procedure='causal_reference'")
+            x = _pick(output, index)
+            n = self.n_source
+            if x.shape[0] <= n:
+                raise RuntimeError(
+                    f"the runner split the inputs into several forward passes (batch of {x.shape[0]} rows at {name!r}); "
+                    "procedure='causal' needs all inputs in one batch"
+                )
+            mask = self.attention_mask
+            src = pool(x[:n], self.pooling, None if mask is None else mask[:n])
+            tgt = pool(x[n:], self.pooling, None if mask is None else mask[n:])
+            self.tick(self.done, len(self.modules), f"causal fit of {name} ({self.done + 1}/{len(self.modules)})")
+            y = self.fit(name, src, tgt, tuple(x.shape))
+            self.done += 1
+            self._fired.add(name)
+            if len(self._fired) == len(self.modules):
+                raise StopForward()
+            return _replace(output, index, y(x))
+
+        return hook
+
+
+def _fit_causal_one_pass(runner, source, target, chosen, names, method, pooling, support, tmap, tick):
+    if not hasattr(runner, "batch_size"):
+        raise ValueError(
+            f"procedure 'causal' needs a runner with a batch_size attribute ({type(runner).__name__} has none); "
+            "use procedure='causal_reference'"
+        )
+
+    def fit(name, src, tgt, shape):
+        layout = _layout(shape)
+        t = fit_transport(src, tgt, method, support)
+        tmap.add(name, t, layout, chosen[name])
+        return lambda x: t.apply(x, 1.0, support, layout)
+
+    inputs = list(source) + list(target)
+    fitter = _InPassFitter(runner.model, {n: chosen[n] for n in names}, pooling, len(source), fit, tick)
+    saved = runner.batch_size
+    runner.batch_size = len(inputs)
+    try:
+        with fitter:
+            runner.run(inputs, fitter)
+    finally:
+        runner.batch_size = saved
+    missing = [n for n in names if n not in tmap]
+    if missing:
+        raise RuntimeError(f"the forward pass never reached {missing[:3]}; nothing was fitted for them")
+    tick(len(names), len(names), "done")
     return tmap

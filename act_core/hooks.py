@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 
 from .mapfile import TransportMap
+from .transport import normalize_support
 from .pooling import POOLINGS, pool
 
 
@@ -40,6 +41,16 @@ def _replace(output: Any, index: Optional[int], value: torch.Tensor) -> Any:
     return tuple(items)
 
 
+def _owns(x: torch.Tensor, args) -> bool:
+    """True when writing into ``x`` in place cannot change anything but this output:
+    no autograd, not a view, not one of the module's inputs (e.g. an Identity or a layer
+    that returns its input after ``x +=``)."""
+    if x._base is not None or (x.requires_grad and torch.is_grad_enabled()):
+        return False
+    ptr = x.data_ptr()
+    return not any(isinstance(a, torch.Tensor) and a.data_ptr() == ptr for a in args)
+
+
 def count_hooks(model: torch.nn.Module) -> int:
     """Number of forward and forward-pre hooks on ``model`` and all its submodules."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
@@ -60,6 +71,8 @@ class ActivationCollector:
             :func:`run_until_stop`.
         select: optional callable applied to each raw output before pooling (e.g. keep the
             conditional half of a CFG batch).
+        sketch: keep a bounded-memory :class:`~act_core.streaming.QuantileSketch` of size
+            ``sketch`` per module instead of every pooled row.
 
     Set ``collector.attention_mask`` (``(B, T)``, 1 = real token) before each batch for
     padding-aware pooling. Memory: one ``(B, D)`` float32 row block per module and batch.
@@ -72,8 +85,10 @@ class ActivationCollector:
         pooling: str = "mean",
         stop_after: bool = False,
         select: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        sketch: Optional[int] = None,
     ):
         self.model = model
+        self.sketch = sketch
         self.modules: Dict[str, Optional[int]] = dict(modules) if isinstance(modules, Mapping) else {n: None for n in modules}
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
@@ -81,12 +96,19 @@ class ActivationCollector:
         self.stop_after = stop_after
         self.select = select
         self.attention_mask: Optional[torch.Tensor] = None
-        self.records: Dict[str, List[torch.Tensor]] = {n: [] for n in self.modules}
+        self.records: Dict[str, Any] = {n: self._new_record() for n in self.modules}
         self.shapes: Dict[str, tuple] = {}
         self._fired: set = set()
         self._handles: List[Any] = []
         for n in self.modules:
             model.get_submodule(n)  # fail early, before any hook is attached
+
+    def _new_record(self):
+        if self.sketch is None:
+            return []
+        from .streaming import QuantileSketch
+
+        return QuantileSketch(self.sketch)
 
     def _make_hook(self, name: str, index: Optional[int]):
         def hook(module, args, output):
@@ -94,7 +116,11 @@ class ActivationCollector:
             if self.select is not None:
                 x = self.select(x)
             self.shapes[name] = tuple(x.shape)
-            self.records[name].append(pool(x, self.pooling, self.attention_mask).cpu())
+            pooled = pool(x, self.pooling, self.attention_mask).cpu()
+            if self.sketch is None:
+                self.records[name].append(pooled)
+            else:
+                self.records[name].update(pooled)
             self._fired.add(name)
             if len(self._fired) == len(self.modules):
                 self._fired.clear()
@@ -126,14 +152,15 @@ class ActivationCollector:
     def __exit__(self, *exc) -> None:
         self.remove()
 
-    def take(self) -> Dict[str, torch.Tensor]:
-        """Return ``{module: (samples, D) float32}`` gathered so far, and start afresh."""
+    def take(self) -> Dict[str, Any]:
+        """Return ``{module: (samples, D) float32}`` gathered so far (``QuantileSketch`` per module
+        when ``sketch`` is set), and start afresh."""
         out = {}
-        for n, rows in self.records.items():
-            if not rows:
+        for n, rec in self.records.items():
+            if (self.sketch is None and not rec) or (self.sketch is not None and rec.n == 0):
                 raise RuntimeError(f"module {n!r} recorded no activation: did the forward pass reach it?")
-            out[n] = torch.cat(rows, 0)
-            self.records[n] = []
+            out[n] = torch.cat(rec, 0) if self.sketch is None else rec
+            self.records[n] = self._new_record()
         return out
 
 
@@ -157,6 +184,8 @@ class SteerHandle:
     in it use ``tmap.default_strength``). ``support`` overrides every map's default support.
     ``gate(name, output)`` may return True (steer the whole batch), False (leave this call
     alone) or a ``(B,)`` bool tensor of batch rows to steer (e.g. the conditional half).
+    ``inplace`` lets hooks write into a module's fresh output tensor instead of allocating
+    a new one (never for views, autograd tensors, or outputs that alias an input).
     """
 
     def __init__(
@@ -168,8 +197,10 @@ class SteerHandle:
         name_map: Optional[Callable[[str], str]] = None,
         gate: Optional[Gate] = None,
         layout: Optional[str] = None,
+        inplace: bool = True,
     ):
         self.model, self.tmap, self.support, self.gate, self.layout = model, tmap, support, gate, layout
+        self.inplace = inplace
         self.name_map = name_map
         self.set_strength(strength)
         self._handles: List[Any] = []
@@ -190,6 +221,8 @@ class SteerHandle:
         t = self.tmap.maps[name]
         index = self.tmap.output_index.get(name)
         layout = self.layout or self.tmap.layouts.get(name, "auto")
+        support = normalize_support(self.support if self.support is not None else t.default_support)
+        inplace_allowed = self.inplace
 
         def hook(module, args, output):
             lam = self.strengths[name]
@@ -199,12 +232,15 @@ class SteerHandle:
             rows = True if self.gate is None else self.gate(name, x)
             if rows is False:
                 return None
-            if rows is True:
-                y = t.apply(x, lam, self.support, layout)
-            else:
+            lay = layout if layout != "auto" else ("spatial_mean" if x.ndim == 4 else "tokens")
+            if rows is not True:
                 y = x.clone()
-                y[rows] = t.apply(x[rows], lam, self.support, layout)
-            return _replace(output, index, y)
+                y[rows] = t.apply(x[rows], lam, support, lay)
+                return _replace(output, index, y)
+            if x.shape[1 if lay != "tokens" else -1] != t.units:
+                t.apply(x, lam, support, lay)  # raises the explanatory unit-count error
+            kernel = t.kernel(lam, support, lay, x.dtype, x.device)
+            return _replace(output, index, kernel(x, inplace_allowed and _owns(x, args)))
 
         return hook
 

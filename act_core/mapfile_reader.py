@@ -107,6 +107,9 @@ def _check_meta(meta: Dict[str, Any]) -> None:
 def _check_entry(name: str, entry: Any) -> None:
     if not isinstance(entry, dict):
         _fail(f"module {name!r}: metadata entry must be an object")
+    missing = [k for k in ("units", "layout", "output_index", "method", "default_support") if k not in entry]
+    if missing:
+        _fail(f"module {name!r}: metadata entry lacks {', '.join(missing)}")
     u = entry.get("units")
     if not isinstance(u, int) or isinstance(u, bool) or not 0 < u <= MAX_UNITS:
         _fail(f"module {name!r}: units must be an integer in 1..{MAX_UNITS}, got {u!r}")

@@ -52,7 +52,7 @@ def select_modules(model: torch.nn.Module, patterns: Patterns) -> Dict[str, Opti
         msgs = []
         for p in empty:
             close = difflib.get_close_matches(split_output_index(p)[0], names, n=5, cutoff=0.4)
-            msgs.append(f"{p!r} matched no module" + (f" (close: {', '.join(close)})" if close else ""))
+            msgs.append(f"'{p}' matched no module" + (f" (close: {', '.join(close)})" if close else ""))
         raise ValueError("; ".join(msgs) + f". The model has {len(names)} named modules; patterns are full-match regexes.")
     return chosen
 

@@ -63,6 +63,8 @@ FLAG_CONSTANT_TARGET = 2
 
 def normalize_support(support: Optional[str]) -> str:
     """Return the canonical support name, or raise a ValueError that lists the choices."""
+    if support is not None and not isinstance(support, str):
+        raise ValueError(f"support must be a name such as 'q_0_100' or 'all', got {type(support).__name__}")
     if support in (UNBOUNDED, "q_all", "inf", None):
         return UNBOUNDED
     if support in BAND_PERCENTS:
@@ -168,27 +170,76 @@ class UnitTransport:
             )
         if strength == 0:
             return x
-        a, c = self.coefficients(strength, x.dtype, x.device)
-        bounds = self.bounds(support, x.dtype, x.device)
+        return self.kernel(strength, support, layout, x.dtype, x.device)(x, False)
+
+    def kernel(self, strength: float, support: str, layout: str, dtype: torch.dtype, device: torch.device):
+        """The hot path: ``f(x, inplace) -> y`` for a fixed strength, support, layout, dtype, device.
+
+        Cached per argument tuple, so steering hooks pay no Python set-up per call. With
+        ``inplace=True`` the result is written into ``x`` (callers guarantee ``x`` is not an
+        alias of anything else). Outside the band the value is ``x + 0`` (unchanged).
+        """
+        key = ("kernel", float(strength), support, layout, dtype, device)
+        k = self._cache.get(key)
+        if k is None:
+            k = self._build_kernel(float(strength), normalize_support(support), layout, dtype, device)
+            self._cache[key] = k
+        return k
+
+    def _build_kernel(self, strength, support, layout, dtype, device):
+        limit = torch.finfo(dtype).max
+        if limit < 1e10:  # float16: saturate instead of overflowing to inf
+            a64, c64 = self.coefficients(strength, torch.float64, torch.device("cpu"))
+            if (a64.abs().max() * 2 > limit) or (c64.abs().max() * 2 > limit):
+                wide = self._build_kernel(strength, support, layout, torch.float32, device)
+
+                def upcast(x, inplace):
+                    y = wide(x.float(), True).clamp_(-limit, limit).to(dtype)
+                    return x.copy_(y) if inplace else y
+
+                return upcast
+            base = self._build_kernel_native(strength, support, layout, dtype, device)
+            return lambda x, inplace: base(x, inplace).clamp_(-limit, limit)
+        return self._build_kernel_native(strength, support, layout, dtype, device)
+
+    def _build_kernel_native(self, strength, support, layout, dtype, device):
+        a, c = self.coefficients(strength, dtype, device)
+        bounds = self.bounds(support, dtype, device)
+        a_minus_1 = a - 1
         if layout == "tokens":
-            y = torch.addcmul(c, x, a)
             if bounds is None:
-                return y
-            return torch.where((bounds[0] < x) & (x < bounds[1]), y, x)
-        # 4-D layouts: band test on the spatial mean of each (sample, channel)
+                return lambda x, inplace: torch.addcmul(c, x, a, out=x) if inplace else torch.addcmul(c, x, a)
+            lo, hi = bounds
+
+            def banded(x, inplace):
+                outside = x <= lo
+                outside |= x >= hi
+                delta = torch.addcmul(c, x, a_minus_1).masked_fill_(outside, 0)
+                return x.add_(delta) if inplace else delta.add_(x)
+
+            return banded
         view = (1, -1, 1, 1)
         if layout == "spatial_mean":
-            m = x.mean(dim=(2, 3))
-            shift = torch.addcmul(c, m, a) - m
-            if bounds is not None:
-                shift = torch.where((bounds[0] < m) & (m < bounds[1]), shift, torch.zeros_like(shift))
-            return x + shift[:, :, None, None]
-        y = torch.addcmul(c.view(view), x, a.view(view))
+            def spatial(x, inplace):
+                m = x.mean(dim=(2, 3))
+                shift = torch.addcmul(c, m, a_minus_1)
+                if bounds is not None:
+                    shift.masked_fill_((m <= bounds[0]) | (m >= bounds[1]), 0)
+                shift = shift[:, :, None, None]
+                return x.add_(shift) if inplace else x + shift
+
+            return spatial
+        av, cv, amv = a.view(view), c.view(view), a_minus_1.view(view)
         if bounds is None:
-            return y
-        m = x.mean(dim=(2, 3), keepdim=True)
-        inside = (bounds[0].view(view) < m) & (m < bounds[1].view(view))
-        return torch.where(inside, y, x)
+            return lambda x, inplace: torch.addcmul(cv, x, av, out=x) if inplace else torch.addcmul(cv, x, av)
+        lov, hiv = bounds[0].view(view), bounds[1].view(view)
+
+        def per_pixel(x, inplace):
+            m = x.mean(dim=(2, 3), keepdim=True)
+            delta = torch.addcmul(cv, x, amv).masked_fill_((m <= lov) | (m >= hiv), 0)
+            return x.add_(delta) if inplace else delta.add_(x)
+
+        return per_pixel
 
     # -- helpers -------------------------------------------------------------------------------
 

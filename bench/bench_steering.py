@@ -1,0 +1,151 @@
+"""Steering overhead, fused steering, and causal-fit cost on an SDXL-structured UNet.
+
+Prints markdown tables of ratios measured side by side in one run (variants interleaved
+per repeat, min / median / max over repeats). Usage::
+
+    python bench/bench_steering.py                       # quarter width, 32x32 latents, CPU
+    python bench/bench_steering.py --width full --latent 128 --device cuda --dtype float16
+
+1. one denoising step with a map on every UNet normalization module (the paper's default
+   layer set) vs the same step unsteered: hooks with the q_0_100 band, hooks with the
+   unbounded support, and the map baked into the weights (fused);
+2. one-pass causal fitting vs the reference procedure (prefix re-run per module): wall time
+   ratio and the largest difference between the two maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from act_core import TransportMap, fit_map, steer  # noqa: E402
+from act_core.bake import bake  # noqa: E402
+from unet_bench_models import UNetRunner, build_unet  # noqa: E402
+
+NORMS = r".*norm.*"
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    """Seconds of fn() alone."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def stats(xs):
+    return min(xs), statistics.median(xs), max(xs)
+
+
+def per_pixel_copy(tmap: TransportMap) -> TransportMap:
+    out = TransportMap(dict(tmap.maps), dict(tmap.layouts), dict(tmap.output_index), dict(tmap.meta))
+    for n, lay in out.layouts.items():
+        if lay == "spatial_mean":
+            out.layouts[n] = "per_pixel"
+    return out
+
+
+def overhead(args, device, dtype):
+    unet = build_unet(args.width, device, dtype)
+    runner = UNetRunner(unet, latent=args.latent, batch_size=args.fit_batch, device=device, dtype=dtype)
+    src = [(i, 0.0) for i in range(args.fit_prompts)]
+    tgt = [(1000 + i, 0.5) for i in range(args.fit_prompts)]
+    t0 = time.perf_counter()
+    tmap = fit_map(runner, src, tgt, NORMS, method="linear", procedure="simultaneous")
+    fit_s = time.perf_counter() - t0
+    n_mod, n_units = len(tmap), sum(t.units for t in tmap.maps.values())
+    fused_map = per_pixel_copy(tmap)
+    seeds = list(range(args.batch))
+    step = lambda: runner.step(seeds, 0.0)  # noqa: E731
+    step()  # warm-up
+    # each variant: a context set up outside the timed region (attach / bake), then one step
+    variants = {
+        "unsteered": lambda: contextlib.nullcontext(),
+        "hooks q_0_100": lambda: steer(unet, tmap, 1.0, support="q_0_100"),
+        "hooks all": lambda: steer(unet, tmap, 1.0, support="all"),
+        "hooks all, no in-place": lambda: steer(unet, tmap, 1.0, support="all", inplace=False),
+        "fused (baked)": lambda: bake(unet, fused_map, 1.0, support="all"),
+    }
+    times = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for k, make in variants.items():
+            with make():
+                times[k].append(timed(step, device))
+    with steer(unet, fused_map, 1.0, support="all"):
+        hooked = step()
+    with bake(unet, fused_map, 1.0, support="all"):
+        baked = step()
+    err = (hooked.float() - baked.float()).abs().max().item()
+    base = statistics.median(times["unsteered"])
+    print(f"\n### Steering overhead: {args.width}-width SDXL UNet, {args.latent}x{args.latent} latents, batch {args.batch}, "
+          f"{device} {args.dtype}, {torch.get_num_threads()} threads\n")
+    print(f"map: {n_mod} normalization modules, {n_units} units; fitted on {args.fit_prompts}+{args.fit_prompts} "
+          f"inputs in {fit_s:.1f} s (simultaneous)\n")
+    print("| variant | min s | median s | max s | median ratio vs unsteered |\n|---|---|---|---|---|")
+    for k, xs in times.items():
+        lo, med, hi = stats(xs)
+        print(f"| {k} | {lo:.4f} | {med:.4f} | {hi:.4f} | {med / base:.3f}x |")
+    print(f"\nfused vs hooked (per-pixel layout, unbounded support): max |diff| = {err:.2e}")
+
+
+def causal(args, device, dtype):
+    unet = build_unet(args.width, device, dtype)
+    runner = UNetRunner(unet, latent=args.causal_latent, batch_size=args.causal_prompts, device=device, dtype=dtype)
+    src = [(i, 0.0) for i in range(args.causal_prompts)]
+    tgt = [(1000 + i, 0.5) for i in range(args.causal_prompts)]
+    t0 = time.perf_counter()
+    fast = fit_map(runner, src, tgt, NORMS, procedure="causal")
+    t_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = fit_map(runner, src, tgt, NORMS, procedure="causal_reference")
+    t_ref = time.perf_counter() - t0
+    d_omega = max((fast[n].omega - ref[n].omega).abs().max().item() for n in fast.modules)
+    d_beta = max((fast[n].beta - ref[n].beta).abs().max().item() for n in fast.modules)
+    print(f"\n### Causal fit: {args.width}-width UNet, {len(fast)} modules, {args.causal_prompts}+{args.causal_prompts} inputs, "
+          f"{args.causal_latent}x{args.causal_latent} latents, {device}\n")
+    print("| procedure | wall s | ratio |\n|---|---|---|")
+    print(f"| reference (prefix re-run per module) | {t_ref:.2f} | 1.000 |")
+    print(f"| one pass (ours) | {t_fast:.2f} | {t_fast / t_ref:.4f} |")
+    print(f"\nmaps agree: max |Δω| = {d_omega:.2e}, max |Δβ| = {d_beta:.2e}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--width", default="quarter", choices=["quarter", "half", "full"])
+    p.add_argument("--latent", type=int, default=32)
+    p.add_argument("--batch", type=int, default=1, help="batch of the timed step (1 = no CFG, as Lightning/Turbo)")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--fit-prompts", type=int, default=8)
+    p.add_argument("--fit-batch", type=int, default=4)
+    p.add_argument("--causal-prompts", type=int, default=4)
+    p.add_argument("--causal-latent", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["overhead", "causal"])
+    args = p.parse_args()
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, device {args.device}, loadavg {os.getloadavg()[0]:.2f}")
+    if "overhead" not in args.skip:
+        overhead(args, args.device, dtype)
+    if "causal" not in args.skip:
+        causal(args, args.device, dtype)
+
+
+if __name__ == "__main__":
+    main()
