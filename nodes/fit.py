@@ -21,7 +21,9 @@ LAYER_PRESETS = {
     "custom pattern": None,
 }
 SUPPORTS = ["method default"] + list(SUPPORT_CHOICES)
-PROCEDURES = {"simultaneous": "simultaneous", "causal": "causal"}
+# act_core's one-pass "causal" needs every prompt in one batch; ComfyUI samples one prompt at a
+# time, so the node runs the reference causal procedure (one prefix pass per layer, same estimates).
+PROCEDURES = {"simultaneous": "simultaneous", "causal": "causal_reference"}
 
 
 def select(tree, layers: str, pattern: str):

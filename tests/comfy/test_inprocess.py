@@ -125,7 +125,7 @@ def test_causal_fit_differs_from_simultaneous(mods, tiny):
     first, last = list(sim.maps)[0], list(sim.maps)[-1]
     assert torch.allclose(sim[first].omega, cau[first].omega)  # nothing upstream of the first layer
     assert not torch.allclose(sim[last].omega, cau[last].omega)
-    assert cau.meta["procedure"] == "causal"
+    assert cau.meta["procedure"] == "causal_reference"
 
 
 def test_interrupt_cancels_a_fit(mods, tiny):
