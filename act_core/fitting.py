@@ -9,8 +9,8 @@ provide one; tests use a few lines around a plain ``nn.Module``::
         architecture: Optional[str]       # recorded in the map, checked when loading
         def run(self, inputs, collector): # batches; sets collector.attention_mask per batch;
             ...                           # wraps each forward in hooks.run_until_stop
-        # optional: def order(self, names) -> names in forward (completion) order, used by
-        # causal fitting instead of named_modules() order
+        # optional: def order(self, names) -> names in forward (completion) order; without
+        # it the reference causal procedure measures the order with one probe forward pass
 
 Procedures:
 
@@ -77,6 +77,25 @@ def collect(
     return collector.take(), dict(collector.shapes)
 
 
+def forward_order(runner: Runner, names: Sequence[str], probe: Sequence[Any]) -> list:
+    """``names`` in the order their forward hooks complete, from one forward pass over ``probe``.
+
+    Modules the pass never reaches keep their ``named_modules()`` order, after the others.
+    """
+    seen: list = []
+    handles = []
+    try:
+        for n in names:
+            handles.append(runner.model.get_submodule(n).register_forward_hook(
+                lambda m, a, o, n=n: seen.append(n) if n not in seen else None))
+        runner.run(list(probe), ActivationCollector(runner.model, {}, stop_after=False))
+    finally:
+        for h in handles:
+            h.remove()
+    rest = [n for n in ordered(runner.model, list(names)) if n not in seen]
+    return seen + rest
+
+
 def fit_map(
     runner: Runner,
     source: Sequence[Any],
@@ -109,9 +128,15 @@ def fit_map(
     if len(source) == 0 or len(target) == 0:
         raise ValueError(f"empty prompt set: {len(source)} source and {len(target)} target inputs; both need at least 2")
     chosen = dict(modules) if isinstance(modules, Mapping) else select_modules(runner.model, modules)
-    # Runners may know the true forward order better than named_modules() (e.g. SDXL's UNet).
+    # named_modules() order is not always forward order (diffusers' UNet lists up_blocks before
+    # mid_block): the reference causal procedure needs the true order, measured if not given.
     order = getattr(runner, "order", None)
-    names = list(order(list(chosen))) if callable(order) else ordered(runner.model, list(chosen))
+    if callable(order):
+        names = list(order(list(chosen)))
+    elif procedure == "causal_reference":
+        names = forward_order(runner, list(chosen), source[:1])
+    else:
+        names = ordered(runner.model, list(chosen))
     tmap = TransportMap(
         meta=map_meta_defaults(
             method, pooling, procedure, getattr(runner, "architecture", None),

@@ -129,7 +129,8 @@ def test_one_pass_causal_equals_reference_procedure(setup):
         assert torch.allclose(fast[n].omega, ref[n].omega, rtol=1e-4, atol=1e-5), n
         assert torch.allclose(fast[n].beta, ref[n].beta, rtol=1e-4, atol=1e-5), n
         assert torch.allclose(fast[n].bands, ref[n].bands, rtol=1e-4, atol=1e-5), n
-    assert n_fast == 1 and n_ref == 4 * 2 * 4  # 4 modules x (source, target) x 4 batches of 16
+    # reference: 1 probe pass for the forward order + 4 modules x (source, target) x 4 batches of 16
+    assert n_fast == 1 and n_ref == 1 + 4 * 2 * 4
     assert runner.batch_size == 16  # restored
 
 
@@ -157,3 +158,39 @@ def test_bounded_memory_fit_is_close_to_exact(setup):
         assert torch.equal(approx[n].bands[0], exact[n].bands[0])  # min / max kept exactly
     with pytest.raises(ValueError, match="sketch needs"):
         fit_map(runner, source, target, LAYERS, procedure="causal", sketch=16)
+
+
+class Reordered(torch.nn.Module):
+    """named_modules() lists `late` before `early`, but forward runs `early` first."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.late = torch.nn.Linear(6, 6)
+        self.early = torch.nn.Linear(6, 6)
+
+    def forward(self, x):
+        return self.late(torch.tanh(self.early(x)))
+
+
+class RowRunner:
+    def __init__(self, model):
+        self.model, self.architecture, self.batch_size = model, "toy", 8
+
+    def run(self, inputs, collector):
+        from act_core import run_until_stop
+
+        for i in range(0, len(inputs), self.batch_size):
+            run_until_stop(self.model, torch.stack(inputs[i : i + self.batch_size]))
+
+
+def test_causal_procedures_follow_forward_order_not_listing_order():
+    model = Reordered()
+    g = torch.Generator().manual_seed(1)
+    src = list(torch.randn(24, 6, generator=g))
+    tgt = list(torch.randn(24, 6, generator=g) * 0.5 + 2)
+    fast = fit_map(RowRunner(model), src, tgt, ["late", "early"], procedure="causal", support="all")
+    ref = fit_map(RowRunner(model), src, tgt, ["late", "early"], procedure="causal_reference", support="all")
+    assert fast.modules == ["early", "late"] and ref.modules == ["early", "late"]
+    for n in ("early", "late"):
+        assert torch.allclose(fast[n].omega, ref[n].omega, atol=1e-5) and torch.allclose(fast[n].beta, ref[n].beta, atol=1e-5)
