@@ -109,10 +109,10 @@ def causal(args, device, dtype):
     src = [(i, 0.0) for i in range(args.causal_prompts)]
     tgt = [(1000 + i, 0.5) for i in range(args.causal_prompts)]
     t0 = time.perf_counter()
-    fast = fit_map(runner, src, tgt, NORMS, procedure="causal")
+    fast = fit_map(runner, src, tgt, args.causal_pattern, procedure="causal")
     t_fast = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ref = fit_map(runner, src, tgt, NORMS, procedure="causal_reference")
+    ref = fit_map(runner, src, tgt, args.causal_pattern, procedure="causal_reference")
     t_ref = time.perf_counter() - t0
     assert fast.modules == ref.modules, "the two procedures fitted modules in different orders"
     d_omega = max((fast[n].omega - ref[n].omega).abs().max().item() for n in fast.modules)
@@ -137,6 +137,7 @@ def main():
     p.add_argument("--fit-batch", type=int, default=4)
     p.add_argument("--causal-prompts", type=int, default=4)
     p.add_argument("--causal-latent", type=int, default=16)
+    p.add_argument("--causal-pattern", default=NORMS, help="modules of the causal comparison (default: all norms)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--skip", nargs="*", default=[], choices=["overhead", "causal"])
