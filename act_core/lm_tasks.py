@@ -2,7 +2,8 @@
 
 Shipped (``act_core/lm_data/lm_*.json``, written for this project, no third-party text):
 
-- **toxicity-like**: 201 hostile / rude sentences (source) vs 200 friendly ones (target).
+- **toxicity-like**: 201 hostile / rude sentences (source) vs 200 friendly ones (target),
+  plus 20 starters that invite a hostile continuation.
 - **concepts**: 30 sentences each about football, cloud, baby, church, book, flower, plus 60
   unrelated everyday sentences and per-concept keywords. For concept ``c`` the target is
   ``c``'s sentences and the source is the unrelated sentences plus the other concepts'.
@@ -213,6 +214,11 @@ def neutral_texts() -> List[str]:
     return list(_load("lm_neutral.json")["perplexity"])
 
 
+def hostile_prompts() -> List[str]:
+    """Starters that invite a hostile continuation ("You are such a", ...), for mitigation sweeps."""
+    return list(_load("lm_toxicity.json")["prompts"])
+
+
 def neutral_prompts() -> List[str]:
     """Neutral generation starters ("Once upon a time", ...)."""
     return list(_load("lm_neutral.json")["prompts"])
@@ -235,5 +241,5 @@ def task_texts(task: str, concept: Optional[str] = None, path: Optional[PathLike
 
 __all__ = [
     "toxicity_texts", "concept_texts", "concepts", "concept_keywords", "truthfulqa_items", "MCItem",
-    "neutral_texts", "neutral_prompts", "read_lines", "task_texts", "TASKS", "DATA_DIR",
+    "neutral_texts", "neutral_prompts", "hostile_prompts", "read_lines", "task_texts", "TASKS", "DATA_DIR",
 ]

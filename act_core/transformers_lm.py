@@ -253,15 +253,21 @@ class LMRunner:
 
 
 def resolve_layers(model, layers) -> Union[Dict[str, Optional[int]], Sequence[str]]:
-    """A preset name (``"attention"``, ``"all_ln[4:8]"``...), regex patterns, or ``{name: index}``."""
+    """A preset name (``"attention"``, ``"all_ln[4:8]"``...), regex patterns, or ``{name: index}``.
+
+    A bare word that is neither a preset nor a module name (``"atention"``) is reported as an
+    unknown preset, listing the presets, rather than as a regex that matched nothing.
+    """
     if isinstance(layers, str) and is_preset(layers):
         return resolve_preset(model, layers)
-    if isinstance(layers, str) and "[" not in layers and "." not in layers and "*" not in layers and layers.isidentifier():
-        # a plain word that is no preset and matches no module is almost surely a typo'd preset
-        names = {n for n, _ in model.named_modules()}
-        if layers not in names:
-            resolve_preset(model, layers)  # raises the "unknown layer preset" error
-    return layers
+    if isinstance(layers, Mapping):
+        return layers
+    patterns = [layers] if isinstance(layers, str) else list(layers)
+    names = {n for n, _ in model.named_modules()}
+    for p in patterns:
+        if isinstance(p, str) and p.isidentifier() and p not in names:
+            resolve_preset(model, p)  # raises the "unknown layer preset" error with the choices
+    return patterns
 
 
 def fit_lm_map(
