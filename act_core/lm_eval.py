@@ -162,27 +162,40 @@ def sweep(
     tokens: str = "all",
     batch_size: int = 20,
     progress: Optional[Callable[[str], None]] = None,
+    cache: Optional[Dict] = None,
 ) -> List[SweepPoint]:
     """Generate greedily from ``prompts`` at each λ and score the continuations.
 
     ``scorers``: name -> function(list of continuations) -> float. Adds ``ppl`` (mean
     perplexity of ``ppl_texts`` under the steered model) when ``ppl_texts`` is given.
+    ``cache``: a dict shared between sweeps on the same model; the unsteered (λ = 0)
+    generations and perplexities are computed once per prompt / text set and reused.
     """
     out = []
+    cache = {} if cache is None else cache
     for lam in strengths:
-        if progress:
-            progress(f"λ={lam:g}: generating {len(prompts)} continuations")
-        texts = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                               tmap=tmap if lam != 0 else None, strength=lam, support=support, tokens=tokens,
-                               batch_size=batch_size)
+        plain = tmap is None or lam == 0
+        gkey = ("gen", tuple(prompts), max_new_tokens)
+        if plain and gkey in cache:
+            texts = cache[gkey]
+        else:
+            if progress:
+                progress(f"λ={lam:g}: generating {len(prompts)} continuations")
+            texts = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                   tmap=None if plain else tmap, strength=lam, support=support, tokens=tokens,
+                                   batch_size=batch_size)
+            if plain:
+                cache[gkey] = texts
         metrics = {name: float(fn(texts)) for name, fn in scorers.items()}
         if ppl_texts:
-            if tmap is not None and lam != 0:
-                with steer_lm(model, tmap, strength=lam, support=support):
-                    ppl = perplexity(model, tokenizer, ppl_texts)
+            pkey = ("ppl", tuple(ppl_texts))
+            if plain:
+                if pkey not in cache:
+                    cache[pkey] = float(perplexity(model, tokenizer, ppl_texts).mean())
+                metrics["ppl"] = cache[pkey]
             else:
-                ppl = perplexity(model, tokenizer, ppl_texts)
-            metrics["ppl"] = float(ppl.mean())
+                with steer_lm(model, tmap, strength=lam, support=support):
+                    metrics["ppl"] = float(perplexity(model, tokenizer, ppl_texts).mean())
         out.append(SweepPoint(float(lam), metrics, texts))
     return out
 

@@ -122,3 +122,22 @@ def test_markdown_and_plot(tmp_path):
     im = Image.open(p)
     assert im.size == (840, 300)
     assert len(im.convert("RGB").getcolors(maxcolors=100000)) > 3  # something was drawn
+
+
+def test_sweep_reuses_unsteered_runs_and_measures_cost():
+    from act_core.lm_eval import sweep
+    from act_core.transformers_lm import fit_lm_map, perplexity
+    from lm_helpers import FRIENDLY, HOSTILE
+
+    model, tok = make_model("llama")
+    tmap = fit_lm_map(model, tok, HOSTILE, FRIENDLY, layers="mlp", method="mean")
+    cache, calls = {}, []
+    prompts, texts = ["Once upon a time", "Thank you"], ["The weather is lovely today.", "Books on the shelf."]
+    scorers = {"chars": lambda t: sum(len(x) for x in t) / len(t)}
+    a = sweep(model, tok, tmap, [0.0, 40.0], prompts, scorers, ppl_texts=texts, max_new_tokens=5, cache=cache,
+              progress=calls.append)
+    b = sweep(model, tok, tmap, [0.0], prompts, scorers, ppl_texts=texts, max_new_tokens=5, cache=cache, progress=calls.append)
+    assert len(calls) == 2  # the second sweep's λ=0 came from the cache
+    assert a[0].samples == b[0].samples and a[0].metrics == b[0].metrics
+    assert a[0].metrics["ppl"] == pytest.approx(float(perplexity(model, tok, texts).mean()))
+    assert a[1].metrics["ppl"] != a[0].metrics["ppl"] and a[1].samples != a[0].samples
