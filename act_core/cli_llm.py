@@ -217,7 +217,7 @@ def _eval(args) -> int:
             else:
                 with steer_lm(model, tmap, lam, support=args.support):
                     r = mc_scores(model, tok, items)
-            rows.append({"λ": lam, "MC1": r["mc1"], "MC2": r["mc2"]})
+            rows.append({"λ": f"{lam:g}", "MC1": r["mc1"], "MC2": r["mc2"]})
         cols = ["λ", "MC1", "MC2"]
     else:
         emb = MiniLM()
@@ -241,14 +241,14 @@ def _eval(args) -> int:
         pts = sweep(model, tok, tmap, strengths, prompts, scorers, ppl_texts=neutral_texts(),
                     max_new_tokens=args.max_new_tokens, support=args.support,
                     progress=lambda m: print(m, file=sys.stderr, flush=True))
-        rows = [{"λ": p.strength, **p.metrics, "example": p.samples[0][:60].replace("|", "/").replace("\n", " ")} for p in pts]
+        rows = [{"λ": f"{p.strength:g}", **p.metrics, "example": p.samples[0][:60].replace("|", "/").replace("\n", " ")} for p in pts]
         cols = ["λ"] + list(scorers) + ["ppl", "example"]
     table = markdown_table(rows, cols)
     (out / "eval.md").write_text(f"# lm-eval: {args.task}\n\nmap: `{args.map}`\n\n{table}\n", encoding="utf-8")
     (out / "eval.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
     metrics = [c for c in cols if c not in ("λ", "example")]
     line_plot([{"title": m, "xlabel": "strength λ", "ylabel": m,
-                "series": {args.task: ([r["λ"] for r in rows], [r[m] for r in rows])}} for m in metrics], out / "eval.png")
+                "series": {args.task: ([float(r["λ"]) for r in rows], [r[m] for r in rows])}} for m in metrics], out / "eval.png")
     print(table)
     print(f"wrote {out / 'eval.md'}, {out / 'eval.png'}, {out / 'eval.json'}")
     return 0

@@ -236,6 +236,9 @@ def line_plot(panels: Sequence[Mapping], path, size: Tuple[int, int] = (420, 300
 
     from .mapfile import atomic_write_bytes
 
+    def txt(v) -> str:  # PIL's built-in font is ASCII-only
+        return str(v).replace("λ", "lambda").replace("—", "-").encode("ascii", "replace").decode()
+
     w, h = size
     img = Image.new("RGB", (w * len(panels), h), "white")
     draw = ImageDraw.Draw(img)
@@ -269,9 +272,9 @@ def line_plot(panels: Sequence[Mapping], path, size: Tuple[int, int] = (420, 300
             xx, _ = px(xv, y0)
             draw.line([xx, bottom, xx, bottom + 3], fill=(0, 0, 0))
             draw.text((xx - 8, bottom + 5), f"{xv:g}", fill=(0, 0, 0), font=font)
-        draw.text((left, 6), str(panel.get("title", "")), fill=(0, 0, 0), font=font)
-        draw.text(((left + right) // 2 - 20, h - 16), str(panel.get("xlabel", "")), fill=(0, 0, 0), font=font)
-        draw.text((left + 4, top + 2), str(panel.get("ylabel", "")), fill=(90, 90, 90), font=font)
+        draw.text((left, 6), txt(panel.get("title", "")), fill=(0, 0, 0), font=font)
+        draw.text(((left + right) // 2 - 20, h - 16), txt(panel.get("xlabel", "")), fill=(0, 0, 0), font=font)
+        draw.text((left + 4, top + 2), txt(panel.get("ylabel", "")), fill=(90, 90, 90), font=font)
         for j, (label, (xv, yv)) in enumerate(series.items()):
             col = _COLORS[j % len(_COLORS)]
             pts = [px(x, y) for x, y in zip(xv, yv) if y == y]
@@ -279,7 +282,7 @@ def line_plot(panels: Sequence[Mapping], path, size: Tuple[int, int] = (420, 300
                 draw.line(pts, fill=col, width=2)
             for (a, b) in pts:
                 draw.ellipse([a - 3, b - 3, a + 3, b + 3], fill=col)
-            draw.text((right - 120, top + 14 + 12 * j), f"— {label}", fill=col, font=font)
+            draw.text((right - 120, top + 14 + 12 * j), txt(f"-- {label}"), fill=col, font=font)
     path = Path(path)
     buf = BytesIO()
     img.save(buf, format="PNG")
