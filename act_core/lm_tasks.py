@@ -31,7 +31,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 DATA_DIR = Path(__file__).with_name("lm_data")
 PathLike = Union[str, Path]

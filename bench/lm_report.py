@@ -227,15 +227,17 @@ def render(res, out: Path) -> None:
         "",
         "## What limits these numbers",
         "",
-        "- **Model size.** SmolLM2-135M is ~60× smaller than the paper's Gemma2-2B and Llama3-8B; its continuations "
-        "are often generic, so \"toxicity\" and \"concept presence\" move within a narrow range and the MC task is "
-        "near chance for a model this small.",
+        "- **Model size.** SmolLM2-135M is 15× (Gemma2-2B) to 60× (Llama3-8B) smaller than the paper's models; its continuations "
+        "are often generic, and its multiple-choice answers are dominated by surface plausibility.",
         "- **Data size.** ~100 sentences per side (toxicity), 30 concept sentences, 35 MC items per fold; the paper "
         "uses hundreds to thousands. With 20 prompts per λ one prompt changes a fraction by 0.05: differences "
         "below ~0.1 are within noise.",
         "- **Scorers.** MiniLM centroid similarity and keyword counts are crude proxies for the paper's toxicity "
-        "classifier and LLM judge; `hostile_frac` on the starters is inflated at λ = 0 partly because the starters "
-        "themselves set a hostile topic the scorer also sees in the continuation.",
+        "classifier and LLM judge. MiniLM measures topic as much as tone: a calm continuation that stays on a hostile "
+        "starter's subject (a rude neighbour, a bad referee) can still sit nearer the hostile centroid.",
+        "- **Perplexity cost.** For induction the steered model is *meant* to prefer the concept, so perplexity on "
+        "unrelated neutral sentences rises by design; it is a cost measure, not a fluency measure (the paper scores "
+        "the fluency of generations with Mistral-7B instead).",
         "- **Perplexity** is measured on 40 short neutral sentences (the paper: 20k Wikipedia sentences).",
         "- **Procedure.** Simultaneous estimation (causal is supported, `procedure=\"causal\"`, ~15× slower here).",
         "",
