@@ -10,6 +10,7 @@ the bounds are generous and never timed.
 import errno
 import gc
 import os
+import warnings
 
 import psutil
 import pytest
@@ -64,6 +65,13 @@ def _sample(mods, model, clip, cfg=3.0, text="a photo of a cat", seed=7):
         return cc.sample(model, pos, neg, cc.empty_latent(model, SIZE, SIZE), seed, STEPS, cfg)
 
 
+def _live(cls):
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance() on some lazy torch objects warns
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, cls))
+
+
 def _hooks(model, clip):
     return count_hooks(model.model), count_hooks(clip.cond_stage_model)
 
@@ -87,6 +95,9 @@ def test_100_samplings_leave_no_hook_and_flat_memory(mods, model_clip, two_maps,
     assert not torch.equal(ref_a, plain0) and not torch.equal(ref_b, plain0) and not torch.equal(ref_a, ref_b)
     for _ in range(2):  # warm-up: allocator, ComfyUI caches
         _sample(mods, mods.apply.apply_to_model(model, map_a, 1.0), clip)
+    import comfy.model_patcher
+
+    patchers0, tensors0 = _live(comfy.model_patcher.ModelPatcher), _live(torch.Tensor)
     rss0 = _rss_mb()
     n, peak = 100, rss0
     for i in range(n):
@@ -103,10 +114,14 @@ def test_100_samplings_leave_no_hook_and_flat_memory(mods, model_clip, two_maps,
         if i % 10 == 9:
             peak = max(peak, _rss_mb())
     growth = _rss_mb() - rss0
+    patchers, tensors = _live(comfy.model_patcher.ModelPatcher) - patchers0, _live(torch.Tensor) - tensors0
+    _report(request, f"reliability: {n} steered/plain samplings: live ModelPatcher {patchers:+d}, live tensors {tensors:+d}")
     _report(request, f"reliability: {n} steered/plain samplings in one ComfyUI process: RSS {rss0:.0f} MB -> "
                      f"{rss0 + growth:.0f} MB (growth {growth:+.2f} MB, peak {peak - rss0:+.2f} MB; bound {RSS_BOUND_MB} MB); "
                      f"hooks after every run == baseline {baseline_hooks}")
     assert growth < RSS_BOUND_MB
+    assert patchers == 0, "steered MODEL clones are kept alive after sampling"
+    assert tensors <= 0, "tensors accumulate across samplings"
 
 
 def test_20_fits_leave_no_hook_and_flat_memory(mods, model_clip, request):
