@@ -190,6 +190,35 @@ def test_interrupt_during_a_fit_leaves_nothing_and_next_fit_works(mods, model_cl
     assert all(torch.equal(again[k].omega, reference[k].omega) for k in reference.maps)
 
 
+def test_interrupt_inside_a_steered_unet_forward_removes_every_hook(mods, model_clip, two_maps):
+    """Cancel raised *while* the steering hooks are attached (inside the UNet forward, step 2)."""
+    import comfy.model_management as mm
+
+    model, clip = model_clip
+    map_a, _ = two_maps
+    baseline_hooks = _hooks(model, clip)
+    plain = _sample(mods, model, clip)
+    steered_model = mods.apply.apply_to_model(model, map_a, 1.0)
+    steered = _sample(mods, steered_model, clip)
+    calls = [0]
+
+    def cancel_on_second_step(module, args, output):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise mm.InterruptProcessingException()
+
+    probe = model.model.diffusion_model.middle_block[0].register_forward_hook(cancel_on_second_step)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _sample(mods, steered_model, clip)
+    finally:
+        probe.remove()
+    assert calls[0] == 2
+    assert _hooks(model, clip) == baseline_hooks, "a steering hook survived the cancelled forward"
+    assert torch.equal(_sample(mods, model, clip), plain)
+    assert torch.equal(_sample(mods, steered_model, clip), steered)
+
+
 def test_interrupt_during_save_keeps_the_old_file(mods, model_clip, two_maps, monkeypatch):
     import comfy.model_management as mm
 
