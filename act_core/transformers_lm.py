@@ -253,15 +253,21 @@ class LMRunner:
 
 
 def resolve_layers(model, layers) -> Union[Dict[str, Optional[int]], Sequence[str]]:
-    """A preset name (``"attention"``, ``"all_ln[4:8]"``...), regex patterns, or ``{name: index}``."""
+    """A preset name (``"attention"``, ``"all_ln[4:8]"``...), regex patterns, or ``{name: index}``.
+
+    A bare word that is neither a preset nor a module name (``"atention"``) is reported as an
+    unknown preset, listing the presets, rather than as a regex that matched nothing.
+    """
     if isinstance(layers, str) and is_preset(layers):
         return resolve_preset(model, layers)
-    if isinstance(layers, str) and "[" not in layers and "." not in layers and "*" not in layers and layers.isidentifier():
-        # a plain word that is no preset and matches no module is almost surely a typo'd preset
-        names = {n for n, _ in model.named_modules()}
-        if layers not in names:
-            resolve_preset(model, layers)  # raises the "unknown layer preset" error
-    return layers
+    if isinstance(layers, Mapping):
+        return layers
+    patterns = [layers] if isinstance(layers, str) else list(layers)
+    names = {n for n, _ in model.named_modules()}
+    for p in patterns:
+        if isinstance(p, str) and p.isidentifier() and p not in names:
+            resolve_preset(model, p)  # raises the "unknown layer preset" error with the choices
+    return patterns
 
 
 def fit_lm_map(
@@ -426,6 +432,9 @@ def sequence_logprobs(
         starts.append(len(pi))
     totals = torch.zeros(len(rows), dtype=torch.float64)
     counts = torch.zeros(len(rows), dtype=torch.long)
+    prefix, body = base_model(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     with torch.no_grad():
         for b in range(0, len(rows), batch_size):
             chunk = rows[b : b + batch_size]
@@ -435,14 +444,26 @@ def sequence_logprobs(
             for j, r in enumerate(chunk):
                 ids[j, : len(r)] = torch.tensor(r)
                 mask[j, : len(r)] = 1
-            logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            tok_lp = logp.gather(-1, ids[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1).double().cpu()
-            for j, r in enumerate(chunk):
-                s = starts[b + j]
-                sel = tok_lp[j, s - 1 : len(r) - 1]
-                totals[b + j] = sel.sum()
-                counts[b + j] = sel.numel()
+            ids, mask = ids.to(dev), mask.to(dev)
+            # positions whose next token is a continuation token: rows j, columns s-1 .. len-2
+            sel = [(j, p) for j, r in enumerate(chunk) for p in range(starts[b + j] - 1, len(r) - 1)]
+            rj = torch.tensor([j for j, _ in sel], device=dev)
+            pj = torch.tensor([p for _, p in sel], device=dev)
+            if prefix and head is not None:
+                # run the body, then the LM head only where a continuation token is predicted
+                h = body(input_ids=ids, attention_mask=mask, use_cache=False)
+                h = h.last_hidden_state if hasattr(h, "last_hidden_state") else h[0]
+                logits = head(h[rj, pj]).float()
+            else:
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rj, pj].float()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            tok_lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[rj, pj + 1].unsqueeze(-1)).squeeze(-1).double().cpu()
+            owner = rj.cpu()
+            for j in range(len(chunk)):
+                sel_j = tok_lp[owner == j]
+                totals[b + j] = sel_j.sum()
+                counts[b + j] = sel_j.numel()
     return totals, counts
 
 

@@ -196,8 +196,9 @@ def test_load_lm_round_trip_from_folder(llama, tmp_path):
     assert torch.equal(_logits(model, tok), _logits(m2, t2))
 
 
-def test_sequence_logprobs_known_answer(llama):
-    model, tok = llama
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gpt2"])  # gemma2: final logit soft-capping
+def test_sequence_logprobs_known_answer(arch):
+    model, tok = make_model(arch)
     prompts, conts = ["Thank you", "Once upon a time a"], [" so much", " robot"]
     lp, n = sequence_logprobs(model, tok, prompts, conts, batch_size=2)
     for j, (p, c) in enumerate(zip(prompts, conts)):
