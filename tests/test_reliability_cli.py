@@ -18,7 +18,8 @@ from act_core.cli import main
 from act_core.mapfile import TransportMap
 from act_core import fit_transport
 
-COMMANDS = ["inspect", "demo", "fit-style", "fit-negation", "generate", "sweep", "evaluate"]
+COMMANDS = ["inspect", "demo", "fit-style", "fit-negation", "generate", "sweep", "evaluate",
+            "lm-fit", "lm-generate", "lm-eval", "lm-export"]
 
 
 def _run(capsys, *argv):
@@ -178,3 +179,27 @@ def test_cancelled_fit_writes_nothing(tmp_path, capsys, monkeypatch):
     rc, _, err = _run(capsys, "fit-style", "--model", "m", "--style", "watercolor", "--out", tmp_path / "m.safetensors")
     assert rc == 130 and "nothing was written" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lm_commands_bad_inputs(tmp_path, capsys):
+    good = _small_map().save(tmp_path / "good.safetensors")
+    missing, nomodel = tmp_path / "missing.safetensors", tmp_path / "no_model"
+    (tmp_path / "src.txt").write_text("a\nb\n")
+    cases = [
+        (["lm-fit", "--task", "toxicity", "--out", tmp_path / "m.safetensors"], "no model"),
+        (["lm-fit", "--model", nomodel, "--task", "toxicity", "--out", tmp_path / "m.safetensors"], "does not exist"),
+        (["lm-fit", "--model", tmp_path, "--smollm2", "--task", "toxicity", "--out", tmp_path / "m.safetensors"], "not both"),
+        (["lm-fit", "--smollm2", "--source", tmp_path / "src.txt", "--out", tmp_path / "m.safetensors"], "--target"),
+        (["lm-fit", "--smollm2", "--out", tmp_path / "m.safetensors"], "no data"),
+        (["lm-fit", "--smollm2", "--task", "toxicity", "--out", tmp_path / "m.pt"], "--out must end in .safetensors"),
+        (["lm-generate", "--prompt", "hi"], "no model"),
+        (["lm-eval", "--smollm2", "--map", good, "--task", "toxicity", "--strengths", "a,b", "--out", tmp_path / "ev"],
+         "--strengths"),
+        (["lm-eval", "--smollm2", "--map", missing, "--task", "toxicity", "--out", tmp_path / "ev"], "missing.safetensors"),
+        (["lm-export", "--map", good], "nothing to do"),
+        (["lm-export", "--map", missing, "--control-vector", tmp_path / "v.gguf"], "missing.safetensors"),
+    ]
+    for argv, expect in cases:
+        rc, _, err = _run(capsys, *argv)
+        assert rc == 2 and ": error: " in err and expect in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.safetensors", "src.txt"]
