@@ -36,7 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         rc = args.handler(args)
-    except (CLIError, MapFileError, ValueError, FileNotFoundError, KeyError) as e:
+    except (CLIError, MapFileError, ValueError, OSError, KeyError) as e:  # OSError: disk full, permissions, ...
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"act-steer {args.command}: error: {msg}", file=sys.stderr)
         return 2

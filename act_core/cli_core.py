@@ -31,7 +31,12 @@ def _inspect(args) -> int:
 
 
 def _demo(args) -> int:
+    from pathlib import Path
+
+    from .cli import CLIError
     from .demo import run_demo
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CLIError(f"--out {args.out!r} is a file; give a folder for the demo's outputs (it is created if missing)")
     run_demo(out=args.out, seed=args.seed)
     return 0

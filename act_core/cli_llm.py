@@ -202,9 +202,9 @@ def _eval(args) -> int:
         raise CLIError(f"--strengths must be comma-separated numbers, got {args.strengths!r}") from None
     if not strengths:
         raise CLIError("--strengths is empty")
+    tmap = TransportMap.load(args.map)  # a bad --map fails before anything is created
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmap = TransportMap.load(args.map)
     model, tok = _load_model(args)
     tmap.check_model(model, architecture=architecture_of(model))
     rows = []

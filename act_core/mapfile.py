@@ -14,6 +14,7 @@ adapters translate them to their own module trees when attaching.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -219,7 +220,11 @@ class TransportMap:
             raise ValueError(f"map files use the .safetensors extension, got {path.name!r}")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"folder {str(path.parent)!r} does not exist; create it first")
-        atomic_write_bytes(path, self.to_bytes())
+        data = self.to_bytes()
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as e:
+            raise MapWriteError.wrap(path, e) from e
         return path
 
     @classmethod
@@ -233,6 +238,22 @@ class TransportMap:
         from .mapfile_reader import read_map_bytes
 
         return read_map_bytes(data)
+
+
+class MapWriteError(OSError):
+    """Saving a map failed (disk full, no permission, ...); any existing file is unchanged."""
+
+    @classmethod
+    def wrap(cls, path: Path, e: OSError) -> "MapWriteError":
+        why = e.strerror or str(e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free some disk space or save to another folder"
+        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = "choose a writable folder or fix its permissions"
+        else:
+            fix = "check the folder and try again"
+        return cls(e.errno, f"could not write map {str(path)!r}: {why}; the existing file (if any) is unchanged and "
+                            f"no partial file was left; {fix}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

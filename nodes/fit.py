@@ -39,13 +39,26 @@ def select(tree, layers: str, pattern: str):
                              "names, e.g. 'unet\\.mid_block\\..*norm.*' or 'unet_norms, text_encoder_mlp'")
     else:
         items = [preset]
-    chosen = resolve_modules(items, list(index))
+    try:
+        chosen = resolve_modules(items, list(index))
+    except ValueError as e:
+        if preset is not None:
+            raise
+        raise ValueError(f"custom_pattern: {e}") from None
     return {index[c]: k for c, k in chosen.items()}
+
+
+def _check_choice(name: str, value, options) -> None:
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(options)}")
 
 
 def fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, procedure, seed, width, height, steps):
     """Fit and return a TransportMap with canonical names; cancellable through ComfyUI's interrupt."""
     check_architecture(TransportMap(), cc.architecture(model))
+    _check_choice("method", method, METHODS)
+    _check_choice("support", support, SUPPORTS)
+    _check_choice("procedure", procedure, PROCEDURES)
     src, tgt = list(prompt_pairs["source"]), list(prompt_pairs["target"])
     procedure = PROCEDURES[procedure]
     tree = cc.model_tree(model, clip)
