@@ -56,10 +56,38 @@ def count_hooks(model: torch.nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
+class _HookSet:
+    """Forward hooks registered together and removed together (attaching is all-or-nothing)."""
+
+    _handles: List[Any]
+
+    def _attach_all(self, pairs) -> None:
+        if self._handles:
+            raise RuntimeError(f"{type(self).__name__} is already attached")
+        try:
+            for module, fn in pairs:
+                self._handles.append(module.register_forward_hook(fn))
+        except BaseException:
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
 # -- collection --------------------------------------------------------------------------------
 
 
-class ActivationCollector:
+class ActivationCollector(_HookSet):
     """Pool the outputs of named modules over every forward pass while attached.
 
     Args:
@@ -130,27 +158,15 @@ class ActivationCollector:
         return hook
 
     def attach(self) -> "ActivationCollector":
-        if self._handles:
-            raise RuntimeError("collector is already attached")
-        try:
-            for n, idx in self.modules.items():
-                self._handles.append(self.model.get_submodule(n).register_forward_hook(self._make_hook(n, idx)))
-        except BaseException:
-            self.remove()
-            raise
+        self._attach_all((self.model.get_submodule(n), self._make_hook(n, idx)) for n, idx in self.modules.items())
         return self
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        super().remove()
         self._fired.clear()
 
     def __enter__(self) -> "ActivationCollector":
         return self.attach()
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
     def take(self) -> Dict[str, Any]:
         """Return ``{module: (samples, D) float32}`` gathered so far (``QuantileSketch`` per module
@@ -177,7 +193,7 @@ def run_until_stop(fn: Callable[..., Any], *args, **kwargs) -> Any:
 Gate = Callable[[str, torch.Tensor], Any]
 
 
-class SteerHandle:
+class SteerHandle(_HookSet):
     """Forward hooks that transport module outputs; ``remove()`` restores the model.
 
     ``strength`` is a float (every module) or a dict of per-module strengths (modules not
@@ -245,32 +261,12 @@ class SteerHandle:
         return hook
 
     def attach(self) -> "SteerHandle":
-        if self._handles:
-            raise RuntimeError("steering hooks are already attached")
-        try:
-            for name in self.tmap.maps:
-                local = self.name_map(name) if self.name_map else name
-                module = self.model.get_submodule(local)
-                self._handles.append(module.register_forward_hook(self._make_hook(name)))
-        except BaseException:
-            self.remove()
-            raise
+        local = self.name_map or (lambda n: n)
+        self._attach_all((self.model.get_submodule(local(n)), self._make_hook(n)) for n in self.tmap.maps)
         return self
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
 
     def __enter__(self) -> "SteerHandle":
         return self.attach() if not self._handles else self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
 
 def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:
