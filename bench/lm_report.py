@@ -131,6 +131,39 @@ def sweep_rows(section, metrics):
     return rows
 
 
+def _pt(points, lam):
+    return next(p for p in points if abs(p["λ"] - lam) < 1e-9)
+
+
+def headline(res) -> list:
+    """A few sentences computed from the numbers (so they stay true when the report is regenerated)."""
+    lines = []
+    ppl0 = res["ppl_unsteered"]
+    for m, d in res["toxicity"].items():
+        a, b = _pt(d["points"], 0.0), _pt(d["points"], 1.0)
+        lines.append(f"- Toxicity-like, {METHODS[m]} λ=1: hostile fraction {a['hostile_frac']:.2f} → {b['hostile_frac']:.2f}, "
+                     f"mean hostility {a['hostility']:+.3f} → {b['hostility']:+.3f}, neutral perplexity "
+                     f"{ppl0:.1f} → {b['ppl']:.1f} ({100 * (b['ppl'] / ppl0 - 1):+.0f}%).")
+    for c, md in res["concepts"].items():
+        for m, pts in md.items():
+            a, b = _pt(pts, 0.0), _pt(pts, 1.0)
+            lines.append(f"- Concept '{c}', {METHODS[m]} λ=1: keyword rate {a['keyword_rate']:.2f} → {b['keyword_rate']:.2f}, "
+                         f"MiniLM concept fraction {a['concept_frac']:.2f} → {b['concept_frac']:.2f}, neutral perplexity "
+                         f"{100 * (b['ppl'] / ppl0 - 1):+.0f}%.")
+    one = res["concepts_at_1"]
+    if one:
+        k0 = sum(r["keyword λ=0"] for r in one) / len(one)
+        k1 = {m: [r["keyword λ=1"] for r in one if r["method"] == m] for m in METHODS.values()}
+        lines.append("- All six concepts, λ=1, mean keyword rate: unsteered " + f"{k0:.2f}; "
+                     + ", ".join(f"{m} {sum(v) / len(v):.2f}" for m, v in k1.items() if v) + ".")
+    mc = res.get("mc") or {}
+    if "λ=0" in mc:
+        base = mc["λ=0"]
+        parts = [f"{k}: MC1 {v['mc1']:.3f}, MC2 {v['mc2']:.3f}" for k, v in mc.items() if k != "λ=0"]
+        lines.append(f"- Truthfulness MC (held-out halves): unsteered MC1 {base['mc1']:.3f}, MC2 {base['mc2']:.3f}; " + "; ".join(parts) + ".")
+    return lines
+
+
 def render(res, out: Path) -> None:
     """Write REPORT.md and the plots from a results dict (also used by --render-only)."""
     cfg, ppl0, tox, conc, conc_one = res["config"], res["ppl_unsteered"], res["toxicity"], res["concepts"], res["concepts_at_1"]
@@ -167,7 +200,13 @@ def render(res, out: Path) -> None:
         "Maps fitted with the simultaneous procedure (the paper uses causal; simultaneous keeps this run short) "
         "and mean pooling over real tokens.",
         "",
-        f"Unsteered perplexity on the 40 neutral sentences: **{ppl0:.2f}**.",
+        f"Unsteered perplexity on the 40 neutral sentences: **{ppl0:.2f}** (mean of per-sentence perplexities, as in "
+        "the reference; high in absolute terms because the sentences are short, SmolLM2's tokenizer adds no BOS token, "
+        "a few sentences dominate the mean, and the weights come from a 4-bit GGUF. Read the relative change.)",
+        "",
+        "## Headline",
+        "",
+    ] + headline(res) + [
         "",
         "## 1. Toxicity-like mitigation (hostile → friendly)",
         "",
