@@ -158,3 +158,15 @@ def test_check_model(rng):
     with pytest.raises(MapFileError, match="'block.0' not found"):
         tmap.check_model(torch.nn.Module())
     tmap.renamed(lambda n: "x" + n).check_model(Toy(), name_map=lambda n: n[1:])
+
+
+def test_saved_file_permissions_follow_umask_or_old_file(tmp_path, rng):
+    old = os.umask(0o022)
+    try:
+        path = small_map(rng).save(tmp_path / "m.safetensors")
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.chmod(path, 0o640)
+        small_map(rng).save(path)
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
