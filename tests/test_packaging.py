@@ -1,0 +1,28 @@
+"""The installed distribution holds act_core only (never a top-level `nodes`), with its data."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contains_only_act_core_and_its_data(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("act_steering-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert "act_core" in tops and all(t == "act_core" or t.endswith(".dist-info") for t in tops), tops
+    assert "nodes" not in tops and not any(n.startswith("nodes/") for n in names)
+    for data in ("act_core/prompts/data/captions.txt", "act_core/prompts/data/styles.json",
+                 "act_core/lm_data/lm_toxicity.json"):
+        assert data in names, data
+    entry = [n for n in names if n.endswith("entry_points.txt")]
+    assert entry and b"act-steer = act_core.cli:main" in zipfile.ZipFile(wheel).read(entry[0])
+
+
+def test_comfy_requirements_never_install_torch():
+    reqs = (ROOT / "requirements.txt").read_text().split()
+    assert not any(r.lower().startswith(("torch", "torchvision", "torchaudio")) for r in reqs)
