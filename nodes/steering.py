@@ -119,15 +119,24 @@ def block_strengths(spec: str, modules: Iterable[str], strength: float) -> Dict[
 
 
 def rows_gate(rows_fn):
-    """act_core gate from ``rows_fn(batch) -> (B,) bool or None`` (None = steer every row)."""
+    """act_core gate from ``rows_fn(batch) -> (B,) bool or None`` (None = steer every row).
+
+    The decision is computed once per batch size and device (the gate lives for one UNet call,
+    where every hooked module sees the same batch layout), not once per hooked module.
+    """
+    memo = {}
 
     def gate(name, x):
-        rows = rows_fn(x.shape[0])
-        if rows is None or bool(rows.all()):
-            return True
-        if not bool(rows.any()):
-            return False
-        return rows.to(x.device)
+        key = (x.shape[0], x.device)
+        if key not in memo:
+            rows = rows_fn(x.shape[0])
+            if rows is None or bool(rows.all()):
+                memo[key] = True
+            elif not bool(rows.any()):
+                memo[key] = False
+            else:
+                memo[key] = rows.to(x.device)
+        return memo[key]
 
     return gate
 

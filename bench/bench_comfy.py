@@ -1,0 +1,141 @@
+"""Steering overhead inside ComfyUI sampling (the node pack's Apply node on a real ComfyUI).
+
+    python bench/bench_comfy.py [--repeats 7]
+
+Needs the ComfyUI 0.3.75 that `tools/comfyui_setup.py` extracts (the test setup does it).
+A quarter-width SDXL UNet built from ComfyUI's own classes (real SDXL block structure,
+transformer depth 1/2/10, 2048-wide context, random weights) samples 2 euler steps at 32×32
+latents, cfg 1 (Turbo/Lightning style: one UNet call per step), through `comfy.sample.sample`.
+Variants, interleaved per repeat: the plain MODEL; the MODEL patched by the pack's
+`apply_to_model` with a map on all 256 UNet normalisation modules, support `q_0_100` and `all`.
+The map's numbers are random (ω near 1): timing does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name, path, package_dir=None):
+    kw = {"submodule_search_locations": [str(package_dir)]} if package_dir else {}
+    spec = importlib.util.spec_from_file_location(name, str(path), **kw)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def setup_comfy():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import comfyui_setup
+
+    if not comfyui_setup.ready():
+        raise SystemExit("ComfyUI is not set up: run `python tools/comfyui_setup.py` first")
+    load("act_comfy_shim", ROOT / "tools" / "comfy_shim" / "sitecustomize.py").install()
+    sys.path.insert(0, str(comfyui_setup.comfyui_dir()))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy.model_management  # noqa: F401
+    import nodes  # noqa: F401
+
+
+def quarter_sdxl():
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet = {"model_channels": 64, "use_linear_in_transformer": True, "transformer_depth": [0, 0, 2, 2, 10, 10],
+            "context_dim": 2048, "adm_in_channels": 2816, "use_temporal_attention": False, "in_channels": 4,
+            "out_channels": 4, "num_res_blocks": [2, 2, 2], "channel_mult": [1, 2, 4],
+            "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "transformer_depth_middle": 10,
+            "num_classes": "sequential", "use_spatial_transformer": True, "legacy": False, "image_size": 32,
+            "use_checkpoint": False, "use_temporal_resblock": False, "num_head_channels": 64, "num_heads": -1}
+    config = comfy.supported_models.SDXL(unet)
+    base = config.get_model({})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if p.ndim == 1:
+                p.fill_(1.0 if ("norm" in name and name.endswith("weight")) else 0.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def random_map(model):
+    from act_core import fit_transport
+    from act_core.mapfile import TransportMap
+    from act_core.presets import resolve_preset
+    from act_core.names import canonical_names
+
+    mods = dict(model.model.named_modules())  # names relative to MODEL.model: diffusion_model.*
+    canon = canonical_names(n for n in mods if n)  # {canonical: comfy name}
+    chosen = resolve_preset("unet_norms", list(canon))
+    g = torch.Generator().manual_seed(1)
+    tmap = TransportMap(meta={"architecture": "sdxl", "method": "linear", "pooling": "mean"})
+    for c in chosen:
+        m = mods[canon[c]]
+        d = getattr(m, "num_channels", None) or m.normalized_shape[-1]
+        t = fit_transport(torch.randn(32, d, generator=g), torch.randn(32, d, generator=g) * 1.1 + 0.1)
+        tmap.add(c, t, "spatial_mean" if isinstance(m, torch.nn.GroupNorm) else "tokens")
+    return tmap
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--steps", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    setup_comfy()
+    pack = load("act_steering_pack", ROOT / "__init__.py", ROOT)
+    from act_steering_pack.nodes import apply as apply_node
+    from act_steering_pack.nodes import comfy_compat as cc
+
+    model = quarter_sdxl()
+    tmap = random_map(model)
+    g = torch.Generator().manual_seed(2)
+    pos = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
+    neg = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
+    latent = cc.empty_latent(model, 256, 256)
+    q_model = apply_node.apply_to_model(model, tmap.renamed(lambda n: n), 1.0)
+    all_map = tmap.renamed(lambda n: n)
+    for t in all_map.maps.values():
+        t.default_support = "all"
+    a_model = apply_node.apply_to_model(model, all_map, 1.0)
+    variants = {"unsteered": model, "steered, q_0_100": q_model, "steered, all": a_model}
+
+    def run(m):
+        return cc.sample(m, pos, neg, latent, seed=0, steps=args.steps, cfg=1.0)
+
+    outs = {k: run(m) for k, m in variants.items()}  # warm-up, and the results
+    times = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for k, m in variants.items():
+            t0 = time.perf_counter()
+            run(m)
+            times[k].append(time.perf_counter() - t0)
+    base = statistics.median(times["unsteered"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, loadavg {os.getloadavg()[0]:.2f}\n")
+    print(f"### ComfyUI sampling: quarter-width SDXL UNet (ComfyUI classes), {args.steps} euler steps, 32x32 latents, "
+          f"cfg 1; map on {len(tmap)} UNet normalisation modules via the Apply node\n")
+    print("| variant | min s | median s | max s | median ratio vs unsteered |\n|---|---|---|---|---|")
+    for k, xs in times.items():
+        print(f"| {k} | {min(xs):.3f} | {statistics.median(xs):.3f} | {max(xs):.3f} | {statistics.median(xs) / base:.3f}x |")
+    print(f"\nsteered output differs from unsteered: {not torch.equal(outs['steered, all'], outs['unsteered'])}; "
+          f"plain model unchanged after steered runs: {torch.equal(run(model), outs['unsteered'])}")
+    del pack
+
+
+if __name__ == "__main__":
+    main()
