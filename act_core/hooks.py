@@ -240,11 +240,13 @@ class SteerHandle(_HookSet):
         support = normalize_support(self.support if self.support is not None else t.default_support)
         inplace_allowed = self.inplace
 
+        kernels: Dict[tuple, Callable] = {}  # (λ, dtype, device, ndim) -> checked kernel
+
         def hook(module, args, output):
             lam = self.strengths[name]
             if lam == 0:
                 return None
-            x = _pick(output, index)
+            x = output if type(output) is torch.Tensor else _pick(output, index)
             rows = True if self.gate is None else self.gate(name, x)
             if rows is False:
                 return None
@@ -253,10 +255,14 @@ class SteerHandle(_HookSet):
                 y = x.clone()
                 y[rows] = t.apply(x[rows], lam, support, lay)
                 return _replace(output, index, y)
-            if x.shape[1 if lay != "tokens" else -1] != t.units:
-                t.apply(x, lam, support, lay)  # raises the explanatory unit-count error
-            kernel = t.kernel(lam, support, lay, x.dtype, x.device)
-            return _replace(output, index, kernel(x, inplace_allowed and _owns(x, args)))
+            key = (lam, x.dtype, x.device, x.ndim)
+            kernel = kernels.get(key)
+            if kernel is None:
+                if x.shape[1 if lay != "tokens" else -1] != t.units:
+                    t.apply(x, lam, support, lay)  # raises the explanatory unit-count error
+                kernel = kernels[key] = t.kernel(lam, support, lay, x.dtype, x.device)
+            y = kernel(x, inplace_allowed and _owns(x, args))
+            return y if output is x else _replace(output, index, y)
 
         return hook
 

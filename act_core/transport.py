@@ -212,10 +212,13 @@ class UnitTransport:
             lo, hi = bounds
 
             def banded(x, inplace):
-                outside = x <= lo
-                outside |= x >= hi
-                delta = torch.addcmul(c, x, a_minus_1).masked_fill_(outside, 0)
-                return x.add_(delta) if inplace else delta.add_(x)
+                # float 0/1 mask from comparisons written into float buffers (much faster than a
+                # bool mask with where / masked_fill on CPU); the offset uses the clamped value so
+                # it stays finite outside the band: y = x + inside * ((a - 1) clamp(x) + c)
+                inside = torch.gt(x, lo, out=torch.empty_like(x))
+                inside.mul_(torch.lt(x, hi, out=torch.empty_like(x)))
+                delta = torch.addcmul(c, torch.clamp(x, lo, hi), a_minus_1)
+                return torch.addcmul(x, inside, delta, out=x) if inplace else torch.addcmul(x, inside, delta)
 
             return banded
         view = (1, -1, 1, 1)
@@ -236,8 +239,10 @@ class UnitTransport:
 
         def per_pixel(x, inplace):
             m = x.mean(dim=(2, 3), keepdim=True)
-            delta = torch.addcmul(cv, x, amv).masked_fill_((m <= lov) | (m >= hiv), 0)
-            return x.add_(delta) if inplace else delta.add_(x)
+            inside = ((lov < m) & (m < hiv)).to(x.dtype)  # (B, C, 1, 1): small
+            a_eff = torch.addcmul(torch.ones_like(inside), inside, amv)  # 1 outside the band
+            c_eff = inside * cv  # 0 outside the band
+            return torch.addcmul(c_eff, x, a_eff, out=x) if inplace else torch.addcmul(c_eff, x, a_eff)
 
         return per_pixel
 

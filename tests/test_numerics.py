@@ -57,3 +57,14 @@ def test_tiny_and_unequal_sets(rng):
     assert torch.isfinite(t.omega).all()
     a = fit_transport(torch.randn(1, 2, generator=rng), torch.randn(3, 2, generator=rng), "aura")
     assert torch.isfinite(a.omega).all()
+
+
+def test_band_passes_infinite_values_through_without_nan(rng):
+    t = fit_transport(torch.randn(100, 4, generator=rng), torch.randn(100, 4, generator=rng) + 2)
+    x = torch.randn(3, 4, generator=rng)
+    x[0, 0], x[1, 1] = float("inf"), -float("inf")
+    for layout, xx in (("tokens", x), ("per_pixel", x.T.reshape(1, 4, 3, 1))):
+        y = t.apply(xx, 1.0, "q_0_100", layout)
+        assert not torch.isnan(y).any()
+    y = t.apply(x, 1.0, "q_0_100")
+    assert y[0, 0] == float("inf") and y[1, 1] == -float("inf")
