@@ -102,7 +102,6 @@ def main(argv=None) -> int:
             print(f"[unsteered] prompted style {st}: judged style {r['presence']:.2f}, shapes {r['shapes']:.2f}, "
                   f"colours {r['colors']:.2f}, background {r['background']:.2f}", flush=True)
             if st == "none":
-                E.grid({0.0: imgs}, [W.caption(s) for s in sc], rows=1)
                 from PIL import Image
 
                 tiles = [E.upscale(im, 2) for im in imgs[:32]]

@@ -88,6 +88,13 @@ def main(argv=None) -> int:
             {**info, "vae_steps": args.vae_steps, "batch": args.batch, "scenes": args.scenes,
              "recommended": MW.GENERATION}, indent=2))
         log(f"[save] {out / 'model'}")
+    if "export" in stages:  # the current checkpoint as a model folder, without training
+        done = T.load_checkpoint(pipe, ckpt)
+        M.save_pipeline(pipe, out / "model")
+        (out / "model" / "miniworld.json").write_text(json.dumps(
+            {**info, "unet_steps": done, "vae_steps": args.vae_steps, "batch": args.batch, "scenes": args.scenes,
+             "recommended": MW.GENERATION, "exported_from_checkpoint": True}, indent=2))
+        log(f"[export] step {done} -> {out / 'model'}")
     if "judges" in stages:
         from act_core.miniworld import judges as J
 

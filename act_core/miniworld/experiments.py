@@ -155,7 +155,7 @@ def grid(images: Dict[float, np.ndarray], prompts: Sequence[str], rows: int = 4,
 
     lams = list(images)
     cells = [[upscale(images[l][i], k) for l in lams] for i in range(min(rows, len(prompts)))]
-    return label_grid(cells, [f"λ={l:g}" for l in lams], list(prompts)[:rows])
+    return label_grid(cells, [f"lambda={l:g}" for l in lams], list(prompts)[:rows])
 
 
 def line_plot(series: Dict[str, List[Tuple[float, float]]], path, title: str = "", ylabel: str = ""):
@@ -177,7 +177,7 @@ def line_plot(series: Dict[str, List[Tuple[float, float]]], path, title: str = "
     for x in xs:
         px = L + (Wd - L - R) * (x - x0) / (x1 - x0)
         d.text((px - 6, H - B + 6), f"{x:g}", fill="black")
-    d.text(((Wd - R) // 2, H - 18), "λ", fill="black")
+    d.text(((Wd - R) // 2 - 10, H - 18), "lambda", fill="black")
     d.text((L, 8), title, fill="black")
     for k, (name, pts) in enumerate(series.items()):
         c = palette[k % len(palette)]

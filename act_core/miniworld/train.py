@@ -181,3 +181,16 @@ def train_unet(pipe, data: dict, ckpt: Path, steps: int = 5000, batch: int = 32,
     nets.load_state_dict(ema.state_dict())  # the EMA weights are the model
     nets.eval()
     return done
+
+
+def load_checkpoint(pipe, ckpt: Path) -> int:
+    """Put the checkpoint's VAE and EMA UNet/text-encoder weights into ``pipe``; returns the UNet step."""
+    st = torch.load(Path(ckpt) / "vae.pt", weights_only=False)
+    pipe.vae.load_state_dict(st["model"])
+    pipe.vae.register_to_config(scaling_factor=st["scale"])
+    st = torch.load(Path(ckpt) / "unet.pt", weights_only=False)
+    nets = torch.nn.ModuleDict({"unet": pipe.unet, "te": pipe.text_encoder, "te2": pipe.text_encoder_2})
+    nets.load_state_dict(st["ema"])
+    for m in (pipe.vae, pipe.unet, pipe.text_encoder, pipe.text_encoder_2):
+        m.eval()
+    return st["step"]
