@@ -22,6 +22,8 @@ def register(sub) -> None:
                    "real models: a shipped style (default watercolor)")
     d.add_argument("--concept", default="circle", help="miniature: circle (default), square, triangle; "
                    "real models: a shipped concept (default pink_elephant)")
+    d.add_argument("--layers", default=None, help="a layer preset or regexes for both maps (default: the miniature's "
+                   "best per task, text_encoder_layers for style and unet_norms for negation; real models: unet_norms)")
     d.add_argument("--n-eval", type=int, default=16, help="held-out prompts measured per λ (miniature)")
     d.add_argument("--llm", action="store_true", help="run the earlier tiny-Llama demo instead")
     d.set_defaults(handler=_demo)
@@ -49,5 +51,5 @@ def _demo(args) -> int:
     if args.unet and not args.model:
         raise ValueError("--unet needs --model (the SDXL base pipeline the UNet weights go on)")
     run_demo(out=args.out, seed=args.seed, model=args.model, unet=args.unet, config=args.config, style=args.style,
-             concept=args.concept, n_eval=args.n_eval)
+             concept=args.concept, n_eval=args.n_eval, layers=args.layers)
     return 0

@@ -92,7 +92,7 @@ DEMO_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, unet: Optional[str] = None,
              config: Optional[str] = None, style: str = "poster", concept: str = "circle", n_fit: int = 64,
              n_eval: int = 16, strengths: Sequence[float] = DEMO_STRENGTHS, steps: Optional[int] = None,
-             log=print) -> dict:
+             layers: Optional[str] = None, log=print) -> dict:
     """Fit a style map and a negation map, write grids (+ a measured table on the miniature model).
 
     Returns ``{"style": rows, "negation": rows}`` (rows: dicts per λ; empty for real models) and
@@ -108,13 +108,13 @@ def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, 
     outp.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if model is None:
-        return _mini_demo(outp, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0)
+        return _mini_demo(outp, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0, layers)
     pipe = D.load_sdxl(model, unet=unet, config=config)
     log(f"loaded {model} ({pipe.act_defaults['kind']}) in {time.time() - t0:.0f}s")
     real_style = style if style != "poster" else "watercolor"
     real_concept = concept if concept != "circle" else "pink_elephant"
-    smap = D.fit_style_map(pipe, real_style, n=n_fit, seed=seed)
-    nmap = D.fit_negation_map(pipe, real_concept, n=n_fit, seed=seed)
+    smap = D.fit_style_map(pipe, real_style, n=n_fit, seed=seed, layers=layers or "unet_norms")
+    nmap = D.fit_negation_map(pipe, real_concept, n=n_fit, seed=seed, layers=layers or "unet_norms")
     smap.save(outp / f"style_{real_style}.safetensors")
     nmap.save(outp / f"negation_{real_concept}.safetensors")
     from . import prompts as P
@@ -132,7 +132,11 @@ def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, 
     return {"style": [], "negation": []}
 
 
-def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0) -> dict:
+#: layers the demo fits on the miniature model, per task (see reports/miniworld/REPORT.md)
+MINI_LAYERS = {"style": "text_encoder_layers", "negation": "unet_norms"}
+
+
+def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0, layers=None) -> dict:
     import json
     import time
 
@@ -152,7 +156,8 @@ def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps
     log(f"miniature SDXL loaded from {MW.MODEL} ({time.time() - t0:.1f}s)")
     results, md = {}, ["# act-steer demo: the miniature SDXL (procedural world)", ""]
     for task, target in (("style", style), ("negation", concept)):
-        tmap = E.fit(pipe, task, target, method="linear", n=n_fit, seed=seed)
+        lay = layers or MINI_LAYERS[task]
+        tmap = E.fit(pipe, task, target, method="linear", layers=lay, n=n_fit, seed=seed)
         name = f"{task}_{target}.safetensors"
         tmap.save(outp / name)
         rows, images = E.sweep(pipe, judges, task, target, tmap, strengths, n=n_eval, seed=seed, **gen)
@@ -163,7 +168,7 @@ def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps
         what = (f"style **{style}** (presence = judged {style}; content = prompted shapes and colours found)"
                 if task == "style" else f"negation of **{concept}** (presence = a {concept} found; "
                 f"content = the other object's shape and colour found)")
-        md += [f"## {what}", "", f"Linear-AcT on unet_norms, fitted on {n_fit} prompt pairs; {n_eval} held-out "
+        md += [f"## {what}", "", f"Linear-AcT on {lay}, fitted on {n_fit} prompt pairs; {n_eval} held-out "
                f"prompts, seed {seed}; grid: `{task}_grid.png`.", "", E.table(rows, cols), ""]
         results[task] = rows
         r0, r1 = rows[0], min(rows, key=lambda r: abs(r["strength"] - 1.0))

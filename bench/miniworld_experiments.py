@@ -31,10 +31,10 @@ def configs(quick: bool):
     for method in ("linear", "mean"):
         for s in styles:
             out.append(dict(task="style", target=s, method=method, layers="unet_norms", procedure="simultaneous",
-                            strengths=SHORT if quick else FULL, group="main"))
+                            strengths=SHORT if quick or method == "mean" else FULL, group="main"))
         for k in shapes:
             out.append(dict(task="negation", target=k, method=method, layers="unet_norms", procedure="simultaneous",
-                            strengths=SHORT if quick else FULL, group="main"))
+                            strengths=SHORT if quick or method == "mean" else FULL, group="main"))
     for s in styles:
         out.append(dict(task="style", target=s, method="linear", layers="unet_norms", procedure="causal",
                         strengths=SHORT, group="causal"))
@@ -45,6 +45,9 @@ def configs(quick: bool):
                         strengths=SHORT, group="causal"))
         out.append(dict(task="negation", target=k, method="linear", layers="text_encoder_layers",
                         procedure="simultaneous", strengths=SHORT, group="text"))
+    for s in styles:
+        out.append(dict(task="style", target=s, method="linear", layers="unet_norms", procedure="per_step",
+                        strengths=SHORT, group="perstep"))
     if quick:
         out = [c for c in out if c["group"] == "main" and c["method"] == "linear"]
     return out
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
                                cache=cache)
         results["runs"][k] = {**{x: c[x] for x in ("task", "target", "method", "layers", "procedure", "group")},
                               "strengths": list(c["strengths"]), "rows": rows, "fit_seconds": round(t_fit, 1),
-                              "modules": len(tmap)}
+                              "modules": len(next(iter(tmap.values()))) if isinstance(tmap, dict) else len(tmap)}
         if c["group"] == "main" and c["method"] == "linear":
             scenes = E.style_eval_scenes(args.n) if c["task"] == "style" else E.negation_eval_scenes(c["target"], args.n)
             E.grid(images, [W.caption(s) for s in scenes], rows=4).save(out / f"grid_{c['task']}_{c['target']}.png")

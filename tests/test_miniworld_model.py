@@ -61,7 +61,9 @@ def test_unsteered_generations_show_the_prompted_attributes(pipe, judges):
 
 
 def test_style_map_raises_style_and_lambda_zero_is_exact(pipe, judges):
-    tmap = E.fit(pipe, "style", "poster", n=16)
+    # text-encoder maps: the layers that carry style on this model (UNet-norm maps fitted at t = 999
+    # barely move it; reports/miniworld/REPORT.md)
+    tmap = E.fit(pipe, "style", "poster", layers="text_encoder_layers", n=16)
     prompts = [W.caption(s) for s in E.style_eval_scenes(6)]
     base = E.generate_np(pipe, prompts, seed=1, steps=STEPS)
     zero = E.generate_np(pipe, prompts, tmap, 0.0, seed=1, steps=STEPS)

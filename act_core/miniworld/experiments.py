@@ -98,7 +98,7 @@ def generate_np(pipe, prompts: Sequence[str], tmap=None, strength: float = 0.0, 
 
 def fit(pipe, task: str, target: str, method: str = "linear", layers="unet_norms", procedure: str = "simultaneous",
         n: int = 64, seed: int = 0, progress=None):
-    from ..diffusers_sdxl import fit_sdxl_map
+    from ..diffusers_sdxl import fit_sdxl_map, fit_step_maps
 
     if task == "style":
         src, tgt = style_pairs(target, n)
@@ -108,6 +108,9 @@ def fit(pipe, task: str, target: str, method: str = "linear", layers="unet_norms
         meta = dict(task="negation", concept=target, condition=target)
     else:
         raise ValueError(f"unknown task {task!r}: choose style or negation")
+    if procedure == "per_step":  # EXPERIMENTAL: one map per denoising step (a dict {step: map})
+        return fit_step_maps(pipe, src, tgt, layers, method=method, seed=seed, batch_size=32, world="miniworld",
+                             **meta)
     return fit_sdxl_map(pipe, src, tgt, layers, method, procedure, seed=seed, batch_size=32, progress=progress,
                         world="miniworld", **meta)
 

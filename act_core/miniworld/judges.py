@@ -212,8 +212,6 @@ def train_net(steps: int = 3500, batch: int = 64, seed: int = 0, vae=None, log: 
 
 
 def train_and_save(path: Union[str, Path], vae=None, steps: int = 3500, seed: int = 0, log=print) -> dict:
-    from safetensors.torch import save_file
-
     from ..mapfile import atomic_write_bytes
 
     net, acc = train_net(steps=steps, seed=seed, vae=vae, log=log)

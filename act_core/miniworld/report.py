@@ -135,16 +135,16 @@ def write_report(results: dict, out: Path) -> Path:
             line_plot(series, out / f"plot_{task}_average.png", title=f"{task}: average over {len(lin_all)} targets")
             add(f"Average over targets:\n\n![average](plot_{task}_average.png)\n")
     # variants
-    variants = [r for r in results["runs"].values() if r["group"] in ("causal", "text")]
+    variants = [r for r in results["runs"].values() if r["group"] in ("causal", "text", "perstep")]
     if variants:
         add("## Variants at λ = 1 (Linear-AcT): causal vs simultaneous, UNet norms vs text-encoder layers\n")
-        add("| task | target | UNet norms, simultaneous | UNet norms, causal | text-encoder layers, simultaneous |")
-        add("|---|---|---|---|---|")
+        add("| task | target | UNet norms, simultaneous | UNet norms, causal | text-encoder layers, simultaneous | UNet norms, one map per step |")
+        add("|---|---|---|---|---|---|")
         for task, targets in (("style", W.STYLES[1:]), ("negation", W.SHAPES)):
             for t in targets:
                 cells = []
                 for layers, proc in (("unet_norms", "simultaneous"), ("unet_norms", "causal"),
-                                     ("text_encoder_layers", "simultaneous")):
+                                     ("text_encoder_layers", "simultaneous"), ("unet_norms", "per_step")):
                     rr = _runs(results, task=task, target=t, method="linear", layers=layers, procedure=proc)
                     r1 = _at(rr[0]["rows"], 1.0) if rr else None
                     cells.append(f"presence {r1['presence']:.2f}, content {r1['content']:.2f}" if r1 else "–")

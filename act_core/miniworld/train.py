@@ -106,8 +106,7 @@ def make_data(pipe, ckpt: Path, n: int = 20000, seed: int = 0, log: Log = print)
     vae = pipe.vae.eval()
     z = torch.cat([vae.encode(x[i:i + 500]).latent_dist.mean for i in range(0, n, 500)]) * vae.config.scaling_factor
     ids1, ids2 = M.token_ids(pipe, captions)
-    d = {"latents": z.half(), "ids1": ids1.short() if ids1.max() < 32767 else ids1, "ids2": ids2, "captions": captions}
-    d["ids1"], d["ids2"] = ids1.int(), ids2.int()
+    d = {"latents": z.half(), "ids1": ids1.int(), "ids2": ids2.int(), "captions": captions}
     _save(d, path)
     log(f"[data] {n} scenes encoded in {time.time() - t0:.0f}s; latents std {z.std():.3f}")
     return d
