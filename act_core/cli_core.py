@@ -23,7 +23,7 @@ def register(sub) -> None:
     d.add_argument("--concept", default="circle", help="miniature: circle (default), square, triangle; "
                    "real models: a shipped concept (default pink_elephant)")
     d.add_argument("--layers", default=None, help="a layer preset or regexes for both maps (default: the miniature's "
-                   "best per task, text_encoder_layers for style and unet_norms for negation; real models: unet_norms)")
+                   "best, text_encoder_layers; real models: unet_norms)")
     d.add_argument("--n-eval", type=int, default=16, help="held-out prompts measured per λ (miniature)")
     d.add_argument("--llm", action="store_true", help="run the earlier tiny-Llama demo instead")
     d.set_defaults(handler=_demo)

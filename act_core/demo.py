@@ -133,7 +133,7 @@ def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, 
 
 
 #: layers the demo fits on the miniature model, per task (see reports/miniworld/REPORT.md)
-MINI_LAYERS = {"style": "text_encoder_layers", "negation": "unet_norms"}
+MINI_LAYERS = {"style": "text_encoder_layers", "negation": "text_encoder_layers"}
 
 
 def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0, layers=None) -> dict:

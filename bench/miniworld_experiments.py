@@ -45,6 +45,14 @@ def configs(quick: bool):
                         strengths=SHORT, group="causal"))
         out.append(dict(task="negation", target=k, method="linear", layers="text_encoder_layers",
                         procedure="simultaneous", strengths=SHORT, group="text"))
+    for task, targets in (("style", styles), ("negation", shapes)):
+        for t in targets:  # Linear-AcT applied on the unbounded support (its default is the source's q_0_100 band)
+            out.append(dict(task=task, target=t, method="linear", layers="unet_norms", procedure="simultaneous",
+                            strengths=SHORT, group="support_all", support="all"))
+    for k in shapes:
+        for layers in ("unet_norms", "text_encoder_layers"):
+            out.append(dict(task="negation_swap", target=k, method="linear", layers=layers, procedure="simultaneous",
+                            strengths=SHORT, group="swap"))
     for s in styles:
         out.append(dict(task="style", target=s, method="linear", layers="unet_norms", procedure="per_step",
                         strengths=SHORT, group="perstep"))
@@ -54,7 +62,8 @@ def configs(quick: bool):
 
 
 def key(c) -> str:
-    return f"{c['task']}:{c['target']}:{c['method']}:{c['layers']}:{c['procedure']}"
+    k = f"{c['task']}:{c['target']}:{c['method']}:{c['layers']}:{c['procedure']}"
+    return k + (f":support={c['support']}" if c.get("support") else "")
 
 
 def main(argv=None) -> int:
@@ -128,9 +137,11 @@ def main(argv=None) -> int:
         tmap = E.fit(pipe, c["task"], c["target"], c["method"], c["layers"], c["procedure"], n=args.n_fit,
                      seed=args.seed)
         t_fit = time.time() - t1
+        gen = {"support": c["support"]} if c.get("support") else {}
         rows, images = E.sweep(pipe, judges, c["task"], c["target"], tmap, c["strengths"], n=args.n, seed=args.seed,
-                               cache=cache)
+                               cache=cache, **gen)
         results["runs"][k] = {**{x: c[x] for x in ("task", "target", "method", "layers", "procedure", "group")},
+                              "support": c.get("support") or "default",
                               "strengths": list(c["strengths"]), "rows": rows, "fit_seconds": round(t_fit, 1),
                               "modules": len(next(iter(tmap.values()))) if isinstance(tmap, dict) else len(tmap)}
         if c["group"] == "main" and c["method"] == "linear":

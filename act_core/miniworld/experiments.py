@@ -37,6 +37,17 @@ def negation_pairs(shape: str, n: int = 64, seed: int = FIT_SEED) -> Tuple[List[
     return [W.caption(s) for s in scenes], [W.caption(W.without_shape(s, shape)) for s in scenes]
 
 
+def swap_pairs(shape: str, n: int = 64, seed: int = FIT_SEED) -> Tuple[List[str], List[str]]:
+    """Negation by replacement: the ``shape`` object becomes the third shape (count, layout, colours kept)."""
+    scenes = _scenes_with(shape, n, seed)
+    tgt = []
+    for s in scenes:
+        third = next(k for k in W.SHAPES if k not in s.shapes())
+        objs = tuple(W.Obj(third, o.color, o.size, o.x, o.y) if o.shape == shape else o for o in s.objects)
+        tgt.append(W.caption(W.Scene(objs, s.background, s.style)))
+    return [W.caption(s) for s in scenes], tgt
+
+
 def _scenes_with(shape: str, n: int, seed: int) -> List[W.Scene]:
     rng = np.random.default_rng(seed)
     out = []
@@ -106,8 +117,11 @@ def fit(pipe, task: str, target: str, method: str = "linear", layers="unet_norms
     elif task == "negation":
         src, tgt = negation_pairs(target, n)
         meta = dict(task="negation", concept=target, condition=target)
+    elif task == "negation_swap":
+        src, tgt = swap_pairs(target, n)
+        meta = dict(task="negation", concept=target, condition=target, negation_mode="swap")
     else:
-        raise ValueError(f"unknown task {task!r}: choose style or negation")
+        raise ValueError(f"unknown task {task!r}: choose style, negation or negation_swap")
     if procedure == "per_step":  # EXPERIMENTAL: one map per denoising step (a dict {step: map})
         return fit_step_maps(pipe, src, tgt, layers, method=method, seed=seed, batch_size=32, world="miniworld",
                              **meta)
@@ -121,8 +135,9 @@ def sweep(pipe, judges, task: str, target: str, tmap, strengths: Sequence[float]
     scenes = style_eval_scenes(n) if task == "style" else negation_eval_scenes(target, n)
     prompts = [W.caption(s) for s in scenes]
     rows, images = [], {}
+    kind = "style" if task == "style" else "negation"
     for lam in strengths:
-        key = (task, target, n, seed)
+        key = (kind, target, n, seed)
         if lam == 0 and cache is not None and key in cache:
             imgs = cache[key]
         else:
@@ -131,7 +146,7 @@ def sweep(pipe, judges, task: str, target: str, tmap, strengths: Sequence[float]
                 cache[key] = imgs
         images[lam] = imgs
         j = judges.judge(imgs)
-        r = score_style(j, scenes, target) if task == "style" else score_negation(j, scenes, target)
+        r = score_style(j, scenes, target) if kind == "style" else score_negation(j, scenes, target)
         rows.append({"strength": float(lam), **r})
     return rows, images
 
