@@ -123,3 +123,23 @@ def test_demo_cli_errors(capsys, tmp_path):
     assert "unknown miniworld style 'cubism'" in capsys.readouterr().err
     assert main(["demo", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert "model path not found" in capsys.readouterr().err
+
+
+def test_demo_on_a_given_sdxl_folder(tmp_path):
+    """``act-steer demo --model PATH``: the real-model path, run on the tiny random test pipeline."""
+    from diffusers_helpers import tiny_sdxl_pipeline
+
+    from act_core.cli import main
+    from act_core.mapfile import TransportMap
+
+    folder = tmp_path / "tiny-sdxl"
+    tiny_sdxl_pipeline().save_pretrained(folder)
+    out = tmp_path / "out"
+    from act_core.demo import run_demo
+
+    res = run_demo(out=str(out), model=str(folder), n_fit=4, strengths=(0.0, 1.0), steps=2, log=lambda m: None)
+    assert res == {"style": [], "negation": []}
+    assert TransportMap.load(out / "style_watercolor.safetensors").meta["style"] == "watercolor"
+    assert TransportMap.load(out / "negation_pink_elephant.safetensors").meta["concept"] == "pink_elephant"
+    assert (out / "style_grid.png").exists() and (out / "negation_grid.png").exists()
+    assert main(["demo", "--model", str(folder), "--style", "no_such_style", "--out", str(out)]) == 2
