@@ -4,7 +4,9 @@
 - :mod:`.model`: the miniature SDXL's configs, the real CLIP BPE tokenizer, single-file export.
 - :mod:`.train`: training from scratch (``bench/train_miniworld.py`` runs it).
 - :mod:`.judges`: deterministic measurements + a small trained classifier of the attributes.
-- :mod:`.experiments`: style control and concept negation measured per λ.
+- :mod:`.experiments`: style control and concept negation measured per λ; :mod:`.report` writes
+  ``reports/miniworld/REPORT.md`` from ``bench/miniworld_experiments.py``'s results.
+- :mod:`.single_file`: diffusers SDXL pipeline -> one original-layout (A1111/ComfyUI) checkpoint.
 
 ``load()`` returns the shipped model as a diffusers ``StableDiffusionXLPipeline`` (through
 :func:`act_core.diffusers_sdxl.load_sdxl`), with the miniature's generation defaults.
