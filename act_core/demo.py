@@ -1,6 +1,13 @@
-"""The embedded demo: fit and steer a small transformer built from a config (no download).
+"""The embedded demos (no download needed).
 
-Two "prompt sets" are token sequences drawn from two disjoint halves of the vocabulary.
+``run_demo`` (``act-steer demo``, ``bash tools/demo.sh``): on the miniature SDXL trained in this
+repository on a procedural world (:mod:`act_core.miniworld`), fit a style map and a concept
+negation map with the same code as for real SDXL, write labelled λ-sweep grids and a table of
+what the world's judges measure per λ (style presence, the negated shape's presence, content
+kept). With ``model=PATH`` it runs on a real SDXL-family model instead (no judges there: grids
+only; use ``act-steer evaluate`` with a CLIP model for numbers).
+
+``run_llm_demo`` (``act-steer demo --llm``): the earlier tiny-Llama demo. Two "prompt sets" are token sequences drawn from two disjoint halves of the vocabulary.
 A Linear-AcT map is fitted on every layer norm of a tiny Llama, saved, reloaded and
 applied; the demo prints how far the steered source activations are from the target
 distribution at λ = 0, 0.5, 1 (a 1-D Wasserstein distance between pooled activations).
@@ -9,7 +16,7 @@ distribution at λ = 0, 0.5, 1 (a 1-D Wasserstein distance between pooled activa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -46,7 +53,7 @@ def build_tiny_llama(seed: int = 0):
     return LlamaForCausalLM(cfg).eval()
 
 
-def run_demo(out: str = "act-demo", seed: int = 0) -> dict:
+def run_llm_demo(out: str = "act-demo", seed: int = 0) -> dict:
     model = build_tiny_llama(seed)
     g = torch.Generator().manual_seed(seed)
     source = torch.randint(0, 64, (96, 12), generator=g).tolist()
@@ -75,3 +82,99 @@ def _pooled(runner, inputs, name):
     with col:
         runner.run(inputs, col)
     return col.take()[name]
+
+
+# -- the image demo --------------------------------------------------------------------------------
+
+DEMO_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, unet: Optional[str] = None,
+             config: Optional[str] = None, style: str = "poster", concept: str = "circle", n_fit: int = 64,
+             n_eval: int = 16, strengths: Sequence[float] = DEMO_STRENGTHS, steps: Optional[int] = None,
+             layers: Optional[str] = None, log=print) -> dict:
+    """Fit a style map and a negation map, write grids (+ a measured table on the miniature model).
+
+    Returns ``{"style": rows, "negation": rows}`` (rows: dicts per λ; empty for real models) and
+    writes into ``out``: ``style_<style>.safetensors``, ``negation_<concept>.safetensors``,
+    ``style_grid.png``, ``negation_grid.png`` and (miniature model) ``results.md`` / ``results.json``.
+    """
+    import json
+    import time
+
+    from . import diffusers_sdxl as D
+
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if model is None:
+        return _mini_demo(outp, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0, layers)
+    pipe = D.load_sdxl(model, unet=unet, config=config)
+    log(f"loaded {model} ({pipe.act_defaults['kind']}) in {time.time() - t0:.0f}s")
+    real_style = style if style != "poster" else "watercolor"
+    real_concept = concept if concept != "circle" else "pink_elephant"
+    smap = D.fit_style_map(pipe, real_style, n=n_fit, seed=seed, layers=layers or "unet_norms")
+    nmap = D.fit_negation_map(pipe, real_concept, n=n_fit, seed=seed, layers=layers or "unet_norms")
+    smap.save(outp / f"style_{real_style}.safetensors")
+    nmap.save(outp / f"negation_{real_concept}.safetensors")
+    from . import prompts as P
+
+    caps = P.captions("eval")[:3]
+    D.save_image(D.sweep_grid(pipe, caps, smap, strengths, seed=seed, steps=steps), outp / "style_grid.png",
+                 {"map": real_style, "strengths": list(strengths)})
+    neg_prompts = P.negation_eval_prompts(real_concept, n=3, seed=seed)
+    D.save_image(D.sweep_grid(pipe, neg_prompts, nmap, strengths, seed=seed, steps=steps),
+                 outp / "negation_grid.png", {"map": real_concept, "strengths": list(strengths)})
+    log(f"wrote {outp}/style_grid.png and negation_grid.png ({time.time() - t0:.0f}s); "
+        "measure them with `act-steer evaluate --clip ...`")
+    (outp / "results.json").write_text(json.dumps({"model": str(model), "style": real_style,
+                                                   "concept": real_concept}, indent=2))
+    return {"style": [], "negation": []}
+
+
+#: layers the demo fits on the miniature model, per task (see reports/miniworld/REPORT.md)
+MINI_LAYERS = {"style": "text_encoder_layers", "negation": "text_encoder_layers"}
+
+
+def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0, layers=None) -> dict:
+    import json
+    import time
+
+    from . import miniworld as MW
+    from .diffusers_sdxl import save_image
+    from .miniworld import experiments as E
+    from .miniworld import world as W
+    from .miniworld.judges import Judges
+
+    if style not in W.STYLES[1:]:
+        raise ValueError(f"unknown miniworld style {style!r}: choose one of {', '.join(W.STYLES[1:])}")
+    if concept not in W.SHAPES:
+        raise ValueError(f"unknown miniworld concept {concept!r}: choose one of {', '.join(W.SHAPES)}")
+    pipe = MW.load()
+    judges = Judges.load()
+    gen = {"steps": steps} if steps else {}
+    log(f"miniature SDXL loaded from {MW.MODEL} ({time.time() - t0:.1f}s)")
+    results, md = {}, ["# act-steer demo: the miniature SDXL (procedural world)", ""]
+    for task, target in (("style", style), ("negation", concept)):
+        lay = layers or MINI_LAYERS[task]
+        tmap = E.fit(pipe, task, target, method="linear", layers=lay, n=n_fit, seed=seed)
+        name = f"{task}_{target}.safetensors"
+        tmap.save(outp / name)
+        rows, images = E.sweep(pipe, judges, task, target, tmap, strengths, n=n_eval, seed=seed, **gen)
+        scenes = E.style_eval_scenes(n_eval) if task == "style" else E.negation_eval_scenes(target, n_eval)
+        img = E.grid(images, [W.caption(s) for s in scenes], rows=6)
+        save_image(img, outp / f"{task}_grid.png", {"map": name, "strengths": list(strengths), "seed": seed})
+        cols = ["presence", "content"] + (["color_gone"] if task == "negation" else [])
+        what = (f"style **{style}** (presence = judged {style}; content = prompted shapes and colours found)"
+                if task == "style" else f"negation of **{concept}** (presence = a {concept} found; "
+                f"content = the other object's shape and colour found)")
+        md += [f"## {what}", "", f"Linear-AcT on {lay}, fitted on {n_fit} prompt pairs; {n_eval} held-out "
+               f"prompts, seed {seed}; grid: `{task}_grid.png`.", "", E.table(rows, cols), ""]
+        results[task] = rows
+        r0, r1 = rows[0], min(rows, key=lambda r: abs(r["strength"] - 1.0))
+        log(f"{task} {target}: presence {r0['presence']:.2f} -> {r1['presence']:.2f} at λ={r1['strength']:g}, "
+            f"content {r0['content']:.2f} -> {r1['content']:.2f}  ({time.time() - t0:.0f}s)")
+    (outp / "results.md").write_text("\n".join(md))
+    (outp / "results.json").write_text(json.dumps(results, indent=2))
+    log(f"wrote {outp}/results.md, style_grid.png, negation_grid.png and the two maps ({time.time() - t0:.0f}s)")
+    return results

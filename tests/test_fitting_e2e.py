@@ -104,9 +104,9 @@ def test_cli_inspect_and_errors(setup, tmp_path, capsys):
 
 
 def test_demo_reduces_distance(tmp_path, capsys):
-    from act_core.demo import run_demo
+    from act_core.demo import run_llm_demo
 
-    rows = run_demo(out=str(tmp_path), seed=0)
+    rows = run_llm_demo(out=str(tmp_path), seed=0)
     assert rows[1.0] < rows[0.5] < rows[0.0]
     assert (tmp_path / "demo_map.safetensors").exists()
     assert wasserstein_1d(torch.zeros(3, 2), torch.ones(3, 2)) == 1.0

