@@ -45,7 +45,7 @@ def single_file(out: Union[str, Path], path: Union[str, Path, None] = None) -> P
     """Write the miniature model as ONE original-layout SDXL checkpoint (A1111/ComfyUI keys):
     ``model.diffusion_model.*``, ``first_stage_model.*``, ``conditioner.embedders.{0,1}.*``.
     Load it back with ``load_sdxl(out, config=MODEL)``."""
-    from .single_file import save_single_file
+    from ..sdxl_single_file import save_single_file
 
     pipe = load(path)
     out = Path(out)

@@ -6,7 +6,7 @@ Key layout (what SDXL single files use): ``model.diffusion_model.*`` (UNet, LDM 
 (CLIP-L in transformers layout) and ``conditioner.embedders.1.model.*`` (OpenCLIP-G layout: fused
 ``attn.in_proj_*``, ``text_projection`` transposed). Works for any UNet2DConditionModel with
 SDXL's block types (any widths, layers per block); diffusers' ``from_single_file`` and ComfyUI read
-it back. (Same converter as ``tests/diffusers_helpers.py``, which builds the test fixtures.)
+it back. The tests use it to write the tiny pipeline and the miniature SDXL as single files.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def save_single_file(pipe, path) -> None:
 
     from safetensors.torch import save
 
-    from ..mapfile import atomic_write_bytes
+    from .mapfile import atomic_write_bytes
 
     unet = pipe.unet
     up_has_attn = {i for i, t in enumerate(unet.config.up_block_types) if "CrossAttn" in t}
