@@ -220,6 +220,7 @@ class SteerHandle(_HookSet):
         self.name_map = name_map
         self.set_strength(strength)
         self._handles: List[Any] = []
+        self._hooks: Dict[str, Callable] = {}  # built once, re-registered by every attach()
 
     def set_strength(self, strength: Union[float, Mapping[str, float], None]) -> None:
         default = self.tmap.default_strength
@@ -267,8 +268,12 @@ class SteerHandle(_HookSet):
         return hook
 
     def attach(self) -> "SteerHandle":
+        """Register the hooks (again). A handle can be attached and removed many times, e.g.
+        around every UNet call; the hook functions and their cached kernels are built once."""
         local = self.name_map or (lambda n: n)
-        self._attach_all((self.model.get_submodule(local(n)), self._make_hook(n)) for n in self.tmap.maps)
+        if not self._hooks:
+            self._hooks = {n: self._make_hook(n) for n in self.tmap.maps}
+        self._attach_all((self.model.get_submodule(local(n)), self._hooks[n]) for n in self.tmap.maps)
         return self
 
     def __enter__(self) -> "SteerHandle":

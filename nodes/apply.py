@@ -11,7 +11,7 @@ ComfyUI applies the patch only while that clone is the loaded CLIP.
 
 from __future__ import annotations
 
-from act_core import steer
+from act_core import SteerHandle, steer
 from act_core.mapfile import MapFileError
 
 from . import comfy_compat as cc
@@ -37,12 +37,17 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
     sigma_start = cc.percent_to_sigma(model, start_percent)
     sigma_end = cc.percent_to_sigma(model, end_percent)
 
+    handles = {}  # one SteerHandle per UNet module, re-attached around every call
+
     def wrapper(unet_module, call, transformer_options):
         sigma = cc.current_sigma(transformer_options)
         if sigma is not None and not (sigma_end <= sigma <= sigma_start):
             return call()
-        gate = None if steer_negative else rows_gate(lambda b: cc.cond_rows(transformer_options, b))
-        with steer(unet_module, sub, strength=strengths, name_map=local.__getitem__, gate=gate):
+        handle = handles.get(id(unet_module))
+        if handle is None or handle.model is not unet_module:
+            handle = handles[id(unet_module)] = SteerHandle(unet_module, sub, strengths, name_map=local.__getitem__)
+        handle.gate = None if steer_negative else rows_gate(lambda b: cc.cond_rows(transformer_options, b))
+        with handle.attach():
             return call()
 
     return cc.add_unet_wrapper(model, wrapper)
