@@ -175,36 +175,19 @@ def markdown_table(rows: Sequence[Mapping[str, float]], condition: Optional[str]
 
 
 def plot(rows: Sequence[Mapping[str, float]], path: Union[str, Path, None] = None, title: str = ""):
-    """A small PIL line chart: presence (0-shot > 0.5) and CLIP similarity relative to λ = first,
-    against λ. Returns the image; saves a PNG when ``path`` is given."""
-    from PIL import Image, ImageDraw
+    """A line chart against λ: presence (0-shot > 0.5), the raw 0-shot score rescaled (2x − 0.5),
+    and CLIP similarity relative to the first λ (÷ 1.2), all on 0..1. Returns the image; saves a
+    PNG with the rows in its metadata when ``path`` is given."""
+    from .plotting import render
 
-    W, H, L, R, T, B = 640, 400, 60, 20, 40, 50
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
     xs = [r["strength"] for r in rows]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
     base = rows[0]["clip_similarity"] or 1.0
-    series = [("presence", [r["presence"] for r in rows], (200, 40, 40)),
-              ("0-shot raw (x2-1 rescaled)", [min(1.0, max(0.0, 2 * r["zero_shot"] - 0.5)) for r in rows], (230, 140, 30)),
-              ("CLIP sim / sim(first λ)", [max(0.0, min(1.2, r["clip_similarity"] / base)) / 1.2 for r in rows], (40, 90, 200))]
-    d.rectangle([L, T, W - R, H - B], outline="black")
-    for i in range(6):
-        y = T + (H - T - B) * i / 5
-        d.line([L, y, W - R, y], fill=(225, 225, 225))
-        d.text((8, y - 6), f"{1 - i / 5:.1f}", fill="black")
-    for lam in xs:
-        x = L + (W - L - R) * (lam - x0) / (x1 - x0)
-        d.text((x - 8, H - B + 6), f"{lam:g}", fill="black")
-    d.text((W // 2 - 10, H - 22), "λ", fill="black")
-    d.text((L, 10), title, fill="black")
-    for k, (name, ys, color) in enumerate(series):
-        pts = [(L + (W - L - R) * (x - x0) / (x1 - x0), T + (H - T - B) * (1 - y)) for x, y in zip(xs, ys)]
-        if len(pts) > 1:
-            d.line(pts, fill=color, width=2)
-        for px, py in pts:
-            d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
-        d.text((W - R - 230, T + 8 + 14 * k), name, fill=color)
+    series = {
+        "presence": (xs, [r["presence"] for r in rows]),
+        "0-shot raw (x2-1 rescaled)": (xs, [2 * r["zero_shot"] - 0.5 for r in rows]),
+        "CLIP sim / sim(first lambda)": (xs, [min(1.2, r["clip_similarity"] / base) / 1.2 for r in rows]),
+    }
+    img = render([{"title": title, "xlabel": "strength lambda", "series": series, "ylim": (0.0, 1.0)}], (640, 400))
     if path is not None:
         from .diffusers_sdxl import save_image
 

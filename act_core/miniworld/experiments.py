@@ -177,36 +177,12 @@ def grid(images: Dict[float, np.ndarray], prompts: Sequence[str], rows: int = 4,
 
 
 def line_plot(series: Dict[str, List[Tuple[float, float]]], path, title: str = "", ylabel: str = ""):
-    """A small PIL line chart of several ``name -> [(λ, value in 0..1)]`` series."""
-    from PIL import Image, ImageDraw
+    """A line chart of several ``name -> [(λ, value in 0..1)]`` series, saved as a PNG."""
+    from ..plotting import line_plot as plot_panels
 
-    palette = [(200, 40, 40), (40, 90, 200), (40, 150, 60), (220, 140, 20), (130, 60, 170), (90, 90, 90),
-               (0, 160, 160), (170, 100, 40)]
-    Wd, H, L, R, T, B = 560, 340, 50, 170, 30, 40
-    img = Image.new("RGB", (Wd, H), "white")
-    d = ImageDraw.Draw(img)
-    xs = sorted({x for pts in series.values() for x, _ in pts}) or [0, 1]
-    x0, x1 = min(xs), max(max(xs), min(xs) + 1e-6)
-    d.rectangle([L, T, Wd - R, H - B], outline="black")
-    for i in range(6):
-        y = T + (H - T - B) * i / 5
-        d.line([L, y, Wd - R, y], fill=(225, 225, 225))
-        d.text((10, y - 6), f"{1 - i / 5:.1f}", fill="black")
-    for x in xs:
-        px = L + (Wd - L - R) * (x - x0) / (x1 - x0)
-        d.text((px - 6, H - B + 6), f"{x:g}", fill="black")
-    d.text(((Wd - R) // 2 - 10, H - 18), "lambda", fill="black")
-    d.text((L, 8), title, fill="black")
-    for k, (name, pts) in enumerate(series.items()):
-        c = palette[k % len(palette)]
-        xy = [(L + (Wd - L - R) * (x - x0) / (x1 - x0), T + (H - T - B) * (1 - max(0.0, min(1.0, y)))) for x, y in pts]
-        if len(xy) > 1:
-            d.line(xy, fill=c, width=2)
-        for px, py in xy:
-            d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
-        d.text((Wd - R + 8, T + 4 + 14 * k), name, fill=c)
-    img.save(path)
-    return img
+    panel = {"title": title, "xlabel": "lambda", "ylabel": ylabel, "ylim": (0.0, 1.0),
+             "series": {name: ([x for x, _ in pts], [y for _, y in pts]) for name, pts in series.items()}}
+    return plot_panels([panel], path, (560, 340))
 
 
 def table(rows: Sequence[dict], cols: Sequence[str]) -> str:
