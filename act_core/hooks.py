@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import torch
 
+from .fused_norms import FusedNorm, fusible
 from .mapfile import TransportMap
 from .transport import normalize_support
 from .pooling import POOLINGS, pool
@@ -52,8 +53,26 @@ def _owns(x: torch.Tensor, args) -> bool:
 
 
 def count_hooks(model: torch.nn.Module) -> int:
-    """Number of forward and forward-pre hooks on ``model`` and all its submodules."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    """Number of forward and forward-pre hooks on ``model`` and all its submodules, plus the
+    forwards that act_core's fused steering has replaced (see :mod:`act_core.fused_norms`)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
+               + int(getattr(m.__dict__.get("forward"), "_act_fused", False)) for m in model.modules())
+
+
+class _ForwardOverride:
+    """Replaces ``module.forward`` by an instance attribute; ``remove()`` deletes it again, so
+    the class's forward (bit-identical behaviour) is back."""
+
+    def __init__(self, module: torch.nn.Module, forward: Callable):
+        if "forward" in module.__dict__:
+            raise RuntimeError(f"{type(module).__name__}.forward is already replaced on this instance")
+        forward._act_fused = True
+        module.forward = forward
+        self.module, self.forward = module, forward
+
+    def remove(self) -> None:
+        if self.module.__dict__.get("forward") is self.forward:
+            del self.module.forward
 
 
 class _HookSet:
@@ -62,11 +81,16 @@ class _HookSet:
     _handles: List[Any]
 
     def _attach_all(self, pairs) -> None:
+        """``pairs``: ``(module, hook)`` registers a forward hook; ``(module, forward, "forward")``
+        replaces the module's ``forward`` (an instance attribute, deleted on removal)."""
         if self._handles:
             raise RuntimeError(f"{type(self).__name__} is already attached")
         try:
-            for module, fn in pairs:
-                self._handles.append(module.register_forward_hook(fn))
+            for module, fn, *kind in pairs:
+                if kind:
+                    self._handles.append(_ForwardOverride(module, fn))
+                else:
+                    self._handles.append(module.register_forward_hook(fn))
         except BaseException:
             self.remove()
             raise
@@ -202,6 +226,11 @@ class SteerHandle(_HookSet):
     alone) or a ``(B,)`` bool tensor of batch rows to steer (e.g. the conditional half).
     ``inplace`` lets hooks write into a module's fresh output tensor instead of allocating
     a new one (never for views, autograd tensors, or outputs that alias an input).
+    ``fuse`` (default True): a plain ``torch.nn.LayerNorm``/``GroupNorm`` whose map folds
+    exactly into its affine parameters (support ``all``, a per-unit layout; see
+    :mod:`act_core.fused_norms`) is steered by calling the norm with transported parameters
+    instead of hooking its output: no extra pass, no hook dispatch, parameters untouched.
+    The result equals the hook's up to float rounding; ``fuse=False`` hooks every module.
     """
 
     def __init__(
@@ -214,13 +243,15 @@ class SteerHandle(_HookSet):
         gate: Optional[Gate] = None,
         layout: Optional[str] = None,
         inplace: bool = True,
+        fuse: bool = True,
     ):
         self.model, self.tmap, self.support, self.gate, self.layout = model, tmap, support, gate, layout
-        self.inplace = inplace
+        self.inplace, self.fuse = inplace, fuse
         self.name_map = name_map
         self.set_strength(strength)
         self._handles: List[Any] = []
         self._hooks: Dict[str, Callable] = {}  # built once, re-registered by every attach()
+        self._norms: Dict[str, FusedNorm] = {}  # fused norms' cached parameters, kept across attach()
 
     def set_strength(self, strength: Union[float, Mapping[str, float], None]) -> None:
         default = self.tmap.default_strength
@@ -273,8 +304,45 @@ class SteerHandle(_HookSet):
         local = self.name_map or (lambda n: n)
         if not self._hooks:
             self._hooks = {n: self._make_hook(n) for n in self.tmap.maps}
-        self._attach_all((self.model.get_submodule(local(n)), self._hooks[n]) for n in self.tmap.maps)
+        pairs = []
+        for n in self.tmap.maps:
+            module = self.model.get_submodule(local(n))
+            forward = self._fused_forward(n, module) if self.fuse else None
+            pairs.append((module, self._hooks[n]) if forward is None else (module, forward, "forward"))
+        self._attach_all(pairs)
         return self
+
+    @property
+    def fused(self) -> List[str]:
+        """Map names steered inside their norm's own call (while attached)."""
+        return [n for n, h in zip(self.tmap.maps, self._handles) if isinstance(h, _ForwardOverride)]
+
+    def _fused_forward(self, name: str, module: torch.nn.Module) -> Optional[Callable]:
+        """A replacement ``forward`` running the transported norm, or None (use the hook)."""
+        t = self.tmap.maps[name]
+        layout = self.layout or self.tmap.layouts.get(name, "auto")
+        if self.tmap.output_index.get(name) is not None or not fusible(module, t, self.support, layout):
+            return None
+        norm = self._norms.get(name)
+        if norm is None or norm.module is not module:
+            norm = self._norms[name] = FusedNorm(module, t)
+        norm.prepare(self.strengths[name])
+        hook, plain = self._hooks[name], type(module).forward
+
+        def forward(input):
+            lam = self.strengths[name]
+            if lam == 0:
+                return plain(module, input)
+            params = None
+            if self.gate is None and not (torch.is_grad_enabled() and norm.trains):
+                params = norm.params(lam, input)
+            if params is None:  # gated rows, gradients to the layer, or float16 that could overflow: the hook path
+                out = plain(module, input)
+                y = hook(module, (input,), out)
+                return out if y is None else y
+            return norm(input, *params)
+
+        return forward
 
     def __enter__(self) -> "SteerHandle":
         return self.attach() if not self._handles else self

@@ -209,16 +209,18 @@ class UnitTransport:
         if layout == "tokens":
             if bounds is None:
                 return lambda x, inplace: torch.addcmul(c, x, a, out=x) if inplace else torch.addcmul(c, x, a)
-            lo, hi = bounds
+            lo, hi, a_minus_1, c = _closed_band(*bounds, a_minus_1, c)
 
             def banded(x, inplace):
-                # float 0/1 mask from comparisons written into float buffers (much faster than a
-                # bool mask with where / masked_fill on CPU); the offset uses the clamped value so
-                # it stays finite outside the band: y = x + inside * ((a - 1) clamp(x) + c)
-                inside = torch.gt(x, lo, out=torch.empty_like(x))
-                inside.mul_(torch.lt(x, hi, out=torch.empty_like(x)))
-                delta = torch.addcmul(c, torch.clamp(x, lo, hi), a_minus_1)
-                return torch.addcmul(x, inside, delta, out=x) if inplace else torch.addcmul(x, inside, delta)
+                # lo < x < hi  <=>  lo' <= x <= hi'  (lo', hi' = the next floats inward)
+                #              <=>  clamp(x, lo', hi') == x   (False for NaN)
+                # so one clamp gives both the band test (written as a float 0/1 mask: much
+                # faster than a bool mask with where / masked_fill on CPU) and a value that is
+                # finite outside the band: y = x + inside * ((a - 1) clamp(x) + c)
+                d = torch.clamp(x, lo, hi)
+                inside = torch.eq(d, x, out=torch.empty_like(x))
+                torch.addcmul(c, d, a_minus_1, out=d)
+                return torch.addcmul(x, inside, d, out=x) if inplace else torch.addcmul(x, inside, d)
 
             return banded
         view = (1, -1, 1, 1)
@@ -254,3 +256,17 @@ class UnitTransport:
 
     def to_tensors(self) -> Dict[str, torch.Tensor]:
         return {"omega": self.omega, "beta": self.beta, "bands": self.bands, "flags": self.flags}
+
+
+def _closed_band(lo: torch.Tensor, hi: torch.Tensor, a_minus_1: torch.Tensor, c: torch.Tensor):
+    """The open band ``(lo, hi)`` as the closed ``[lo', hi']`` of the next representable values
+    inward (exact in ``lo``'s dtype), with ``a - 1`` and ``c`` zeroed on units whose band holds
+    no value at all (``lo' > hi'``, e.g. a constant source unit): there the map is the identity
+    whatever the test says (``clamp`` with ``min > max`` returns ``max``)."""
+    lo2 = torch.nextafter(lo, torch.full_like(lo, float("inf")))
+    hi2 = torch.nextafter(hi, torch.full_like(hi, float("-inf")))
+    empty = lo2 > hi2
+    if bool(empty.any()):
+        a_minus_1 = a_minus_1.masked_fill(empty, 0)
+        c = c.masked_fill(empty, 0)
+    return lo2, hi2, a_minus_1, c

@@ -7,8 +7,10 @@ per repeat, min / median / max over repeats). Usage::
     python bench/bench_steering.py --width full --latent 128 --device cuda --dtype float16
 
 1. one denoising step with a map on every UNet normalization module (the paper's default
-   layer set) vs the same step unsteered: hooks with the q_0_100 band, hooks with the
-   unbounded support, and the map baked into the weights (fused);
+   layer set) vs the same step unsteered: hooks with the q_0_100 band; the unbounded
+   support with the default run-time fusion of plain LayerNorm/GroupNorm maps
+   (act_core.fused_norms) and with hooks only; a per-pixel copy of the map fused at run
+   time and baked into the weights;
 2. one-pass causal fitting vs the reference procedure (prefix re-run per module): wall time
    ratio and the largest difference between the two maps.
 """
@@ -77,20 +79,29 @@ def overhead(args, device, dtype):
     variants = {
         "unsteered": lambda: contextlib.nullcontext(),
         "hooks q_0_100": lambda: steer(unet, tmap, 1.0, support="q_0_100"),
-        "hooks all": lambda: steer(unet, tmap, 1.0, support="all"),
-        "hooks all, no in-place": lambda: steer(unet, tmap, 1.0, support="all", inplace=False),
-        "fused (baked)": lambda: bake(unet, fused_map, 1.0, support="all"),
+        "steer all (default: LayerNorms fused at run time, spatial-mean GroupNorms hooked)":
+            lambda: steer(unet, tmap, 1.0, support="all"),
+        "hooks all (fuse=False)": lambda: steer(unet, tmap, 1.0, support="all", fuse=False),
+        "hooks all (fuse=False, no in-place)": lambda: steer(unet, tmap, 1.0, support="all", fuse=False, inplace=False),
+        "per-pixel map, steer all (every norm fused at run time)": lambda: steer(unet, fused_map, 1.0, support="all"),
+        "per-pixel map, baked into the weights": lambda: bake(unet, fused_map, 1.0, support="all"),
     }
     times = {k: [] for k in variants}
     for _ in range(args.repeats):
         for k, make in variants.items():
             with make():
                 times[k].append(timed(step, device))
-    with steer(unet, fused_map, 1.0, support="all"):
+    with steer(unet, fused_map, 1.0, support="all", fuse=False):
         hooked = step()
+    with steer(unet, fused_map, 1.0, support="all") as handle:
+        runtime = step()
+        n_fused = len(handle.fused)
     with bake(unet, fused_map, 1.0, support="all"):
         baked = step()
     err = (hooked.float() - baked.float()).abs().max().item()
+    err_rt = (hooked.float() - runtime.float()).abs().max().item()
+    with steer(unet, tmap, 1.0, support="all") as handle:
+        n_default_fused = len(handle.fused)
     base = statistics.median(times["unsteered"])
     print(f"\n### Steering overhead: {args.width}-width SDXL UNet, {args.latent}x{args.latent} latents, batch {args.batch}, "
           f"{device} {args.dtype}, {torch.get_num_threads()} threads\n")
@@ -100,7 +111,10 @@ def overhead(args, device, dtype):
     for k, xs in times.items():
         lo, med, hi = stats(xs)
         print(f"| {k} | {lo:.4f} | {med:.4f} | {hi:.4f} | {med / base:.3f}x |")
-    print(f"\nfused vs hooked (per-pixel layout, unbounded support): max |diff| = {err:.2e}")
+    print(f"\nmodules fused at run time: {n_default_fused} of {n_mod} with the fitted map, {n_fused} of {n_mod} with "
+          "its per-pixel copy")
+    print(f"per-pixel map, unbounded support, output vs hooks: baked max |diff| = {err:.2e}, "
+          f"fused at run time max |diff| = {err_rt:.2e}")
 
 
 def causal(args, device, dtype):

@@ -1,0 +1,132 @@
+"""Runtime fusion: steer a norm layer by calling it with transported parameters.
+
+A LayerNorm or GroupNorm computes ``y = x̂ ⊙ w + b`` per unit (the normalised last axis, or
+the channel). With the unbounded support and a per-unit layout, a map at fixed strength λ
+is ``y -> a ⊙ y + c`` (``a = 1 + λ(ω − 1)``, ``c = λβ``), so the steered output is::
+
+    a ⊙ (x̂ ⊙ w + b) + c  =  x̂ ⊙ (a ⊙ w) + (a ⊙ b + c)
+
+i.e. the same norm called with ``w' = a ⊙ w`` and ``b' = a ⊙ b + c`` (``w = 1``, ``b = 0``
+for a layer without affine parameters). :class:`FusedNorm` builds a ``forward`` that calls
+``F.layer_norm`` / ``F.group_norm`` with ``w', b'`` (computed in float64 once per λ, dtype,
+device and parameter version, then cached): no extra pass over the activations and no hook
+dispatch, and the layer's parameters are never written. :mod:`act_core.hooks` installs it as
+an instance attribute and deletes it on removal, so the class's own forward runs again.
+
+:func:`fusible` decides; a module is fused only when all of these hold:
+
+- it is exactly a ``torch.nn.LayerNorm`` (1-D ``normalized_shape``) or ``torch.nn.GroupNorm``:
+  its class does not override ``forward`` (ComfyUI's casting norms, RMSNorms and other custom
+  norms keep hooks), and no other code has replaced its ``forward`` already;
+- the support is ``all`` (a band makes the map depend on each value);
+- the layout acts per unit with fixed coefficients: ``tokens`` for a LayerNorm; ``per_pixel``
+  for a GroupNorm, or the reference's ``spatial_mean`` when ``ω = 1`` for every unit
+  (Mean-AcT: the shift is then the constant ``c``);
+- the map's unit count equals the layer's.
+
+Per call the fused path also steps aside (the caller runs the layer and its hook instead)
+while autograd is on and the layer's parameters require gradients (the fused parameters are
+detached copies), when a gate selects rows, and in float16 when the fused output could overflow: a standardised group of ``n`` values has
+``|x̂| ≤ √(n − 1)``, so the output is finite when ``max|w'| · √(n − 1) + max|b'| < 65504``;
+the hook path saturates instead. Results equal the hook path up to float rounding (one
+multiply-add inside the norm instead of one after it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .transport import UNBOUNDED, UnitTransport, normalize_support
+
+_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+def fusible(module: torch.nn.Module, t: UnitTransport, support: Optional[str], layout: str) -> bool:
+    """True when ``t`` on ``module``'s output can run inside the module's own norm call."""
+    cls = type(module)
+    if cls not in _NORMS and not any(
+        isinstance(module, base) and cls.forward is base.forward for base in _NORMS
+    ):
+        return False
+    if "forward" in module.__dict__:  # somebody else has already replaced this module's forward
+        return False
+    if normalize_support(support if support is not None else t.default_support) != UNBOUNDED:
+        return False
+    if isinstance(module, torch.nn.LayerNorm):
+        return layout in ("tokens", "auto") and tuple(module.normalized_shape) == (t.units,)
+    if module.num_channels != t.units:
+        return False
+    if layout == "per_pixel":
+        return True
+    return layout in ("spatial_mean", "auto") and bool(torch.all(t.omega == 1))
+
+
+class FusedNorm:
+    """The steered call of one LayerNorm/GroupNorm: ``norm(x; a ⊙ w, a ⊙ b + c)``.
+
+    ``params(λ, x)`` returns ``(w', b')`` in the layer's dtype and device, or None when the
+    fused output could overflow float16 (the caller then uses the hook path).
+    """
+
+    def __init__(self, module: torch.nn.Module, t: UnitTransport):
+        self.module, self.t = module, t
+        self.is_layer_norm = isinstance(module, torch.nn.LayerNorm)
+        self._cache: dict = {}
+
+    @property
+    def trains(self) -> bool:
+        """True when the layer's parameters want gradients (the fused call would cut them off,
+        so the caller keeps the hook path while autograd is on)."""
+        return any(p is not None and p.requires_grad for p in (self.module.weight, self.module.bias))
+
+    def _key(self, lam: float, x: torch.Tensor) -> tuple:
+        w, b = self.module.weight, self.module.bias
+        return (lam, x.dtype, x.device,
+                None if w is None else (w.data_ptr(), w._version, w.dtype),
+                None if b is None else (b.data_ptr(), b._version, b.dtype))
+
+    def prepare(self, lam: float) -> None:
+        """Build the parameters for ``λ`` and the layer's own dtype and device ahead of the
+        first call (so attaching, not the first forward, pays for it)."""
+        w = self.module.weight
+        if lam != 0 and w is not None:
+            self.params(lam, torch.empty(0, dtype=w.dtype, device=w.device))
+
+    def params(self, lam: float, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        key = self._key(lam, x)
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) > 8:
+                self._cache.clear()
+            hit = self._cache[key] = self._build(lam, x)
+        w, b, peak = hit
+        if peak is not None and peak[0] * math.sqrt(max(self._group_size(x) - 1, 0)) + peak[1] >= torch.finfo(x.dtype).max:
+            return None
+        return w, b
+
+    def _build(self, lam: float, x: torch.Tensor):
+        a, c = self.t.coefficients(lam, torch.float64, torch.device("cpu"))
+        w0, b0 = self.module.weight, self.module.bias
+        w = a if w0 is None else a * w0.detach().to("cpu", torch.float64)
+        b = c if b0 is None else a * b0.detach().to("cpu", torch.float64) + c
+        dtype = x.dtype if w0 is None else w0.dtype
+        device = x.device if w0 is None else w0.device
+        wt, bt = w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
+        # float16: remember max|w'| and max|b'| for the per-call overflow test
+        peak = (w.abs().max().item(), b.abs().max().item()) if torch.finfo(x.dtype).max < 1e10 else None
+        return wt, bt, peak
+
+    def _group_size(self, x: torch.Tensor) -> int:
+        if self.is_layer_norm:
+            return self.t.units
+        return x.numel() // max(x.shape[0] * self.module.num_groups, 1)
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        if self.is_layer_norm:
+            return F.layer_norm(x, m.normalized_shape, w, b, m.eps)
+        return F.group_norm(x, m.num_groups, w, b, m.eps)
