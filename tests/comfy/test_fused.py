@@ -176,3 +176,24 @@ def test_fused_folds_into_the_weights_as_the_input_model_patches_them(mods, tiny
     base = _sample(mods, lora, clip)
     fused = _sample(mods, _apply(mods, lora, tmap, mode=mods.apply.FUSED), clip)
     _close(fused, _sample(mods, _apply(mods, lora, tmap, steer_negative=True), clip), base)
+
+
+def test_fused_mode_through_the_server(comfy_server, object_info):
+    """The shipped style workflow with mode 'fused (weight patches)' and support 'all' queued on a real server."""
+    import json
+    from pathlib import Path
+
+    import ui2api
+    from conftest import TINY
+
+    assert "fused (weight patches)" in json.dumps(object_info["ActApplyToModel"]["input"]["optional"]["mode"])
+    ui = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "act_style_control.json").read_text())
+    overrides = {"ckpt_name": TINY, "width": 64, "height": 64, "steps": 2, "count": 4, "support": "all",
+                 "mode": "fused (weight patches)"}
+    prompt = ui2api.convert(ui, object_info, overrides=overrides)
+    assert [n["inputs"]["mode"] for n in prompt.values() if n["class_type"] == "ActApplyToModel"] == ["fused (weight patches)"]
+    entry = comfy_server.run(prompt, timeout=300, workflow=ui)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    line = [l for l in comfy_server.log().splitlines() if "AcT fused mode:" in l][-1]
+    fused, total = (int(x) for x in line.split("AcT fused mode: ")[1].split(" UNet layers")[0].split(" of "))
+    assert 0 < fused < total, line  # LayerNorms fused, spatial-mean GroupNorms hooked
