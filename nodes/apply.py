@@ -66,9 +66,11 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
                 key = f"diffusion_model.{local[n]}.{attr}"
                 diffs[key] = fold_delta(cc.loaded_weight(model, key), scale, shift).float()
         hooked = sub.subset(list(reasons)) if reasons else None
+        first = next(iter(reasons.items()), None)
         cc.log.info(
-            "AcT fused mode: %d of %d UNet layers fused as weight patches, %d hooked%s%s", len(folds), len(sub),
-            len(reasons), f" (first: {next(iter(reasons.items()))[0]}: {next(iter(reasons.values()))})" if reasons else "",
+            "AcT fused mode: %d of %d UNet layers fused as weight patches, %d hooked, %d at strength 0%s%s",
+            len(folds), len(sub), len(reasons), len(sub) - len(folds) - len(reasons),
+            f" (hooked e.g. {first[0]}: {first[1]})" if first else "",
             "" if steer_negative else "; both CFG halves are steered in this mode ('steer negative' has no effect)",
         )
         steer_negative = True  # a patched weight acts on both halves; the hooked rest does the same

@@ -199,7 +199,7 @@ def add_weight_diffs(model, diffs: Dict[str, torch.Tensor]) -> None:
     ``w`` bit for bit when it unloads or switches to another clone, so the patch costs nothing
     per step and never reaches the MODEL the clone was made from. Raises when a key is unknown.
     """
-    accepted = model.add_patches({k: (d,) for k, d in diffs.items()}, 1.0, 1.0)
+    accepted = model.add_patches({k: (d.to(model.offload_device),) for k, d in diffs.items()}, 1.0, 1.0)
     missing = sorted(set(diffs) - set(accepted))
     if missing:
         raise RuntimeError(f"ComfyUI did not accept weight patches for {missing[:3]} ({len(missing)} keys); "
