@@ -24,8 +24,9 @@ It is *not* exact, and :func:`plan_bake` refuses (keep hooks instead), when
 
 :func:`bake` rewrites the parameters in place (use it on a copy, or restore with the
 returned handle: the original tensors are kept and copied back bit for bit).
-:func:`plan_bake` returns the new tensors without touching the model (what a ComfyUI
-weight patch needs).
+:func:`plan_bake` returns the new tensors without touching the model;
+:func:`fold_factors` decides one module (``p' = scale ⊙ p + shift`` or BakeError) and
+:func:`fold_delta` gives ``p' − p`` (what an additive ComfyUI weight patch needs).
 """
 
 from __future__ import annotations
@@ -57,6 +58,44 @@ def _output_axis(module: torch.nn.Module) -> int:
     return -1 if type(module).__name__ == "Conv1D" else 0
 
 
+def fold_factors(
+    module: torch.nn.Module, t, strength: float, support: Optional[str], layout: str = "auto"
+) -> Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """How ``T_λ`` of one module folds into its parameters, or BakeError with the reason.
+
+    Returns ``{attr: (scale, shift)}`` (float64, CPU) so that the folded parameter is
+    ``p' = scale ⊙ p + shift``: ``weight -> (a viewed along the output-unit axis, None)`` and
+    ``bias -> (a, c)`` with ``a = 1 + λ(ω − 1)``, ``c = λβ`` of shape ``(D,)``.
+    ``support`` is the support the hooks would use (None means ``t.default_support``).
+    """
+    sup = normalize_support(t.default_support if support is None else support)
+    if sup != UNBOUNDED:
+        raise BakeError(f"support {sup!r} is a band (only 'all' folds exactly)")
+    a, c = t.coefficients(float(strength), torch.float64, torch.device("cpu"))
+    is_4d = isinstance(module, (torch.nn.Conv2d, torch.nn.GroupNorm)) or layout in ("spatial_mean", "per_pixel")
+    if is_4d and layout in ("spatial_mean", "auto") and not torch.all(a == 1):
+        raise BakeError("the spatial-mean shift depends on the input unless ω = 1 (use Mean-AcT or layout 'per_pixel')")
+    wname, bname = _unit_axis_params(module)
+    w = getattr(module, wname)
+    axis = _output_axis(module)
+    if w.shape[axis] != t.units:
+        raise BakeError(f"weight has {w.shape[axis]} output units but the map has {t.units}")
+    if bname is None and torch.any(c != 0):
+        raise BakeError(f"{type(module).__name__} has no bias, so the offset λβ cannot be folded")
+    view = [1] * w.ndim
+    view[axis] = -1
+    out = {wname: (a.view(view), None)}
+    if bname is not None:
+        out[bname] = (a, c)
+    return out
+
+
+def fold_delta(p: torch.Tensor, scale: torch.Tensor, shift: Optional[torch.Tensor]) -> torch.Tensor:
+    """``p' − p = (scale − 1) ⊙ p + shift`` in float64 on ``p``'s device (an additive weight patch)."""
+    d = p.detach().double() * (scale.to(p.device) - 1)
+    return d if shift is None else d + shift.to(p.device)
+
+
 def plan_bake(
     model: torch.nn.Module,
     tmap: TransportMap,
@@ -73,36 +112,17 @@ def plan_bake(
     problems: List[str] = []
     for name, t in tmap.maps.items():
         local = name_map(name) if name_map else name
-        sup = normalize_support(support if support is not None else tmap.default_support or t.default_support)
-        if sup != UNBOUNDED:
-            problems.append(f"{local}: support {sup!r} is a band (only 'all' folds exactly)")
-            continue
+        sup = support if support is not None else tmap.default_support or t.default_support
         module = model.get_submodule(local)
-        a, c = t.coefficients(lam, torch.float64, torch.device("cpu"))
-        layout = tmap.layouts.get(name, "auto")
-        is_4d = isinstance(module, (torch.nn.Conv2d, torch.nn.GroupNorm)) or layout in ("spatial_mean", "per_pixel")
-        if is_4d and layout in ("spatial_mean", "auto") and not torch.all(a == 1):
-            problems.append(f"{local}: the spatial-mean shift depends on the input unless ω = 1 (use Mean-AcT or layout 'per_pixel')")
-            continue
         try:
-            wname, bname = _unit_axis_params(module)
+            factors = fold_factors(module, t, lam, sup, tmap.layouts.get(name, "auto"))
         except BakeError as e:
             problems.append(f"{local}: {e}")
             continue
-        w = getattr(module, wname)
-        axis = _output_axis(module)
-        if w.shape[axis] != t.units:
-            problems.append(f"{local}: weight has {w.shape[axis]} output units but the map has {t.units}")
-            continue
-        view = [1] * w.ndim
-        view[axis] = -1
-        out[f"{local}.{wname}"] = (w.detach().double() * a.view(view)).to(w.dtype)
-        if bname is not None:
-            b = getattr(module, bname)
-            out[f"{local}.{bname}"] = (b.detach().double() * a + c).to(b.dtype)
-        elif torch.any(c != 0):
-            problems.append(f"{local}: {type(module).__name__} has no bias, so the offset λβ cannot be folded")
-            out.pop(f"{local}.{wname}")
+        for attr, (scale, shift) in factors.items():
+            p = getattr(module, attr).detach()
+            v = p.double() * scale.to(p.device)
+            out[f"{local}.{attr}"] = (v if shift is None else v + shift.to(p.device)).to(p.dtype)
     if problems:
         raise BakeError("cannot bake exactly, keep hooks for these modules: " + "; ".join(problems[:6])
                         + (f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""))

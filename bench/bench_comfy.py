@@ -7,7 +7,13 @@ A quarter-width SDXL UNet built from ComfyUI's own classes (real SDXL block stru
 transformer depth 1/2/10, 2048-wide context, random weights) samples 2 euler steps at 32×32
 latents, cfg 1 (Turbo/Lightning style: one UNet call per step), through `comfy.sample.sample`.
 Variants, interleaved per repeat: the plain MODEL; the MODEL patched by the pack's
-`apply_to_model` with a map on all 256 UNet normalisation modules, support `q_0_100` and `all`.
+`apply_to_model` with a map on all 256 UNet normalisation modules, support `q_0_100` and `all`
+(hooks); mode "fused (weight patches)" with support `all`, once with per-pixel GroupNorm maps
+(every module folds) and once with the usual spatial-mean GroupNorm maps (those stay hooked).
+Each repeat samples every variant twice in turn and times the second run (the model as ComfyUI
+keeps it loaded between prompts); the first run after a switch also pays ComfyUI's reload, which
+for weight patches means writing them into the modules (or restoring the originals): its extra
+time is the last column.
 The map's numbers are random (ω near 1): timing does not depend on them.
 """
 
@@ -91,6 +97,18 @@ def random_map(model):
     return tmap
 
 
+def with_support(tmap, support, per_pixel=False):
+    """A copy with fresh UnitTransports of default support ``support`` (GroupNorm maps per-pixel if asked)."""
+    from act_core.mapfile import TransportMap
+    from act_core.transport import UnitTransport
+
+    out = TransportMap(meta=dict(tmap.meta, default_support=support))
+    for n, t in tmap.maps.items():
+        layout = "per_pixel" if per_pixel and tmap.layouts[n] == "spatial_mean" else tmap.layouts[n]
+        out.add(n, UnitTransport(t.omega, t.beta, t.bands, t.flags, t.method, support), layout, tmap.output_index[n])
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
@@ -108,32 +126,50 @@ def main():
     pos = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
     neg = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
     latent = cc.empty_latent(model, 256, 256)
-    q_model = apply_node.apply_to_model(model, tmap.renamed(lambda n: n), 1.0)
-    all_map = tmap.renamed(lambda n: n)
-    for t in all_map.maps.values():
-        t.default_support = "all"
-    a_model = apply_node.apply_to_model(model, all_map, 1.0)
-    variants = {"unsteered": model, "steered, q_0_100": q_model, "steered, all": a_model}
+    q_map, all_map, pp_map = with_support(tmap, "q_0_100"), with_support(tmap, "all"), with_support(tmap, "all", True)
+    fused = apply_node.FUSED
+    variants = {
+        "unsteered": model,
+        "steered, q_0_100": apply_node.apply_to_model(model, q_map, 1.0),
+        "steered, all": apply_node.apply_to_model(model, all_map, 1.0),
+        "fused mode, all, GroupNorm maps per-pixel": apply_node.apply_to_model(model, pp_map, 1.0, mode=fused),
+        "fused mode, all, GroupNorm maps spatial-mean": apply_node.apply_to_model(model, all_map, 1.0, mode=fused),
+    }
 
     def run(m):
         return cc.sample(m, pos, neg, latent, seed=0, steps=args.steps, cfg=1.0)
 
     outs = {k: run(m) for k, m in variants.items()}  # warm-up, and the results
     times = {k: [] for k in variants}
+    switch = {k: [] for k in variants}  # extra time of the first sampling after another variant ran
     for _ in range(args.repeats):
         for k, m in variants.items():
             t0 = time.perf_counter()
+            run(m)  # ComfyUI (re)loads the model here when the previous variant patched other weights
+            t1 = time.perf_counter()
             run(m)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(time.perf_counter() - t1)
+            switch[k].append((t1 - t0) - times[k][-1])
     base = statistics.median(times["unsteered"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, loadavg {os.getloadavg()[0]:.2f}\n")
     print(f"### ComfyUI sampling: quarter-width SDXL UNet (ComfyUI classes), {args.steps} euler steps, 32x32 latents, "
           f"cfg 1; map on {len(tmap)} UNet normalisation modules via the Apply node\n")
-    print("| variant | min s | median s | max s | median ratio vs unsteered |\n|---|---|---|---|---|")
+    best = min(times["unsteered"])
+    print("| variant | min s | median s | max s | median ratio vs unsteered | min ratio | first run after a switch: "
+          "extra s |\n|---|---|---|---|---|---|---|")
     for k, xs in times.items():
-        print(f"| {k} | {min(xs):.3f} | {statistics.median(xs):.3f} | {max(xs):.3f} | {statistics.median(xs) / base:.3f}x |")
+        print(f"| {k} | {min(xs):.3f} | {statistics.median(xs):.3f} | {max(xs):.3f} | {statistics.median(xs) / base:.3f}x "
+              f"| {min(xs) / best:.3f}x | {statistics.median(switch[k]):+.3f} |")
+    for k, m in variants.items():
+        if k.startswith("fused"):
+            print(f"- {k}: {len(m.patches) // 2} modules fused (weight patches), "
+                  f"{len(tmap) - len(m.patches) // 2} hooked")
+    pp_hooks = run(apply_node.apply_to_model(model, pp_map, 1.0))
     print(f"\nsteered output differs from unsteered: {not torch.equal(outs['steered, all'], outs['unsteered'])}; "
-          f"plain model unchanged after steered runs: {torch.equal(run(model), outs['unsteered'])}")
+          f"plain model unchanged after steered runs: {torch.equal(run(model), outs['unsteered'])}; max |fused - hooks|: "
+          f"per-pixel {(outs['fused mode, all, GroupNorm maps per-pixel'] - pp_hooks).abs().max():.2e}, spatial-mean "
+          f"{(outs['fused mode, all, GroupNorm maps spatial-mean'] - outs['steered, all']).abs().max():.2e} "
+          f"(outputs up to {outs['steered, all'].abs().max():.1f})")
     del pack
 
 

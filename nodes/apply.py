@@ -5,6 +5,14 @@ each UNet call and removes them in ``finally``; between calls (and for the input
 which shares the same modules) no hook exists. With cfg > 1 only the conditional rows
 (``transformer_options["cond_or_uncond"] == 0``) are steered unless ``steer_negative`` is on.
 
+Fused mode (``mode=FUSED``): every module whose fixed-λ map folds exactly
+(``act_core.bake.fold_factors``: support "all", not a spatial-mean map with ω ≠ 1 on a 4-D
+output) becomes a ComfyUI "diff" weight patch on the clone, ``Δw = (a − 1) ⊙ w``,
+``Δb = (a − 1) ⊙ b + c``; ComfyUI adds it when it loads the clone and restores the weights when
+it unloads it. Weights hold for the whole sampling and act on every batch row, so fused mode
+needs the full window and steers both CFG halves; the modules that cannot fold keep the hooks
+above, also on both halves, so the result equals hooks mode with ``steer_negative`` on.
+
 CLIP: the clone's ``encode_token_weights`` is object-patched to run inside ``act_core.steer``;
 ComfyUI applies the patch only while that clone is the loaded CLIP.
 """
@@ -12,21 +20,35 @@ ComfyUI applies the patch only while that clone is the loaded CLIP.
 from __future__ import annotations
 
 from act_core import SteerHandle, steer
+from act_core.bake import fold_delta
 from act_core.mapfile import MapFileError
 
 from . import comfy_compat as cc
 from .comfy_compat import TransportMapType, io
-from .steering import block_strengths, check_architecture, component_subset, local_name_map, rows_gate
+from .steering import block_strengths, check_architecture, component_subset, local_name_map, rows_gate, split_foldable
 
 CATEGORY = "steering/act"
 STRENGTH = dict(default=1.0, min=-10.0, max=10.0, step=0.05)
+HOOKS = "hooks"
+FUSED = "fused (weight patches)"
+MODES = (HOOKS, FUSED)
 
 
-def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0, steer_negative=False, per_block=""):
+def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0, steer_negative=False, per_block="",
+                   mode=HOOKS):
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(repr(m) for m in MODES)}")
     check_architecture(tmap, cc.architecture(model))
     sub = component_subset(tmap, "unet", "'Apply transport map to CLIP'")
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise ValueError(f"start_percent ({start_percent}) and end_percent ({end_percent}) must satisfy 0 <= start <= end <= 1")
+    fused = mode == FUSED
+    if fused and (start_percent, end_percent) != (0.0, 1.0):
+        raise ValueError(
+            f"mode {FUSED!r} changes the weights for the whole sampling, so it cannot steer only from "
+            f"start_percent {start_percent} to end_percent {end_percent}: set start_percent 0 and end_percent 1, "
+            f"or choose mode {HOOKS!r} for a window"
+        )
     local = local_name_map(sub, "diffusion_model")
     unet = model.model.diffusion_model
     try:
@@ -34,9 +56,39 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
     except MapFileError as e:
         raise MapFileError(f"{e} (this map does not fit the connected model)") from None
     strengths = block_strengths(per_block, sub.maps, strength)
+
+    diffs = {}
+    hooked = sub
+    if fused:
+        folds, reasons = split_foldable(unet, sub, strengths, local)
+        for n, factors in folds.items():
+            for attr, (scale, shift) in factors.items():
+                key = f"diffusion_model.{local[n]}.{attr}"
+                diffs[key] = fold_delta(cc.loaded_weight(model, key), scale, shift).float()
+        hooked = sub.subset(list(reasons)) if reasons else None
+        first = next(iter(reasons.items()), None)
+        cc.log.info(
+            "AcT fused mode: %d of %d UNet layers fused as weight patches, %d hooked, %d at strength 0%s%s",
+            len(folds), len(sub), len(reasons), len(sub) - len(folds) - len(reasons),
+            f" (hooked e.g. {first[0]}: {first[1]})" if first else "",
+            "" if steer_negative else "; both CFG halves are steered in this mode ('steer negative' has no effect)",
+        )
+        steer_negative = True  # a patched weight acts on both halves; the hooked rest does the same
+
+    if hooked is None:
+        out = model.clone()
+    else:
+        out = cc.add_unet_wrapper(model, _hook_wrapper(model, hooked, strengths, local, start_percent, end_percent, steer_negative))
+    if diffs:
+        cc.add_weight_diffs(out, diffs)
+    return out
+
+
+def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, steer_negative):
+    """DIFFUSION_MODEL wrapper: act_core hooks for ``sub`` around each UNet call inside the window."""
     sigma_start = cc.percent_to_sigma(model, start_percent)
     sigma_end = cc.percent_to_sigma(model, end_percent)
-
+    strengths = {n: strengths[n] for n in sub.maps}
     handles = {}  # one SteerHandle per UNet module, re-attached around every call
 
     def wrapper(unet_module, call, transformer_options):
@@ -50,7 +102,7 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
         with handle.attach():
             return call()
 
-    return cc.add_unet_wrapper(model, wrapper)
+    return wrapper
 
 
 def apply_to_clip(clip, tmap, strength=1.0):
@@ -79,7 +131,10 @@ class ApplyToModel(io.ComfyNode):
             description=(
                 "Returns a steered copy of MODEL: while it samples, each mapped UNet layer's output x becomes "
                 "(1-λ)x + λ(ωx+β). The input MODEL is never changed and no hook stays after sampling. With cfg > 1 "
-                "only the positive (conditional) half is steered unless 'steer negative' is on."
+                "only the positive (conditional) half is steered unless 'steer negative' is on. Mode 'fused (weight "
+                "patches)' folds every layer whose map is affine per unit (support 'all'; no spatial-mean GroupNorm "
+                "map with ω ≠ 1) into that layer's weight and bias as ComfyUI weight patches: no per-step cost, the "
+                "whole schedule, both CFG halves; the other layers keep hooks (the console log says how many of each)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to steer (a patched clone is returned)."),
@@ -93,13 +148,21 @@ class ApplyToModel(io.ComfyNode):
                                  tooltip="Also steer the negative (unconditional) half when cfg > 1."),
                 io.String.Input("per_block", default="", optional=True,
                                 tooltip="Optional per-block factors on λ, e.g. 'down=0, mid=1, up=1.5' or 'regex=factor'."),
+                io.Combo.Input("mode", options=list(MODES), default=HOOKS, optional=True,
+                               tooltip="hooks: steer layer outputs at every UNet call (any map, window, cond-only). "
+                                       "fused (weight patches): fold the map into the weights that ComfyUI patches in "
+                                       "when it loads the model (no per-step cost); needs start 0 and end 1 and steers "
+                                       "both CFG halves (the same for cfg 1 models such as Lightning/Turbo); layers "
+                                       "that cannot fold exactly keep hooks, the console log says how many."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The steered model clone.")],
         )
 
     @classmethod
-    def execute(cls, model, transport_map, strength, start_percent, end_percent, steer_negative, per_block="") -> io.NodeOutput:
-        return io.NodeOutput(apply_to_model(model, transport_map, strength, start_percent, end_percent, steer_negative, per_block or ""))
+    def execute(cls, model, transport_map, strength, start_percent, end_percent, steer_negative, per_block="",
+                mode=HOOKS) -> io.NodeOutput:
+        return io.NodeOutput(apply_to_model(model, transport_map, strength, start_percent, end_percent, steer_negative,
+                                            per_block or "", mode or HOOKS))
 
 
 class ApplyToClip(io.ComfyNode):

@@ -165,6 +165,47 @@ def add_unet_wrapper(model, wrapper: Callable) -> Any:
     return m
 
 
+def loaded_weight(model, key: str) -> torch.Tensor:
+    """The value parameter ``key`` (e.g. ``diffusion_model.out.0.weight``) has while ``model`` is
+    loaded, computed without loading it: a float32 copy of the original weight with ``model``'s own
+    patches (LoRA, ...) applied.
+
+    The original comes from the patchers' shared backup when some clone of the same model is
+    currently loaded with its patches written into the modules, so a weight patched by an
+    earlier run never becomes the base of a new patch.
+    """
+    import comfy.lora
+    import comfy.model_patcher
+
+    weight, _, convert = comfy.model_patcher.get_key_weight(model.model, key)
+    backup = model.backup.get(key)
+    if backup is not None:
+        weight = backup.weight
+    hook_backup = getattr(model, "hook_backup", {}).get(key)
+    if hook_backup is not None:
+        weight = hook_backup[0]
+    w = weight.detach().to(torch.float32, copy=True)
+    if convert is not None:
+        w = convert(w, inplace=True)
+    if key in model.patches:
+        w = comfy.lora.calculate_weight(model.patches[key], w, key)
+    return w
+
+
+def add_weight_diffs(model, diffs: Dict[str, torch.Tensor]) -> None:
+    """Add ``{state-dict key: Δ}`` to ``model`` (a clone) as ComfyUI "diff" weight patches.
+
+    ComfyUI writes ``w + Δ`` into the modules when it loads ``model`` for sampling and restores
+    ``w`` bit for bit when it unloads or switches to another clone, so the patch costs nothing
+    per step and never reaches the MODEL the clone was made from. Raises when a key is unknown.
+    """
+    accepted = model.add_patches({k: (d.to(model.offload_device),) for k, d in diffs.items()}, 1.0, 1.0)
+    missing = sorted(set(diffs) - set(accepted))
+    if missing:
+        raise RuntimeError(f"ComfyUI did not accept weight patches for {missing[:3]} ({len(missing)} keys); "
+                           "the model's state dict has no such parameters")
+
+
 def cond_rows(transformer_options, batch: int) -> Optional[torch.Tensor]:
     """``(batch,)`` bool: rows of the conditional (positive) half; None when unknown."""
     cu = transformer_options.get("cond_or_uncond") if transformer_options else None

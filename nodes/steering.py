@@ -10,6 +10,7 @@ import re
 from typing import Dict, Iterable, Mapping, Optional
 
 from act_core import names as act_names
+from act_core.bake import BakeError, fold_factors
 from act_core.mapfile import MapFileError, TransportMap
 
 UNET_ROOT = "model"
@@ -116,6 +117,30 @@ def block_strengths(spec: str, modules: Iterable[str], strength: float) -> Dict[
                 out[n] = float(strength) * factor
                 taken.add(n)
     return out
+
+
+def split_foldable(root, tmap: TransportMap, strengths: Mapping[str, float], name_map: Mapping[str, str]):
+    """Which modules of ``tmap`` fold exactly into their own weights at their own strength.
+
+    Returns ``(folds, hooked)``: ``folds = {name: {attr: (scale, shift)}}`` (see
+    ``act_core.bake.fold_factors``; modules at strength 0 are left out of both, they are the
+    identity) and ``hooked = {name: reason}`` for modules that keep steering hooks (a band
+    support, a spatial-mean map with ω ≠ 1 on a 4-D output, no bias for a non-zero offset).
+    The support is each map's default support, the one the hooks use.
+    """
+    folds, hooked = {}, {}
+    for n, t in tmap.maps.items():
+        lam = float(strengths[n])
+        if lam == 0.0:
+            continue
+        if tmap.output_index.get(n) is not None:
+            hooked[n] = "the steered output is an element of a tuple, not the layer's affine output"
+            continue
+        try:
+            folds[n] = fold_factors(root.get_submodule(name_map[n]), t, lam, None, tmap.layouts.get(n, "auto"))
+        except BakeError as e:
+            hooked[n] = str(e)
+    return folds, hooked
 
 
 def rows_gate(rows_fn):

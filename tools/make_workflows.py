@@ -40,7 +40,8 @@ def _pairs(goal, count=32):
 
 
 def _apply(strength=1.0):
-    return ("ActApplyToModel", {"strength": strength, "start_percent": 0.0, "end_percent": 1.0, "steer_negative": False, "per_block": ""})
+    return ("ActApplyToModel", {"strength": strength, "start_percent": 0.0, "end_percent": 1.0, "steer_negative": False, "per_block": "",
+                               "mode": "hooks"})
 
 
 def _sampling_tail(nodes, links, model_src, clip_src, positive_text, first_id, seed=42, prefix="act"):
