@@ -1,6 +1,8 @@
-"""Steering overhead inside ComfyUI sampling (the node pack's Apply node on a real ComfyUI).
+"""Steering overhead inside ComfyUI sampling (the node pack's Apply node on a real ComfyUI),
+and the cost of the Fit node's collection (``--fit``).
 
     python bench/bench_comfy.py [--repeats 7]
+    python bench/bench_comfy.py --fit [--repeats 3] [--fit-size 128] [--fit-layers "UNet norms"]
 
 Needs the ComfyUI 0.3.75 that `tools/comfyui_setup.py` extracts (the test setup does it).
 A quarter-width SDXL UNet built from ComfyUI's own classes (real SDXL block structure,
@@ -15,6 +17,15 @@ keeps it loaded between prompts); the first run after a switch also pays ComfyUI
 for weight patches means writing them into the modules (or restoring the originals): its extra
 time is the last column.
 The map's numbers are random (ω near 1): timing does not depend on them.
+
+``--fit`` times the pack's Fit node (``nodes.fit.fit``: ComfyUI's own CLIP encoding and sampler,
+first step only, stopped after the last hooked layer) on the same quarter-width UNet with a
+small random SDXL text encoder pair (CLIP-L 768 wide and CLIP-G 1280 wide, 3 layers each, so
+the 2048-wide context and 1280-wide pooled vector match the UNet): simultaneous with
+batch_size 1 vs 8 on 8 + 8 prompts (all 256 UNet norms), and one-pass causal vs causal (low
+memory, batch_size 8) on 4 + 4 prompts on the 101 norms of down_blocks.2 and the mid block
+(``--causal-pattern``; the reference procedure re-runs the prefix per layer, and on all 256
+layers it took 382 s here, so the default keeps it under ~3 min).
 """
 
 from __future__ import annotations
@@ -109,13 +120,105 @@ def with_support(tmap, support, per_pixel=False):
     return out
 
 
+def small_sdxl_clip():
+    """A comfy.sd.CLIP with SDXL's tokenizers and encoder widths (768 + 1280 = 2048 context,
+    1280 pooled) but 3 layers per encoder (ComfyUI reads the penultimate), seeded random weights."""
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models_base
+
+    base = {"intermediate_size": 1024, "num_hidden_layers": 3}
+    l_cfg = dict(base, hidden_size=768, num_attention_heads=12, projection_dim=768)
+    g_cfg = dict(base, hidden_size=1280, num_attention_heads=20, projection_dim=1280)
+
+    class SmallSDXLClip(comfy.sdxl_clip.SDXLClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}):
+            super().__init__(device=device, dtype=dtype,
+                             model_options=dict(model_options, clip_l_model_config=l_cfg, clip_g_model_config=g_cfg))
+
+    clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, SmallSDXLClip))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in clip.cond_stage_model.named_parameters():
+            if p.ndim == 1 and "norm" in name:
+                p.fill_(1.0) if name.endswith("weight") else p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return clip
+
+
+def bench_fit(args):
+    """Time the Fit node's collection variants; print a markdown table of min/median/max and ratios."""
+    from act_steering_pack.nodes import fit as fit_node
+    from act_steering_pack.nodes import prompts
+
+    model, clip = quarter_sdxl(), small_sdxl_clip()
+    size = args.fit_size
+    pattern = args.fit_pattern
+
+    def run(pairs, procedure, batch_size, pattern=pattern):
+        layers = "custom pattern" if pattern else args.fit_layers
+        return fit_node.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0,
+                            size, size, args.steps, batch_size=batch_size)
+
+    sim_pairs = prompts.build_pairs("style: watercolor", 8, 0)
+    cau_pairs = prompts.build_pairs("style: watercolor", 4, 0)
+    cp = args.causal_pattern
+    variants = [  # (group, label, pairs, procedure, batch_size, repeats, pattern)
+        ("simultaneous, 8 + 8 prompts", "batch_size 1", sim_pairs, "simultaneous", 1, args.repeats, pattern),
+        ("simultaneous, 8 + 8 prompts", "batch_size 8", sim_pairs, "simultaneous", 8, args.repeats, pattern),
+        ("causal, 4 + 4 prompts", "causal (low memory), batch_size 8", cau_pairs, "causal (low memory)", 8,
+         args.reference_repeats, cp),
+        ("causal, 4 + 4 prompts", "causal (one pass, 8 prompts in one batch)", cau_pairs, "causal", 8, args.repeats, cp),
+    ]
+    run(cau_pairs, "simultaneous", 8)  # warm-up (allocator, ComfyUI model load)
+    times, maps = {}, {}
+    for _, label, pairs, procedure, bs, repeats, pat in variants:
+        times[label] = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            maps[label] = run(pairs, procedure, bs, pat)
+            times[label].append(time.perf_counter() - t0)
+            print(f"  {label}: {times[label][-1]:.2f} s", file=sys.stderr, flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, loadavg {os.getloadavg()[0]:.2f}\n")
+    print(f"### ComfyUI Fit node: quarter-width SDXL UNet + 3-layer SDXL-width CLIPs (ComfyUI classes), "
+          f"{size}x{size} px ({size // 8}x{size // 8} latent), first of {args.steps} steps, cfg 1\n")
+    print("| group | layers | variant | runs | min s | median s | max s | median speed-up |\n|---|---|---|---|---|---|---|---|")
+    for group in dict.fromkeys(g for g, *_ in variants):
+        labels = [label for g, label, *_ in variants if g == group]
+        base = statistics.median(times[labels[0]])
+        for label in labels:
+            xs = times[label]
+            print(f"| {group} | {len(maps[label])} | {label} | {len(xs)} | {min(xs):.2f} | {statistics.median(xs):.2f} | {max(xs):.2f} | "
+                  f"{base / statistics.median(xs):.2f}x |")
+    # the variants compared fit the same maps (as functions on the source data)
+    for a, b in (("batch_size 1", "batch_size 8"),
+                 ("causal (low memory), batch_size 8", "causal (one pass, 8 prompts in one batch)")):
+        worst = 0.0
+        for n, ta in maps[a].maps.items():
+            pts = ta.bands.reshape(-1, ta.units)
+            d = ta.apply(pts, support="all", layout="tokens") - maps[b][n].apply(pts, support="all", layout="tokens")
+            worst = max(worst, float(d.abs().max()))
+        print(f"\n{a} vs {b}: max |T_a(x) - T_b(x)| at the source quantiles {worst:.1e}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--fit", action="store_true", help="time the Fit node's collection instead of steered sampling")
+    p.add_argument("--fit-size", type=int, default=128, help="collection image size in pixels (latent = size/8)")
+    p.add_argument("--fit-layers", default="UNet norms", help="Fit node layers preset")
+    p.add_argument("--fit-pattern", default="", help="custom pattern instead of the preset")
+    p.add_argument("--causal-pattern", default=r"unet\.(down_blocks\.2|mid_block)\..*norm.*",
+                   help="layers of the causal comparison ('' = the --fit-layers preset)")
+    p.add_argument("--reference-repeats", type=int, default=1, help="runs of causal (low memory), the slow one")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     setup_comfy()
+    if args.fit:
+        load("act_steering_pack", ROOT / "__init__.py", ROOT)
+        return bench_fit(args)
     pack = load("act_steering_pack", ROOT / "__init__.py", ROOT)
     from act_steering_pack.nodes import apply as apply_node
     from act_steering_pack.nodes import comfy_compat as cc

@@ -16,6 +16,7 @@ Module trees used for names (see ``act_core.names``):
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -111,13 +112,82 @@ def empty_latent(model, width: int, height: int, batch: int = 1) -> torch.Tensor
     return torch.zeros(batch, latent_channels(model), max(1, height // 8), max(1, width // 8))
 
 
+def _fix_latent(model, latent: torch.Tensor) -> torch.Tensor:
+    if hasattr(comfy.sample, "fix_empty_latent_channels"):
+        return comfy.sample.fix_empty_latent_channels(model, latent)
+    return latent
+
+
 def sample(model, positive, negative, latent: torch.Tensor, seed: int, steps: int, cfg: float,
-           sampler_name: str = "euler", scheduler: str = "normal", denoise: float = 1.0) -> torch.Tensor:
-    """Run ComfyUI's own sampler (the KSampler path) and return the denoised latent."""
-    latent = comfy.sample.fix_empty_latent_channels(model, latent) if hasattr(comfy.sample, "fix_empty_latent_channels") else latent
-    noise = comfy.sample.prepare_noise(latent, seed)
+           sampler_name: str = "euler", scheduler: str = "normal", denoise: float = 1.0,
+           noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Run ComfyUI's own sampler (the KSampler path) and return the denoised latent.
+
+    ``noise`` (same shape as the latent) replaces the seeded noise ComfyUI would draw for the
+    whole latent batch; see :func:`shared_noise` for one noise repeated over a batch.
+    """
+    latent = _fix_latent(model, latent)
+    if noise is None:
+        noise = comfy.sample.prepare_noise(latent, seed)
+    elif tuple(noise.shape) != tuple(latent.shape):
+        raise ValueError(f"noise of shape {tuple(noise.shape)} does not match the latent {tuple(latent.shape)}")
     return comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                                denoise=denoise, seed=seed, disable_pbar=True)
+
+
+def shared_noise(model, latent: torch.Tensor, seed: int, batch: int) -> torch.Tensor:
+    """The noise ComfyUI draws for ONE latent of ``latent``'s size from ``seed``, repeated ``batch`` times.
+
+    ``latent``: ``(1, C, H, W)``; returns ``(batch, C', H, W)`` where every row equals
+    ``prepare_noise(latent, seed)[0]`` (a batched ``prepare_noise`` would give each row
+    different noise).
+    """
+    one = _fix_latent(model, latent[:1])
+    noise = comfy.sample.prepare_noise(one, seed)
+    return noise.repeat(batch, *([1] * (noise.ndim - 1)))
+
+
+def concat_conditioning(conds: Sequence[Any]) -> List[List[Any]]:
+    """One CONDITIONING whose batch rows are the single-prompt CONDITIONINGs ``conds``, in order.
+
+    Each item must be ``[[cond (1, T_i, C), {"pooled_output": (1, P), ...}]]`` (what
+    :func:`encode` returns for an unscheduled CLIP). Token lengths differ for long prompts
+    (77 vs 154 ...): every ``cond`` is repeated along the token axis up to the least common
+    multiple ``L`` of the ``T_i``. Cross-attention reads the context only through
+    ``softmax(q kᵀ) v`` over its tokens; ``k`` identical copies of every token scale each
+    weight by ``1/k`` and sum ``k`` equal terms, so the output is unchanged (ComfyUI pads the
+    same way when it batches conds). Other tensors in the dict (``pooled_output``) are
+    concatenated along dim 0; other values must be equal across prompts.
+    """
+    if not conds:
+        raise ValueError("no conditioning to batch")
+    entries = []
+    for i, c in enumerate(conds):
+        if len(c) != 1 or len(c[0]) != 2 or c[0][0].shape[0] != 1:
+            raise ValueError(
+                f"conditioning {i} is not one unscheduled prompt ({len(c)} entries): batching needs plain CLIP "
+                "encodings; set batch_size to 1 and use procedure 'simultaneous' or 'causal (low memory)'"
+            )
+        entries.append(c[0])
+    length = 1
+    for t, _ in entries:
+        length = math.lcm(length, int(t.shape[1]))
+    tensors = [t if t.shape[1] == length else t.repeat(1, length // t.shape[1], 1) for t, _ in entries]
+    first = entries[0][1]
+    extra: Dict[str, Any] = {}
+    for key, value in first.items():
+        values = [d.get(key) for _, d in entries]
+        if isinstance(value, torch.Tensor):
+            if any(not isinstance(v, torch.Tensor) or v.shape != value.shape for v in values):
+                raise ValueError(f"conditioning key {key!r} has different shapes across prompts: cannot batch them")
+            extra[key] = torch.cat(values, 0)
+        elif any(v != value for v in values):
+            raise ValueError(f"conditioning key {key!r} differs across prompts: cannot batch them (set batch_size to 1)")
+        else:
+            extra[key] = value
+    if any(set(d) != set(first) for _, d in entries):
+        raise ValueError("conditionings have different keys: cannot batch them (set batch_size to 1)")
+    return [[torch.cat(tensors, 0), extra]]
 
 
 def sampler_names() -> List[str]:

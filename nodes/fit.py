@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from act_core import fit_map
 from act_core.mapfile import TransportMap
 from act_core.presets import resolve_modules
@@ -9,8 +11,10 @@ from act_core.transport import SUPPORT_CHOICES
 
 from . import comfy_compat as cc
 from .comfy_compat import PromptPairsType, TransportMapType, io
-from .runner import ComfyRunner
-from .steering import canonical_index, check_architecture, tree_to_canonical
+from .runner import ComfyRunner, check_batch_size
+from .steering import UNET_ROOT, canonical_index, check_architecture, tree_to_canonical
+
+log = logging.getLogger("act_steering")
 
 CATEGORY = "steering/act"
 METHODS = {"Linear-AcT": "linear", "Mean-AcT": "mean", "Gaussian": "gaussian"}
@@ -21,9 +25,11 @@ LAYER_PRESETS = {
     "custom pattern": None,
 }
 SUPPORTS = ["method default"] + list(SUPPORT_CHOICES)
-# act_core's one-pass "causal" needs every prompt in one batch; ComfyUI samples one prompt at a
-# time, so the node runs the reference causal procedure (one prefix pass per layer, same estimates).
-PROCEDURES = {"simultaneous": "simultaneous", "causal": "causal_reference"}
+#: node option -> act_core procedure. "causal" is act_core's one-pass procedure: every source and
+#: target prompt in ONE UNet batch (memory of all prompts at once); "causal (low memory)" re-runs the
+#: model prefix once per layer in batches of batch_size (same estimates, ≈ layers/2 times the work).
+PROCEDURES = {"simultaneous": "simultaneous", "causal": "causal", "causal (low memory)": "causal_reference"}
+DEFAULT_BATCH_SIZE = 8
 
 
 def select(tree, layers: str, pattern: str):
@@ -53,35 +59,60 @@ def _check_choice(name: str, value, options) -> None:
         raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(options)}")
 
 
-def fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, procedure, seed, width, height, steps):
-    """Fit and return a TransportMap with canonical names; cancellable through ComfyUI's interrupt."""
+def core_procedure(procedure: str, modules) -> str:
+    """act_core procedure for the node's ``procedure`` choice and the selected tree names.
+
+    One-pass causal needs every prompt in one forward batch; text encoders are run one prompt
+    at a time (ComfyUI encodes a single prompt per call), so with any text-encoder module
+    selected "causal" runs act_core's ``causal_reference`` (the same estimates, layer by layer).
+    """
+    core = PROCEDURES[procedure]
+    if core == "causal" and any(not n.startswith(UNET_ROOT + ".") for n in modules):
+        log.info("ActFitTransportMap: text-encoder layers are fitted layer by layer ('causal (low memory)'); "
+                 "one-pass causal needs every prompt in one batch, and ComfyUI encodes one prompt at a time")
+        return "causal_reference"
+    return core
+
+
+def fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, procedure, seed, width, height, steps,
+        batch_size=DEFAULT_BATCH_SIZE):
+    """Fit and return a TransportMap with canonical names; cancellable through ComfyUI's interrupt.
+
+    Progress: ``simultaneous`` and ``causal (low memory)`` tick per prompt sampled (prompts x
+    layer passes); one-pass ``causal`` ticks per fitted layer. A cancelled fit returns nothing.
+    """
     check_architecture(TransportMap(), cc.architecture(model))
     _check_choice("method", method, METHODS)
     _check_choice("support", support, SUPPORTS)
     _check_choice("procedure", procedure, PROCEDURES)
+    batch_size = check_batch_size(batch_size)
     src, tgt = list(prompt_pairs["source"]), list(prompt_pairs["target"])
-    procedure = PROCEDURES[procedure]
     tree = cc.model_tree(model, clip)
     modules = select(tree, layers, custom_pattern or "")
-    passes = 1 if procedure == "simultaneous" else len(modules)
-    total = (len(src) + len(tgt)) * passes
+    core = core_procedure(procedure, modules)
+    one_pass = core == "causal"
+    total = len(modules) if one_pass else (len(src) + len(tgt)) * (1 if core == "simultaneous" else len(modules))
     bar = cc.progress_bar(total)
     done = [0]
 
-    def on_prompt():
-        done[0] += 1
-        bar.update_absolute(min(done[0], total), total)
+    def on_prompts(n):
+        if not one_pass:
+            done[0] += n
+            bar.update_absolute(min(done[0], total), total)
 
     def progress(step, steps_total, message):
-        cc.check_interrupted()  # raising here cancels fit_map; nothing has been written
+        cc.check_interrupted()  # raising here cancels fit_map; nothing has been returned or written
+        if one_pass:  # act_core ticks (layers fitted, layers) from inside the one forward pass
+            bar.update_absolute(min(step, total), total)
 
-    runner = ComfyRunner(model, clip, seed, width, height, steps, on_prompt=on_prompt)
+    runner = ComfyRunner(model, clip, seed, width, height, steps, on_prompts=on_prompts, batch_size=batch_size)
     tmap = fit_map(
-        runner, src, tgt, modules, method=METHODS[method], pooling="mean", procedure=procedure,
+        runner, src, tgt, modules, method=METHODS[method], pooling="mean", procedure=core,
         support=None if support == "method default" else support, progress=progress,
         **prompt_pairs.get("meta", {}), layers=layers if LAYER_PRESETS.get(layers) else (custom_pattern or ""),
         collection={"seed": int(seed), "width": int(width), "height": int(height), "steps": int(steps),
-                    "step": "first", "cfg": 1.0, "fitted_in": f"ComfyUI {cc.comfy_version()}"},
+                    "step": "first", "cfg": 1.0, "batch_size": len(src) + len(tgt) if one_pass else batch_size,
+                    "fitted_in": f"ComfyUI {cc.comfy_version()}"},
     )
     return tmap.renamed(tree_to_canonical)
 
@@ -96,8 +127,8 @@ class FitTransportMap(io.ComfyNode):
             description=(
                 "Runs every source and target prompt through the model with ComfyUI's own sampler, records the chosen "
                 "layers at the first denoising step (stopping after the last one), and fits one per-unit affine "
-                "transport per layer (Linear-AcT by default). Cancel works at any prompt. Outputs a TRANSPORT_MAP "
-                "with canonical layer names (usable in diffusers too)."
+                "transport per layer (Linear-AcT by default). Prompts are sampled batch_size at a time; Cancel works at any "
+                "batch. Outputs a TRANSPORT_MAP with canonical layer names (usable in diffusers too)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The SDXL-family model to fit on (from Load Checkpoint)."),
@@ -112,21 +143,31 @@ class FitTransportMap(io.ComfyNode):
                 io.Combo.Input("support", options=SUPPORTS, default="method default",
                                tooltip="Quantile band of the source inside which values are transported (q_0_100 = the observed range; all = everywhere)."),
                 io.Combo.Input("procedure", options=list(PROCEDURES), default="simultaneous",
-                               tooltip="simultaneous: one pass, all layers at once. causal: layer by layer with upstream maps applied (better, one pass per layer)."),
+                               tooltip="simultaneous: every layer fitted on the unsteered model (one pass per batch of prompts). "
+                                       "causal: each layer fitted with the layers before it already steered (usually better); one "
+                                       "forward pass with ALL source and target prompts in a single batch, so memory is about that of "
+                                       "sampling all prompts at once (batch_size is not used). causal (low memory): the same result, "
+                                       "layer by layer in batches of batch_size (about layers/2 times slower). Text-encoder layers "
+                                       "always use the low-memory way."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
                              tooltip="Noise seed for the collection pass (the same noise for every prompt)."),
                 io.Int.Input("width", default=1024, min=64, max=4096, step=64, tooltip="Width of the collection latent in pixels."),
                 io.Int.Input("height", default=1024, min=64, max=4096, step=64, tooltip="Height of the collection latent in pixels."),
                 io.Int.Input("steps", default=20, min=1, max=200,
                              tooltip="Scheduler steps; activations are taken at the first step, so this sets that step's noise level."),
+                io.Int.Input("batch_size", default=DEFAULT_BATCH_SIZE, min=1, max=4096,
+                             tooltip="Prompts sampled together per UNet pass (simultaneous and causal (low memory)). Faster when "
+                                     "larger; memory grows with it (like an Empty Latent batch of this size). Lower it if you run "
+                                     "out of memory; the map is the same for every value (up to float rounding)."),
             ],
             outputs=[TransportMapType.Output(display_name="transport_map", tooltip="The fitted map.")],
         )
 
     @classmethod
     def execute(cls, model, clip, prompt_pairs, method, layers, support, procedure, seed, width, height, steps,
-                custom_pattern="") -> io.NodeOutput:
-        tmap = fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, procedure, seed, width, height, steps)
+                batch_size=DEFAULT_BATCH_SIZE, custom_pattern="") -> io.NodeOutput:
+        tmap = fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, procedure, seed, width, height, steps,
+                   batch_size)
         return io.NodeOutput(tmap)
 
 

@@ -31,7 +31,8 @@ def _ksampler(seed=42):
 
 def _fit(layers="UNet norms"):
     return ("ActFitTransportMap", {"method": "Linear-AcT", "layers": layers, "custom_pattern": "", "support": "method default",
-                                   "procedure": "simultaneous", "seed": 0, "width": 1024, "height": 1024, "steps": 20})
+                                   "procedure": "simultaneous", "seed": 0, "width": 1024, "height": 1024, "steps": 20,
+                                   "batch_size": 8})
 
 
 def _pairs(goal, count=32):

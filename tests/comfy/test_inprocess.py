@@ -19,9 +19,11 @@ def mods(pack):
                                  info=info, prompts=prompts, sweep=sweep))
 
 
-def _fit(mods, model, clip, layers="UNet norms", procedure="simultaneous", goal="style: watercolor", count=4, pattern=""):
+def _fit(mods, model, clip, layers="UNet norms", procedure="simultaneous", goal="style: watercolor", count=4, pattern="",
+         batch_size=4):
     pairs = mods.prompts.build_pairs(goal, count, 0)
-    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE, 2)
+    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE, 2,
+                        batch_size)
 
 
 def _sample(mods, model, clip, cfg=5.0, text="a photo of a cat"):
@@ -121,11 +123,17 @@ def test_causal_fit_differs_from_simultaneous(mods, tiny):
     pattern = r"unet\.mid_block\..*norm.*"
     sim = _fit(mods, model, clip, "custom pattern", "simultaneous", pattern=pattern)
     cau = _fit(mods, model, clip, "custom pattern", "causal", pattern=pattern)
-    assert list(sim.maps) == list(cau.maps) and len(sim) >= 3
+    low = _fit(mods, model, clip, "custom pattern", "causal (low memory)", pattern=pattern)
+    assert list(sim.maps) == list(cau.maps) == list(low.maps) and len(sim) >= 3
     first, last = list(sim.maps)[0], list(sim.maps)[-1]
-    assert torch.allclose(sim[first].omega, cau[first].omega)  # nothing upstream of the first layer
-    assert not torch.allclose(sim[last].omega, cau[last].omega)
-    assert cau.meta["procedure"] == "causal_reference"
+
+    def on_data(t, ref):  # T(x) at the reference's source quantiles (omega alone is ill-posed on flat units)
+        return t.apply(ref.bands.reshape(-1, ref.units), support="all", layout="tokens")
+
+    # nothing upstream of the first layer (batches of 4 vs all 8 prompts: float rounding only)
+    torch.testing.assert_close(on_data(cau[first], sim[first]), on_data(sim[first], sim[first]), rtol=1e-4, atol=1e-5)
+    assert (cau[last].omega - sim[last].omega).abs().max() > 0.05  # fitted on upstream-steered activations
+    assert cau.meta["procedure"] == "causal" and low.meta["procedure"] == "causal_reference"
 
 
 def test_interrupt_cancels_a_fit(mods, tiny):
