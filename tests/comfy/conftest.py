@@ -109,3 +109,19 @@ def object_info(comfy_server):
     return comfy_server.get("/object_info")
 
 
+def interrupt_on_call(monkeypatch, target, name: str, after: int = 1):
+    """Make ``target.<name>`` set ComfyUI's interrupt flag (as Cancel / ``POST /interrupt`` does)
+    on its ``after``-th call, then call through; returns the call counter ``[n]``."""
+    import comfy.model_management as mm
+
+    original, calls = getattr(target, name), [0]
+
+    def wrapped(*a, **k):
+        calls[0] += 1
+        if calls[0] == after:
+            mm.interrupt_current_processing(True)
+        return original(*a, **k)
+
+    monkeypatch.setattr(target, name, wrapped)
+    return calls
+

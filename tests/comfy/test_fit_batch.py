@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from act_core import count_hooks
+from conftest import interrupt_on_call
 
 pytestmark = pytest.mark.comfy
 
@@ -188,21 +189,6 @@ def test_bad_batch_size_is_refused_with_the_fix(mods, model_clip):
     assert count_hooks(model.model) == 0
 
 
-def _interrupt_on_call(monkeypatch, target, name, after):
-    import comfy.model_management as mm
-
-    original, calls = getattr(target, name), [0]
-
-    def wrapped(*a, **k):
-        calls[0] += 1
-        if calls[0] == after:
-            mm.interrupt_current_processing(True)
-        return original(*a, **k)
-
-    monkeypatch.setattr(target, name, wrapped)
-    return calls
-
-
 @pytest.mark.parametrize("case", ["simultaneous, 2nd batch", "causal, inside the one pass", "causal (low memory)"])
 def test_cancel_during_a_batched_fit_returns_no_map(mods, model_clip, monkeypatch, case):
     import comfy.model_management as mm
@@ -214,11 +200,11 @@ def test_cancel_during_a_batched_fit_returns_no_map(mods, model_clip, monkeypatc
     procedure = case.split(",")[0]
     with monkeypatch.context() as mp:
         if case.startswith("simultaneous"):  # Cancel pressed while the 2nd batch's prompts are encoded
-            calls = _interrupt_on_call(mp, mods.cc, "encode", after=1 + 2 + 1)  # negative "", 1st batch, then 2nd
+            calls = interrupt_on_call(mp, mods.cc, "encode", after=1 + 2 + 1)  # negative "", 1st batch, then 2nd
         elif case.startswith("causal,"):  # Cancel pressed after the 2nd layer was fitted, inside the UNet forward
-            calls = _interrupt_on_call(mp, fitting, "fit_transport", after=2)
+            calls = interrupt_on_call(mp, fitting, "fit_transport", after=2)
         else:
-            calls = _interrupt_on_call(mp, mods.cc, "sample", after=3)
+            calls = interrupt_on_call(mp, mods.cc, "sample", after=3)
         result = []
         try:
             with pytest.raises(mm.InterruptProcessingException):

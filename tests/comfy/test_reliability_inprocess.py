@@ -15,6 +15,7 @@ import warnings
 import psutil
 import pytest
 import torch
+from conftest import interrupt_on_call
 
 from act_core import TransportMap, count_hooks
 from act_core.mapfile import MapFileError
@@ -150,23 +151,6 @@ def test_20_fits_leave_no_hook_and_flat_memory(mods, model_clip, request):
 
 # -- cancellation ---------------------------------------------------------------------------------
 
-def _interrupt_when(mods, monkeypatch, target, name, after=1):
-    """Make ``target.name`` set ComfyUI's interrupt flag on its ``after``-th call (then call through)."""
-    import comfy.model_management as mm
-
-    original = getattr(target, name)
-    calls = [0]
-
-    def wrapped(*a, **k):
-        calls[0] += 1
-        if calls[0] == after:
-            mm.interrupt_current_processing(True)
-        return original(*a, **k)
-
-    monkeypatch.setattr(target, name, wrapped)
-    return calls
-
-
 @pytest.mark.parametrize("stage", ["collection", "fitting"])
 def test_interrupt_during_a_fit_leaves_nothing_and_next_fit_works(mods, model_clip, monkeypatch, stage):
     import comfy.model_management as mm
@@ -177,9 +161,9 @@ def test_interrupt_during_a_fit_leaves_nothing_and_next_fit_works(mods, model_cl
     reference = _fit(mods, model, clip)
     with monkeypatch.context() as mp:
         if stage == "collection":  # Cancel pressed while the 2nd prompt is being sampled
-            calls = _interrupt_when(mods, mp, mods.cc, "sample", after=2)
+            calls = interrupt_on_call(mp, mods.cc, "sample", after=2)
         else:  # Cancel pressed while the transports are being fitted (after all collection)
-            calls = _interrupt_when(mods, mp, fitting, "fit_transport", after=1)
+            calls = interrupt_on_call(mp, fitting, "fit_transport", after=1)
         try:
             with pytest.raises(mm.InterruptProcessingException):
                 _fit(mods, model, clip)
