@@ -209,22 +209,32 @@ def _fit_common(args, fit_fn, name_kw: dict) -> int:
     return 0
 
 
+def _fit_named(args, names, describe, check, fit_fn) -> int:
+    """``fit-style`` / ``fit-negation``: list presets or names, or ``check()`` the chosen name
+    (an unknown one is an error before the model loads) and fit."""
+    if args.list_presets:
+        return _print_presets()
+    if args.list:
+        for n in names():
+            print(f"{n:15} {describe(n)}")
+        return 0
+    check()
+    return _fit_common(args, fit_fn, {})
+
+
 def _fit_style(args) -> int:
     from . import prompts as P
     from .cli import CLIError
     from .diffusers_sdxl import fit_style_map
 
-    if args.list_presets:
-        return _print_presets()
-    if args.list:
-        for s in P.list_styles():
-            print(f"{s:15} {', '.join(P.style_info(s)['tags'][:5])}")
-        return 0
-    if not args.style:
-        raise CLIError("give --style (one of: " + ", ".join(P.list_styles()) + ") or --tags with a --style name")
-    if args.tags is None:
-        P.style_info(args.style)  # unknown style -> error before loading the model
-    return _fit_common(args, lambda pipe, **kw: fit_style_map(pipe, args.style, tags=args.tags, **kw), {})
+    def check():
+        if not args.style:
+            raise CLIError("give --style (one of: " + ", ".join(P.list_styles()) + ") or --tags with a --style name")
+        if args.tags is None:
+            P.style_info(args.style)
+
+    return _fit_named(args, P.list_styles, lambda s: ", ".join(P.style_info(s)["tags"][:5]), check,
+                      lambda pipe, **kw: fit_style_map(pipe, args.style, tags=args.tags, **kw))
 
 
 def _fit_negation(args) -> int:
@@ -232,16 +242,13 @@ def _fit_negation(args) -> int:
     from .cli import CLIError
     from .diffusers_sdxl import fit_negation_map
 
-    if args.list_presets:
-        return _print_presets()
-    if args.list:
-        for c in P.list_concepts():
-            print(f"{c:15} e.g. '{P.concept_info(c)['modifiers'][0]}'")
-        return 0
-    if not args.concept:
-        raise CLIError("give --concept (one of: " + ", ".join(P.list_concepts()) + ")")
-    P.concept_info(args.concept)
-    return _fit_common(args, lambda pipe, **kw: fit_negation_map(pipe, args.concept, **kw), {})
+    def check():
+        if not args.concept:
+            raise CLIError("give --concept (one of: " + ", ".join(P.list_concepts()) + ")")
+        P.concept_info(args.concept)
+
+    return _fit_named(args, P.list_concepts, lambda c: f"e.g. '{P.concept_info(c)['modifiers'][0]}'", check,
+                      lambda pipe, **kw: fit_negation_map(pipe, args.concept, **kw))
 
 
 def _gather_prompts(args, tmap=None, n: int = 4) -> List[str]:
