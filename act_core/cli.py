@@ -47,4 +47,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # ``python -m act_core.cli``: run the imported module's main, so the error classes that the
+    # subcommands raise (act_core.cli.CLIError) are the ones caught above
+    from act_core.cli import main as _main
+
+    sys.exit(_main())
