@@ -235,6 +235,13 @@ def _fit_causal_one_pass(runner, source, target, chosen, names, method, pooling,
     try:
         with fitter:
             runner.run(inputs, fitter)
+    except torch.OutOfMemoryError as e:
+        raise torch.OutOfMemoryError(
+            f"procedure 'causal' runs all {len(inputs)} inputs ({len(source)} source + {len(target)} target) through the "
+            "model as ONE batch and ran out of memory: use procedure 'causal_reference' (the same estimates, memory of "
+            f"one batch of the runner's batch_size, one prefix pass per module), fewer prompts or a smaller "
+            f"resolution. ({e})"
+        ) from None
     finally:
         runner.batch_size = saved
     missing = [n for n in names if n not in tmap]

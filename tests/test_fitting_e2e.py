@@ -148,6 +148,36 @@ def test_one_pass_causal_needs_a_batchable_runner(setup):
         fit_map(NoBatch(), source, target, LAYERS, procedure="causal")
 
 
+def test_one_pass_causal_out_of_memory_names_the_fix_and_leaves_nothing(setup):
+    model, runner, source, target = setup
+    calls = []
+
+    class OOMAtTheThirdModule:
+        def __init__(self):
+            self.model, self.architecture, self.batch_size = model, "x", 16
+
+        def run(self, inputs, collector):
+            calls.append(self.batch_size)
+            module = model.get_submodule("model.layers.1.post_attention_layernorm")
+
+            def boom(*_):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+            handle, saved = module.register_forward_pre_hook(boom), runner.batch_size
+            runner.batch_size = self.batch_size
+            try:
+                runner.run(inputs, collector)
+            finally:
+                handle.remove()
+                runner.batch_size = saved
+
+    oom = OOMAtTheThirdModule()
+    with pytest.raises(torch.OutOfMemoryError, match=r"all 128 inputs .* ONE batch.*causal_reference.*Tried to allocate"):
+        fit_map(oom, source, target, LAYERS, procedure="causal")
+    assert calls == [128] and oom.batch_size == 16  # one pass over everything; the runner's batch size is restored
+    assert count_hooks(model) == 0
+
+
 def test_bounded_memory_fit_is_close_to_exact(setup):
     model, runner, source, target = setup
     exact = fit_map(runner, source, target, LAYERS, procedure="simultaneous")
