@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from act_core import fit_map
 from act_core.mapfile import TransportMap
 from act_core.presets import resolve_modules
@@ -106,14 +108,23 @@ def fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, proc
             bar.update_absolute(min(step, total), total)
 
     runner = ComfyRunner(model, clip, seed, width, height, steps, on_prompts=on_prompts, batch_size=batch_size)
-    tmap = fit_map(
-        runner, src, tgt, modules, method=METHODS[method], pooling="mean", procedure=core,
-        support=None if support == "method default" else support, progress=progress,
-        **prompt_pairs.get("meta", {}), layers=layers if LAYER_PRESETS.get(layers) else (custom_pattern or ""),
-        collection={"seed": int(seed), "width": int(width), "height": int(height), "steps": int(steps),
-                    "step": "first", "cfg": 1.0, "batch_size": len(src) + len(tgt) if one_pass else batch_size,
-                    "fitted_in": f"ComfyUI {cc.comfy_version()}"},
-    )
+    try:
+        tmap = fit_map(
+            runner, src, tgt, modules, method=METHODS[method], pooling="mean", procedure=core,
+            support=None if support == "method default" else support, progress=progress,
+            **prompt_pairs.get("meta", {}), layers=layers if LAYER_PRESETS.get(layers) else (custom_pattern or ""),
+            collection={"seed": int(seed), "width": int(width), "height": int(height), "steps": int(steps),
+                        "step": "first", "cfg": 1.0, "batch_size": len(src) + len(tgt) if one_pass else batch_size,
+                        "fitted_in": f"ComfyUI {cc.comfy_version()}"},
+        )
+    except torch.OutOfMemoryError as e:
+        fix = ("choose procedure 'causal (low memory)' (the same estimates, batch_size prompts at a time)" if one_pass
+               else "lower batch_size")
+        raise torch.OutOfMemoryError(
+            f"Fit transport map ran out of memory with {len(src) + len(tgt)} prompts at {width}x{height} "
+            f"({'all prompts in one batch' if one_pass else f'batch_size {batch_size}'}): {fix}, or use fewer prompts "
+            f"or a smaller width/height. ({str(e).splitlines()[0][:300]})"
+        ) from None
     return tmap.renamed(tree_to_canonical)
 
 

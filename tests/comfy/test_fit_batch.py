@@ -215,3 +215,19 @@ def test_cancel_during_a_batched_fit_returns_no_map(mods, model_clip, monkeypatc
     assert (count_hooks(model.model), count_hooks(clip.cond_stage_model)) == hooks0
     again = _fit(mods, model, clip, pairs, 2, procedure, "custom pattern", MID)
     assert len(again) >= 5
+
+
+@pytest.mark.parametrize("procedure, fix", [("causal", "causal \\(low memory\\)"), ("simultaneous", "lower batch_size")])
+def test_out_of_memory_names_the_fix_and_leaves_no_hook(mods, model_clip, monkeypatch, procedure, fix):
+    model, clip = model_clip
+    pairs = mods.prompts.build_pairs("style: watercolor", 2, 0)
+    hooks0 = count_hooks(model.model), count_hooks(clip.cond_stage_model)
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(mods.cc, "sample", oom)
+        with pytest.raises(torch.OutOfMemoryError, match=rf"4 prompts .*{fix}.*Tried to allocate 12.00 GiB"):
+            _fit(mods, model, clip, pairs, 2, procedure, "custom pattern", MID)
+    assert (count_hooks(model.model), count_hooks(clip.cond_stage_model)) == hooks0
