@@ -61,7 +61,12 @@ def count_hooks(model: torch.nn.Module) -> int:
 
 class _ForwardOverride:
     """Replaces ``module.forward`` by an instance attribute; ``remove()`` deletes it again, so
-    the class's forward (bit-identical behaviour) is back."""
+    the class's forward (bit-identical behaviour) is back.
+
+    ``forward`` must carry ``_act_on``, a one-item list it checks on every call: ``remove()``
+    also switches it off, so if other code wrapped our forward in the meantime (e.g.
+    accelerate's offload hooks, which keep the previous ``forward`` inside theirs) the wrapped
+    copy runs the plain layer from then on."""
 
     def __init__(self, module: torch.nn.Module, forward: Callable):
         if "forward" in module.__dict__:
@@ -71,6 +76,7 @@ class _ForwardOverride:
         self.module, self.forward = module, forward
 
     def remove(self) -> None:
+        self.forward._act_on[0] = False
         if self.module.__dict__.get("forward") is self.forward:
             del self.module.forward
 
@@ -329,9 +335,11 @@ class SteerHandle(_HookSet):
         norm.prepare(self.strengths[name])
         hook, plain = self._hooks[name], type(module).forward
 
+        on = [True]  # switched off by removal (see _ForwardOverride)
+
         def forward(input):
             lam = self.strengths[name]
-            if lam == 0:
+            if lam == 0 or not on[0]:
                 return plain(module, input)
             params = None
             if self.gate is None and not (torch.is_grad_enabled() and norm.trains):
@@ -342,6 +350,7 @@ class SteerHandle(_HookSet):
                 return out if y is None else y
             return norm(input, *params)
 
+        forward._act_on = on
         return forward
 
     def __enter__(self) -> "SteerHandle":

@@ -211,3 +211,19 @@ def test_band_test_is_the_strict_inequality_at_every_edge(dtype, rng):
     want = (x.double() * a + c)[inside]
     tol = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 8e-2}[dtype]
     torch.testing.assert_close(y.double()[inside], want, atol=tol, rtol=tol)
+
+
+def test_a_wrapper_added_while_steered_runs_the_plain_layer_after_removal(rng):
+    """accelerate-style offload hooks keep the forward they found inside their own wrapper."""
+    model = Tokens()
+    x = torch.randn(2, 3, 16, generator=rng)
+    with torch.no_grad():
+        before = model(x)
+        with steer(model, one_map(16, rng, "tokens")) as h:
+            assert h.fused == ["norm"]
+            inner = model.norm.forward
+            model.norm.forward = lambda t: inner(t)  # added by someone else while steered
+            steered = model(x)
+        after = model(x)
+    assert not torch.allclose(steered, before, atol=1e-3)
+    assert torch.equal(after, before)  # the wrapper stays, but what it wraps is the plain layer again
