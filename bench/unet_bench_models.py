@@ -36,13 +36,15 @@ def build_unet(width: str = "quarter", device: str = "cpu", dtype=torch.float32,
     with torch.device("meta"):
         unet = UNet2DConditionModel(**cfg)
     unet.to_empty(device=device)
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    # drawn on the target device (a CPU generator for 2.6 B values takes long on a GPU host);
+    # values differ between devices, timings do not depend on them
+    g = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in unet.named_parameters():
             if p.dim() == 1:
                 p.fill_(1.0 if ("norm" in name and name.endswith("weight")) else 0.0)
             else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+                p.copy_(torch.randn(p.shape, generator=g, device=device, dtype=p.dtype) * 0.02)
         for _, b in unet.named_buffers():
             if b.is_floating_point():
                 b.zero_()
