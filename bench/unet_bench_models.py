@@ -76,8 +76,14 @@ class UNetRunner:
 
     @torch.no_grad()
     def step(self, seeds: Sequence[int], shift: float = 0.0):
-        lat, ctx, cond = self.inputs(seeds, shift)
-        t = torch.full((len(seeds),), 999, device=self.device)
+        return self.step_on(self.inputs(seeds, shift))
+
+    @torch.no_grad()
+    def step_on(self, inputs):
+        """One denoising step (t = 999) on ``inputs`` made by :meth:`inputs` (timed without
+        drawing them)."""
+        lat, ctx, cond = inputs
+        t = torch.full((lat.shape[0],), 999, device=self.device)
         return self.model(lat, t, encoder_hidden_states=ctx, added_cond_kwargs=cond).sample
 
     def run(self, inputs, collector) -> None:
