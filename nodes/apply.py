@@ -25,19 +25,25 @@ from act_core.mapfile import MapFileError
 
 from . import comfy_compat as cc
 from .comfy_compat import TransportMapType, io
-from .steering import block_strengths, check_architecture, component_subset, local_name_map, rows_gate, split_foldable
+from .steering import (block_strengths, check_architecture, component_subset, local_name_map, rows_gate,
+                       split_foldable, step_in_window)
 
 CATEGORY = "steering/act"
 STRENGTH = dict(default=1.0, min=-10.0, max=10.0, step=0.05)
 HOOKS = "hooks"
 FUSED = "fused (weight patches)"
 MODES = (HOOKS, FUSED)
+PERCENT = "percent of denoising"
+STEPS = "fraction of steps"
+WINDOWS = (PERCENT, STEPS)
 
 
 def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0, steer_negative=False, per_block="",
-                   mode=HOOKS):
+                   mode=HOOKS, window=PERCENT):
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(repr(m) for m in MODES)}")
+    if window not in WINDOWS:
+        raise ValueError(f"unknown window {window!r}: choose one of {', '.join(repr(w) for w in WINDOWS)}")
     check_architecture(tmap, cc.architecture(model))
     sub = component_subset(tmap, "unet", "'Apply transport map to CLIP'")
     if not 0.0 <= start_percent <= end_percent <= 1.0:
@@ -78,22 +84,35 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
     if hooked is None:
         out = model.clone()
     else:
-        out = cc.add_unet_wrapper(model, _hook_wrapper(model, hooked, strengths, local, start_percent, end_percent, steer_negative))
+        out = cc.add_unet_wrapper(model, _hook_wrapper(model, hooked, strengths, local, start_percent, end_percent,
+                                                       steer_negative, window))
     if diffs:
         cc.add_weight_diffs(out, diffs)
     return out
 
 
-def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, steer_negative):
-    """DIFFUSION_MODEL wrapper: act_core hooks for ``sub`` around each UNet call inside the window."""
+def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, steer_negative, window=PERCENT):
+    """DIFFUSION_MODEL wrapper: act_core hooks for ``sub`` around each UNet call inside the window
+    (``PERCENT``: ComfyUI's percent of denoising, as ConditioningSetTimestepRange; ``STEPS``: the
+    fraction of the sampler's steps, see :func:`step_in_window`)."""
     sigma_start = cc.percent_to_sigma(model, start_percent)
     sigma_end = cc.percent_to_sigma(model, end_percent)
+    full = (start_percent, end_percent) == (0.0, 1.0)
     strengths = {n: strengths[n] for n in sub.maps}
     handles = {}  # one SteerHandle per UNet module, re-attached around every call
 
-    def wrapper(unet_module, call, transformer_options):
+    def inside(transformer_options) -> bool:
         sigma = cc.current_sigma(transformer_options)
-        if sigma is not None and not (sigma_end <= sigma <= sigma_start):
+        if full or sigma is None:
+            return True
+        if window == STEPS:
+            schedule = cc.sample_sigmas(transformer_options)
+            if schedule is not None:
+                return step_in_window(sigma, schedule, start_percent, end_percent)
+        return sigma_end <= sigma <= sigma_start
+
+    def wrapper(unet_module, call, transformer_options):
+        if not inside(transformer_options):
             return call()
         handle = handles.get(id(unet_module))
         if handle is None or handle.model is not unet_module:
@@ -141,9 +160,9 @@ class ApplyToModel(io.ComfyNode):
                 TransportMapType.Input("transport_map", tooltip="A fitted, loaded or combined map with UNet layers."),
                 io.Float.Input("strength", **STRENGTH, tooltip="λ: 0 = off, 1 = full transport, >1 extrapolates, <0 reverses."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Start steering at this fraction of the schedule (0 = first step)."),
+                               tooltip="Start steering at this fraction of the schedule (0 = first step); see 'window'."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Stop steering after this fraction of the schedule (1 = last step)."),
+                               tooltip="Stop steering after this fraction of the schedule (1 = last step); see 'window'."),
                 io.Boolean.Input("steer_negative", default=False,
                                  tooltip="Also steer the negative (unconditional) half when cfg > 1."),
                 io.String.Input("per_block", default="", optional=True,
@@ -154,15 +173,20 @@ class ApplyToModel(io.ComfyNode):
                                        "when it loads the model (no per-step cost); needs start 0 and end 1 and steers "
                                        "both CFG halves (the same for cfg 1 models such as Lightning/Turbo); layers "
                                        "that cannot fold exactly keep hooks, the console log says how many."),
+                io.Combo.Input("window", options=list(WINDOWS), default=PERCENT, optional=True,
+                               tooltip="How start/end are counted. percent of denoising: ComfyUI's convention (as "
+                                       "ControlNet and timestep ranges), by noise level. fraction of steps: by the "
+                                       "sampler's steps, a step is steered when its middle lies inside the window, "
+                                       "e.g. 0 to 0.5 of a 4-step Lightning schedule = steps 1 and 2, exactly."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The steered model clone.")],
         )
 
     @classmethod
     def execute(cls, model, transport_map, strength, start_percent, end_percent, steer_negative, per_block="",
-                mode=HOOKS) -> io.NodeOutput:
+                mode=HOOKS, window=PERCENT) -> io.NodeOutput:
         return io.NodeOutput(apply_to_model(model, transport_map, strength, start_percent, end_percent, steer_negative,
-                                            per_block or "", mode or HOOKS))
+                                            per_block or "", mode or HOOKS, window or PERCENT))
 
 
 class ApplyToClip(io.ComfyNode):

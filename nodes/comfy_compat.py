@@ -292,6 +292,12 @@ def current_sigma(transformer_options) -> Optional[float]:
     return float(s.flatten()[0]) if isinstance(s, torch.Tensor) else float(s)
 
 
+def sample_sigmas(transformer_options) -> Optional[torch.Tensor]:
+    """The whole sampling's noise levels (``N + 1`` values for ``N`` steps), when ComfyUI passes them."""
+    s = transformer_options.get("sample_sigmas") if transformer_options else None
+    return s if isinstance(s, torch.Tensor) and s.numel() >= 2 else None
+
+
 def patch_clip_encode(clip, around: Callable) -> Any:
     """Clone ``clip`` so that its text encoding runs inside ``around(cond_stage_model, call)``.
 

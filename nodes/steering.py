@@ -119,6 +119,25 @@ def block_strengths(spec: str, modules: Iterable[str], strength: float) -> Dict[
     return out
 
 
+def step_in_window(sigma: float, sample_sigmas, start: float, end: float) -> bool:
+    """Whether the sampler step at noise level ``sigma`` lies inside ``[start, end]`` counted in
+    *steps*: with ``N = len(sample_sigmas) - 1`` steps, step ``i`` (the one starting at
+    ``sample_sigmas[i]``) is inside when its middle ``(i + 0.5)/N`` is.
+
+    Exact on few-step models and forgiving of rounded inputs: ``0..0.5`` of a 4-step schedule
+    is steps 1 and 2, ``0.67..1`` of a 3-step one is step 3, whatever the sigmas. A call
+    between two sample sigmas (a second-order sampler's extra evaluation) counts for the step
+    that starts at or above it.
+    """
+    sig = [float(v) for v in sample_sigmas]
+    n = len(sig) - 1
+    if n < 1:
+        return True
+    i = sum(1 for v in sig[:-1] if v >= float(sigma) * (1 - 1e-5)) - 1
+    middle = (min(max(i, 0), n - 1) + 0.5) / n
+    return start <= middle <= end
+
+
 def split_foldable(root, tmap: TransportMap, strengths: Mapping[str, float], name_map: Mapping[str, str]):
     """Which modules of ``tmap`` fold exactly into their own weights at their own strength.
 

@@ -42,7 +42,7 @@ def _pairs(goal, count=32):
 
 def _apply(strength=1.0):
     return ("ActApplyToModel", {"strength": strength, "start_percent": 0.0, "end_percent": 1.0, "steer_negative": False, "per_block": "",
-                               "mode": "hooks"})
+                               "mode": "hooks", "window": "percent of denoising"})
 
 
 def _sampling_tail(nodes, links, model_src, clip_src, positive_text, first_id, seed=42, prefix="act"):

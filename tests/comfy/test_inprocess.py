@@ -97,6 +97,37 @@ def test_schedule_window_and_per_block(mods, tiny):
         mods.apply.apply_to_model(model, tmap, 1.0, 0.8, 0.2)
 
 
+def test_step_fraction_window_steers_exactly_the_chosen_steps(mods, tiny, monkeypatch):
+    from act_steering_pack.nodes.steering import step_in_window
+    import act_core.hooks
+
+    sig = torch.tensor([14.6, 6.0, 2.3, 0.7, 0.0])  # a 4-step (Lightning-like) schedule
+    steps = lambda lo, hi: [step_in_window(float(s), sig, lo, hi) for s in sig[:-1]]  # noqa: E731
+    assert steps(0.0, 0.5) == [True, True, False, False]
+    assert steps(0.5, 1.0) == [False, False, True, True]
+    assert steps(0.25, 0.6) == [False, True, False, False]  # middles 0.125, 0.375, 0.625, 0.875
+    assert steps(0.0, 1.0) == [True] * 4 and steps(1.0, 1.0) == [False] * 4 and steps(0.0, 0.0) == [False] * 4
+    assert step_in_window(4.0, sig, 0.25, 0.5)  # a 2nd-order sampler's extra call counts for step 2
+
+    model, clip = tiny
+    tmap = _fit(mods, model, clip)
+    steered_calls = []
+    attach = act_core.hooks.SteerHandle.attach
+    monkeypatch.setattr(act_core.hooks.SteerHandle, "attach", lambda self: steered_calls.append(1) or attach(self))
+    runs = {}
+    for window, lo, hi in (("fraction of steps", 0.0, 0.67), ("fraction of steps", 0.67, 1.0), ("fraction of steps", 0.0, 1.0)):
+        steered_calls.clear()
+        m = mods.apply.apply_to_model(model, tmap, 1.0, lo, hi, window=window)
+        runs[(lo, hi)] = _sample(mods, m, clip, cfg=1.0)
+        runs[(lo, hi, "calls")] = len(steered_calls)
+    assert STEPS == 3  # one UNet call per euler step at cfg 1
+    assert (runs[(0.0, 0.67, "calls")], runs[(0.67, 1.0, "calls")], runs[(0.0, 1.0, "calls")]) == (2, 1, 3)
+    base = _sample(mods, model, clip, cfg=1.0)
+    assert not torch.equal(runs[(0.0, 0.67)], base) and not torch.equal(runs[(0.0, 0.67)], runs[(0.0, 1.0)])
+    with pytest.raises(ValueError, match="unknown window"):
+        mods.apply.apply_to_model(model, tmap, 1.0, window="seconds")
+
+
 def test_clip_map_steers_only_the_patched_clip(mods, tiny):
     model, clip = tiny
     cm = clip.cond_stage_model
