@@ -40,7 +40,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .selection import split_output_index
+from .selection import close_names, match_patterns
 
 SDXL_COMPONENTS = ("text_encoder", "text_encoder_2", "unet")  # forward order
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -103,19 +103,7 @@ def resolve_modules(
             patterns.extend((it, p) for p in PRESETS[it].patterns)
         else:
             patterns.append((it, it))
-    chosen: Dict[str, Optional[int]] = {}
-    hits: Dict[str, int] = {shown: 0 for shown, _ in patterns}
-    for shown, pat in patterns:
-        body, idx = split_output_index(pat)
-        try:
-            rx = re.compile(body)
-        except re.error as e:
-            raise ValueError(f"layer pattern {pat!r} is not a valid regular expression: {e}") from None
-        for n in names:
-            if rx.fullmatch(n):
-                chosen.setdefault(n, idx)
-                hits[shown] += 1
-    empty = [s for s, c in hits.items() if c == 0]
+    chosen, empty = match_patterns(names, patterns, what="layer pattern")
     if empty:
         msgs = []
         for s in empty:
@@ -123,14 +111,13 @@ def resolve_modules(
                 close = _close_presets(s)
                 msgs.append(f"unknown layer preset {s!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
             else:
-                close = difflib.get_close_matches(split_output_index(s)[0], names, n=5, cutoff=0.4)
+                close = close_names(s, names)
                 msgs.append(f"{s!r} matched no module" + (f" (close: {', '.join(close)})" if close else ""))
         raise ValueError(
             "; ".join(msgs) + f". Presets: {', '.join(PRESETS)}; or give full-match regexes over canonical names "
             f"(e.g. 'unet\\.mid_block\\..*norm.*'); {len(names)} names were searched."
         )
-    order = {n: i for i, n in enumerate(names)}
-    return {n: chosen[n] for n in sorted(chosen, key=order.__getitem__)}
+    return chosen
 
 
 def resolve_preset(name_or_patterns: Union[str, Sequence[str]], canonical_names: Iterable[str]) -> List[str]:

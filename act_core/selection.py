@@ -23,6 +23,37 @@ def split_output_index(pattern: str) -> Tuple[str, Optional[int]]:
     return (m.group(1), int(m.group(2))) if m else (pattern, None)
 
 
+def match_patterns(
+    names: Sequence[str], patterns: Sequence[Tuple[str, str]], what: str = "module pattern"
+) -> Tuple[Dict[str, Optional[int]], List[str]]:
+    """Match ``names`` against ``(label, pattern)`` pairs (full-match regexes, optional ``:k``).
+
+    Returns ``({name: k or None}`` in ``names`` order, the first matching pattern's ``k``
+    winning; ``labels that matched nothing)``. An invalid regex is a ValueError that calls it
+    a ``what``.
+    """
+    compiled = []
+    for label, p in patterns:
+        body, idx = split_output_index(p)
+        try:
+            compiled.append((label, re.compile(body), idx))
+        except re.error as e:
+            raise ValueError(f"{what} {p!r} is not a valid regular expression: {e}") from None
+    chosen: Dict[str, Optional[int]] = {}
+    hits = {label: 0 for label, _, _ in compiled}
+    for n in names:
+        for label, rx, idx in compiled:
+            if rx.fullmatch(n):
+                chosen.setdefault(n, idx)
+                hits[label] += 1
+    return chosen, [label for label, c in hits.items() if c == 0]
+
+
+def close_names(pattern: str, names: Sequence[str]) -> List[str]:
+    """Up to five ``names`` that look like ``pattern`` (for "matched nothing" messages)."""
+    return difflib.get_close_matches(split_output_index(pattern)[0], list(names), n=5, cutoff=0.4)
+
+
 def select_modules(model: torch.nn.Module, patterns: Patterns) -> Dict[str, Optional[int]]:
     """Map every module whose name fully matches a pattern to its tuple output index.
 
@@ -33,25 +64,11 @@ def select_modules(model: torch.nn.Module, patterns: Patterns) -> Dict[str, Opti
     if not patterns:
         raise ValueError("no module patterns given")
     names = [n for n, _ in model.named_modules() if n]
-    compiled = []
-    for p in patterns:
-        body, idx = split_output_index(p)
-        try:
-            compiled.append((p, re.compile(body), idx))
-        except re.error as e:
-            raise ValueError(f"module pattern {p!r} is not a valid regular expression: {e}") from None
-    chosen: Dict[str, Optional[int]] = {}
-    hits = {p: 0 for p, _, _ in compiled}
-    for n in names:
-        for p, rx, idx in compiled:
-            if rx.fullmatch(n):
-                chosen.setdefault(n, idx)
-                hits[p] += 1
-    empty = [p for p, c in hits.items() if c == 0]
+    chosen, empty = match_patterns(names, [(p, p) for p in patterns])
     if empty:
         msgs = []
         for p in empty:
-            close = difflib.get_close_matches(split_output_index(p)[0], names, n=5, cutoff=0.4)
+            close = close_names(p, names)
             msgs.append(f"'{p}' matched no module" + (f" (close: {', '.join(close)})" if close else ""))
         raise ValueError("; ".join(msgs) + f". The model has {len(names)} named modules; patterns are full-match regexes.")
     return chosen
