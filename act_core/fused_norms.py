@@ -102,7 +102,8 @@ class FusedNorm:
         if hit is None:
             if len(self._cache) > 8:
                 self._cache.clear()
-            hit = self._cache[key] = self._build(lam, x)
+            with torch.inference_mode(False):  # ordinary tensors, usable later with autograd on
+                hit = self._cache[key] = self._build(lam, x)
         w, b, peak = hit
         if peak is not None and peak[0] * math.sqrt(max(self._group_size(x) - 1, 0)) + peak[1] >= torch.finfo(x.dtype).max:
             return None

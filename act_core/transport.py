@@ -132,9 +132,10 @@ class UnitTransport:
         hit = self._cache.get(key)
         if hit is None:
             lam = float(strength)
-            a = 1.0 + lam * (self.omega.double() - 1.0)
-            c = lam * self.beta.double()
-            hit = (a.to(device=device, dtype=dtype), c.to(device=device, dtype=dtype))
+            with _plain_tensors():
+                a = 1.0 + lam * (self.omega.double() - 1.0)
+                c = lam * self.beta.double()
+                hit = (a.to(device=device, dtype=dtype), c.to(device=device, dtype=dtype))
             if len(self._cache) > 16:
                 self._cache.clear()
             self._cache[key] = hit
@@ -144,7 +145,8 @@ class UnitTransport:
         key = ("band", support, dtype, device)
         if key not in self._cache:
             b = self.band(support)
-            self._cache[key] = None if b is None else (b[0].to(device=device, dtype=dtype), b[1].to(device=device, dtype=dtype))
+            with _plain_tensors():
+                self._cache[key] = None if b is None else (b[0].to(device=device, dtype=dtype), b[1].to(device=device, dtype=dtype))
         return self._cache[key]
 
     def apply(self, x: torch.Tensor, strength: float = 1.0, support: Optional[str] = None, layout: str = "auto") -> torch.Tensor:
@@ -182,7 +184,8 @@ class UnitTransport:
         key = ("kernel", float(strength), support, layout, dtype, device)
         k = self._cache.get(key)
         if k is None:
-            k = self._build_kernel(float(strength), normalize_support(support), layout, dtype, device)
+            with _plain_tensors():
+                k = self._build_kernel(float(strength), normalize_support(support), layout, dtype, device)
             self._cache[key] = k
         return k
 
@@ -270,3 +273,10 @@ def _closed_band(lo: torch.Tensor, hi: torch.Tensor, a_minus_1: torch.Tensor, c:
         a_minus_1 = a_minus_1.masked_fill(empty, 0)
         c = c.masked_fill(empty, 0)
     return lo2, hi2, a_minus_1, c
+
+
+def _plain_tensors():
+    """Cached constants are built as ordinary tensors even when the first call runs under
+    ``torch.inference_mode()`` (inference tensors could not be saved for a later backward)."""
+    return torch.inference_mode(False)
+

@@ -157,3 +157,21 @@ def test_select_modules():
         select_modules(net, [r"b\.linn"])
     with pytest.raises(ValueError, match="not a valid regular expression"):
         select_modules(net, ["("])
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_constants_first_built_under_inference_mode_still_allow_backward(rng, fuse):
+    """Cached coefficients / kernels / fused parameters are ordinary tensors even when the first
+    steered call runs under torch.inference_mode (ComfyUI runs nodes that way)."""
+    net = Net()
+    tmap = make_map(net, rng)
+    x = torch.randn(2, 3, 8, generator=rng)
+    with steer(net, tmap, strength=0.5, fuse=fuse) as h:
+        h.set_strength(0.8)  # new λ: nothing is cached for it yet
+        with torch.inference_mode():
+            ref = net(x)
+        xr = x.clone().requires_grad_(True)
+        out = net(xr)
+        out.square().sum().backward()
+    assert torch.allclose(out.detach(), ref, atol=1e-6)
+    assert xr.grad is not None and xr.grad.abs().sum() > 0
