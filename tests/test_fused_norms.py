@@ -227,3 +227,22 @@ def test_a_wrapper_added_while_steered_runs_the_plain_layer_after_removal(rng):
         after = model(x)
     assert not torch.allclose(steered, before, atol=1e-3)
     assert torch.equal(after, before)  # the wrapper stays, but what it wraps is the plain layer again
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_steering_a_compiled_model_and_removing_it(rng, fuse):
+    """torch.compile (dynamo; the 'eager' backend needs no compiler) sees steering come and go."""
+    model = Tokens()
+    tmap = one_map(16, rng, "tokens")
+    x = torch.randn(2, 3, 16, generator=rng)
+    with torch.no_grad():
+        plain = model(x)
+        with steer(model, tmap, fuse=False):
+            want = model(x)
+        compiled = torch.compile(model, backend="eager")
+        assert torch.equal(compiled(x), plain)
+        with steer(model, tmap, fuse=fuse):
+            steered = compiled(x)
+        after = compiled(x)
+    torch.testing.assert_close(steered, want, atol=2e-5, rtol=1e-5)
+    assert torch.equal(after, plain)
