@@ -206,6 +206,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--size", type=int, default=256, help="sampled image size in pixels (latent = size/8)")
     p.add_argument("--fit", action="store_true", help="time the Fit node's collection instead of steered sampling")
     p.add_argument("--fit-size", type=int, default=128, help="collection image size in pixels (latent = size/8)")
     p.add_argument("--fit-layers", default="UNet norms", help="Fit node layers preset")
@@ -228,7 +229,7 @@ def main():
     g = torch.Generator().manual_seed(2)
     pos = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
     neg = [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
-    latent = cc.empty_latent(model, 256, 256)
+    latent = cc.empty_latent(model, args.size, args.size)
     q_map, all_map, pp_map = with_support(tmap, "q_0_100"), with_support(tmap, "all"), with_support(tmap, "all", True)
     fused = apply_node.FUSED
     variants = {
@@ -255,7 +256,7 @@ def main():
             switch[k].append((t1 - t0) - times[k][-1])
     base = statistics.median(times["unsteered"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, loadavg {os.getloadavg()[0]:.2f}\n")
-    print(f"### ComfyUI sampling: quarter-width SDXL UNet (ComfyUI classes), {args.steps} euler steps, 32x32 latents, "
+    print(f"### ComfyUI sampling: quarter-width SDXL UNet (ComfyUI classes), {args.steps} euler steps, {args.size // 8}x{args.size // 8} latents, "
           f"cfg 1; map on {len(tmap)} UNet normalisation modules via the Apply node\n")
     best = min(times["unsteered"])
     print("| variant | min s | median s | max s | median ratio vs unsteered | min ratio | first run after a switch: "
