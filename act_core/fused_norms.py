@@ -30,6 +30,11 @@ detached copies), when a gate selects rows, and in float16 when the fused output
 ``|x̂| ≤ √(n − 1)``, so the output is finite when ``max|w'| · √(n − 1) + max|b'| < 65504``;
 the hook path saturates instead. Results equal the hook path up to float rounding (one
 multiply-add inside the norm instead of one after it).
+
+The cached ``w', b'`` follow the layer's parameters through their identity, version counter,
+dtype and device: in-place updates (``p.mul_()``, ``load_state_dict``), ``.to()`` and new
+tensors are seen; a write through ``p.data`` bypasses the version counter and is not (remove
+the handle and steer with a new one after such a write).
 """
 
 from __future__ import annotations

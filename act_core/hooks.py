@@ -8,6 +8,7 @@ passes through it. After removal the model is exactly as before (no state is tou
 from __future__ import annotations
 
 import contextlib
+import types
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -71,7 +72,7 @@ class _ForwardOverride:
     def __init__(self, module: torch.nn.Module, forward: Callable):
         if "forward" in module.__dict__:
             raise RuntimeError(f"{type(module).__name__}.forward is already replaced on this instance")
-        forward._act_fused = True
+        getattr(forward, "__func__", forward)._act_fused = True
         module.forward = forward
         self.module, self.forward = module, forward
 
@@ -310,11 +311,17 @@ class SteerHandle(_HookSet):
         local = self.name_map or (lambda n: n)
         if not self._hooks:
             self._hooks = {n: self._make_hook(n) for n in self.tmap.maps}
-        pairs = []
+        pairs, fused_ids = [], set()
         for n in self.tmap.maps:
             module = self.model.get_submodule(local(n))
-            forward = self._fused_forward(n, module) if self.fuse else None
-            pairs.append((module, self._hooks[n]) if forward is None else (module, forward, "forward"))
+            # one fused forward per module object; a module reached under a second name (or
+            # mapped twice by name_map) gets a hook after it, as with fuse=False
+            forward = self._fused_forward(n, module) if self.fuse and id(module) not in fused_ids else None
+            if forward is None:
+                pairs.append((module, self._hooks[n]))
+            else:
+                fused_ids.add(id(module))
+                pairs.append((module, forward, "forward"))
         self._attach_all(pairs)
         return self
 
@@ -334,24 +341,31 @@ class SteerHandle(_HookSet):
             norm = self._norms[name] = FusedNorm(module, t)
         norm.prepare(self.strengths[name])
         hook, plain = self._hooks[name], type(module).forward
+        # the shape the hook would treat the same way: GroupNorm maps act on (B, C, H, W); a
+        # LayerNorm map in layout 'auto' reads a 4-D output as (B, C, H, W), not as tokens
+        is_ln = isinstance(module, torch.nn.LayerNorm)
+        ndim_ok = (lambda d: True) if (is_ln and layout == "tokens") else \
+            (lambda d: d != 4) if is_ln else (lambda d: d == 4)
 
         on = [True]  # switched off by removal (see _ForwardOverride)
 
-        def forward(input):
+        def forward(layer, input):
+            if layer is not module:  # a deep copy made while steered: run the copy's own layer
+                return type(layer).forward(layer, input)
             lam = self.strengths[name]
             if lam == 0 or not on[0]:
                 return plain(module, input)
             params = None
-            if self.gate is None and not (torch.is_grad_enabled() and norm.trains):
+            if self.gate is None and ndim_ok(input.ndim) and not (torch.is_grad_enabled() and norm.trains):
                 params = norm.params(lam, input)
-            if params is None:  # gated rows, gradients to the layer, or float16 that could overflow: the hook path
+            if params is None:  # gated rows, another shape, gradients to the layer, float16 overflow: the hook path
                 out = plain(module, input)
                 y = hook(module, (input,), out)
                 return out if y is None else y
             return norm(input, *params)
 
         forward._act_on = on
-        return forward
+        return types.MethodType(forward, module)  # bound, so copy.deepcopy rebinds it to the copy
 
     def __enter__(self) -> "SteerHandle":
         return self.attach() if not self._handles else self

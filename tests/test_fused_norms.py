@@ -246,3 +246,47 @@ def test_steering_a_compiled_model_and_removing_it(rng, fuse):
         after = compiled(x)
     torch.testing.assert_close(steered, want, atol=2e-5, rtol=1e-5)
     assert torch.equal(after, plain)
+
+
+def test_one_norm_under_two_names_is_fused_once_and_hooked_once(rng):
+    model = Tokens()
+    model.alias = model.norm  # the same LayerNorm object, reachable as "norm" and "alias"
+    t1 = fit_transport(torch.randn(64, 16, generator=rng), torch.randn(64, 16, generator=rng) + 1, "linear", "all")
+    t2 = fit_transport(torch.randn(64, 16, generator=rng), torch.randn(64, 16, generator=rng) * 2, "linear", "all")
+    tmap = TransportMap()
+    tmap.add("norm", t1, "tokens", None)
+    tmap.add("alias", t2, "tokens", None)
+    x = torch.randn(2, 3, 16, generator=rng)
+    hooked, fused, names = run_both(model, tmap, x)
+    assert names == ["norm"]  # the second name keeps a hook after the fused call
+    torch.testing.assert_close(fused, hooked, atol=2e-5, rtol=1e-5)
+    assert count_hooks(model) == 0 and "forward" not in model.norm.__dict__
+
+
+def test_a_deep_copy_made_while_steered_runs_its_own_plain_layer(rng):
+    import copy
+
+    model = Tokens()
+    x = torch.randn(2, 3, 16, generator=rng)
+    with torch.no_grad(), steer(model, one_map(16, rng, "tokens")):
+        twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.norm.weight.mul_(3.0)  # the copy has its own parameters...
+        got = twin(x)
+        del twin.norm.forward  # ...and once the leftover attribute is gone, its plain layer
+        want = twin(x)
+    assert torch.equal(got, want)
+
+
+def test_a_layer_norm_map_with_layout_auto_on_a_4d_output_uses_the_hook(rng):
+    """layout 'auto' reads a 4-D output as (B, C, H, W); the hook path decides, as with fuse=False."""
+    model = torch.nn.Sequential(torch.nn.LayerNorm(4))
+    t = fit_transport(torch.randn(64, 4, generator=rng), torch.randn(64, 4, generator=rng) + 1, "mean", "all")
+    tmap = TransportMap()
+    tmap.add("0", t, "auto", None)
+    x = torch.randn(2, 4, 3, 4, generator=rng)  # H == C: the hook transports along dim 1
+    hooked, fused, names = run_both(model, tmap, x)
+    assert torch.equal(fused, hooked)
+    x3 = torch.randn(2, 5, 4, generator=rng)  # tokens: fused
+    hooked, fused, names = run_both(model, tmap, x3)
+    torch.testing.assert_close(fused, hooked, atol=2e-5, rtol=1e-5)
