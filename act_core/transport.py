@@ -193,7 +193,12 @@ class UnitTransport:
         limit = torch.finfo(dtype).max
         if limit < 1e10:  # float16: saturate instead of overflowing to inf
             a64, c64 = self.coefficients(strength, torch.float64, torch.device("cpu"))
-            if (a64.abs().max() * 2 > limit) or (c64.abs().max() * 2 > limit):
+            band = self.band(support)
+            # the banded kernels compute (a - 1)·v + c for v up to the band's bounds, also for
+            # values outside the band (multiplied by 0 afterwards: an inf there would be NaN)
+            reach = 0.0 if band is None else float(
+                ((a64 - 1).abs() * torch.maximum(band[0].abs(), band[1].abs()).double()).max() + c64.abs().max())
+            if (a64.abs().max() * 2 > limit) or (c64.abs().max() * 2 > limit) or not reach < limit / 2:
                 wide = self._build_kernel(strength, support, layout, torch.float32, device)
 
                 def upcast(x, inplace):
@@ -212,7 +217,9 @@ class UnitTransport:
         if layout == "tokens":
             if bounds is None:
                 return lambda x, inplace: torch.addcmul(c, x, a, out=x) if inplace else torch.addcmul(c, x, a)
-            lo, hi, a_minus_1, c = _closed_band(*bounds, a_minus_1, c)
+            lo, hi, am1_in, c_in = _closed_band(*bounds, a_minus_1, c)
+            if _subnormal(*bounds, lo, hi):  # e.g. a bound of exactly 0 (ReLU units): see _subnormal
+                return _banded_by_comparison(*bounds, a_minus_1, c)
 
             def banded(x, inplace):
                 # lo < x < hi  <=>  lo' <= x <= hi'  (lo', hi' = the next floats inward)
@@ -222,7 +229,7 @@ class UnitTransport:
                 # finite outside the band: y = x + inside * ((a - 1) clamp(x) + c)
                 d = torch.clamp(x, lo, hi)
                 inside = torch.eq(d, x, out=torch.empty_like(x))
-                torch.addcmul(c, d, a_minus_1, out=d)
+                torch.addcmul(c_in, d, am1_in, out=d)
                 return torch.addcmul(x, inside, d, out=x) if inplace else torch.addcmul(x, inside, d)
 
             return banded
@@ -273,6 +280,39 @@ def _closed_band(lo: torch.Tensor, hi: torch.Tensor, a_minus_1: torch.Tensor, c:
         a_minus_1 = a_minus_1.masked_fill(empty, 0)
         c = c.masked_fill(empty, 0)
     return lo2, hi2, a_minus_1, c
+
+
+def _subnormal(*bounds: torch.Tensor) -> bool:
+    """True when a bound is a subnormal number. With flush-to-zero / denormals-are-zero on
+    (``torch.set_flush_denormal(True)``, some GPU kernels) such a value compares as 0, so the
+    next-float-inward rewrite of ``lo < x < hi`` would let ``x == 0`` into a band ``(0, hi)``."""
+    for b in bounds:  # read the bits: under denormals-are-zero a float test would see 0
+        int_dtype, exponent = _EXPONENT_BITS[b.dtype]
+        bits = b.contiguous().view(int_dtype)
+        magnitude = bits & torch.iinfo(int_dtype).max  # without the sign bit
+        if bool(((bits & exponent) == 0).logical_and(magnitude != 0).any()):
+            return True
+    return False
+
+
+_EXPONENT_BITS = {
+    torch.float64: (torch.int64, 0x7FF0000000000000),
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.float16: (torch.int16, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7F80),
+}
+
+
+def _banded_by_comparison(lo, hi, a_minus_1, c):
+    """The band test as two comparisons (``lo < x < hi`` literally; two more passes than the
+    clamp form, used when a bound is subnormal)."""
+    def banded(x, inplace):
+        inside = torch.gt(x, lo, out=torch.empty_like(x))
+        inside.mul_(torch.lt(x, hi, out=torch.empty_like(x)))
+        delta = torch.addcmul(c, torch.clamp(x, lo, hi), a_minus_1)
+        return torch.addcmul(x, inside, delta, out=x) if inplace else torch.addcmul(x, inside, delta)
+
+    return banded
 
 
 def _plain_tensors():

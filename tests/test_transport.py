@@ -113,3 +113,30 @@ def test_q_all_alias(fitted):
     _, _, t = fitted
     x = torch.randn(3, 8) * 100
     assert torch.equal(t.apply(x, 1.0, "q_all"), t.apply(x, 1.0, "all"))
+
+
+def test_band_at_zero_with_flush_denormal(rng):
+    """ReLU-like units have q_0_100 lower bound exactly 0; with denormals flushed to zero the
+    band (0, hi) must still leave exact zeros alone (strict inequality)."""
+    src = torch.relu(torch.randn(500, 4, generator=rng))
+    t = fit_transport(src, torch.relu(torch.randn(500, 4, generator=rng)) * 2 + 0.3, "linear")
+    lo, hi = t.band("q_0_100")
+    assert torch.all(lo == 0)
+    x = torch.relu(torch.randn(2, 6, 4, generator=rng))
+    want = torch.where((x > lo) & (x < hi), x + ((t.omega - 1) * x + t.beta), x)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        y = t.apply(x, 1.0, "q_0_100", "tokens")
+    finally:
+        torch.set_flush_denormal(False)
+    assert torch.equal(y[x == 0], x[x == 0])
+    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+
+
+def test_half_precision_band_never_turns_outside_values_into_nan():
+    t = fit_transport(torch.linspace(-1000, 1000, 101)[:, None], torch.linspace(-1000, 1000, 101)[:, None] * 23, "linear")
+    x = torch.tensor([[5.0], [999.0], [2000.0], [-3000.0]]).half()
+    y = t.apply(x, 3.0, "q_0_100", "tokens")
+    assert not torch.isnan(y).any()
+    assert torch.equal(y[2:], x[2:])  # outside the band: unchanged
