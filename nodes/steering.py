@@ -126,8 +126,9 @@ def step_in_window(sigma: float, sample_sigmas, start: float, end: float) -> boo
 
     Exact on few-step models and forgiving of rounded inputs: ``0..0.5`` of a 4-step schedule
     is steps 1 and 2, ``0.67..1`` of a 3-step one is step 3, whatever the sigmas. A call
-    between two sample sigmas (a second-order sampler's extra evaluation) counts for the step
-    that starts at or above it.
+    between two sample sigmas (dpm_2's midpoint evaluation) counts for the step that starts
+    above it; a call exactly at a sample sigma (Heun's corrector, evaluated at the next
+    step's sigma) counts for the step that starts there.
     """
     sig = [float(v) for v in sample_sigmas]
     n = len(sig) - 1
