@@ -105,6 +105,10 @@ class UnitTransport:
             raise ValueError(f"bands must have shape ({len(BAND_NAMES)}, 2, {d[0]}), got {tuple(self.bands.shape)}")
         if self.flags.shape != d:
             raise ValueError(f"flags must have shape ({d[0]},), got {tuple(self.flags.shape)}")
+        for what, v in (("omega", self.omega), ("beta", self.beta), ("bands", self.bands)):
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(f"{what} holds NaN or inf: a transport needs finite numbers (for 'everywhere' use "
+                                 "support 'all' instead of infinite band bounds)")
         self.default_support = normalize_support(self.default_support)
 
     @property

@@ -140,3 +140,14 @@ def test_half_precision_band_never_turns_outside_values_into_nan():
     y = t.apply(x, 3.0, "q_0_100", "tokens")
     assert not torch.isnan(y).any()
     assert torch.equal(y[2:], x[2:])  # outside the band: unchanged
+
+
+def test_non_finite_numbers_are_refused_at_construction(fitted):
+    from act_core.transport import UnitTransport
+
+    _, _, t = fitted
+    for field in ("omega", "beta", "bands"):
+        bad = {k: getattr(t, k).clone() for k in ("omega", "beta", "bands")}
+        bad[field].view(-1)[0] = float("inf") if field == "bands" else float("nan")
+        with pytest.raises(ValueError, match=f"{field} holds NaN or inf"):
+            UnitTransport(bad["omega"], bad["beta"], bad["bands"], t.flags, t.method, t.default_support)
