@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from .cli import positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="show a map file's metadata, modules and units")
@@ -24,7 +26,7 @@ def register(sub) -> None:
                    "real models: a shipped concept (default pink_elephant)")
     d.add_argument("--layers", default=None, help="a layer preset or regexes for both maps (default: the miniature's "
                    "best, text_encoder_layers; real models: unet_norms)")
-    d.add_argument("--n-eval", type=int, default=16, help="held-out prompts measured per λ (miniature)")
+    d.add_argument("--n-eval", type=positive_int, default=16, help="held-out prompts measured per λ (miniature)")
     d.add_argument("--llm", action="store_true", help="run the earlier tiny-Llama demo instead")
     d.set_defaults(handler=_demo)
 

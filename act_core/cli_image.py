@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 from typing import List
 
+from .cli import finite_float, parse_strengths, positive_int
+from .mapfile import atomic_write_bytes
+
 MODEL_HELP = ("SDXL model: a diffusers folder (model_index.json) or a single-file .safetensors checkpoint "
               "(single files also need --config offline)")
 
@@ -32,7 +35,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="model family (default: guessed from file names); sets scheduler and default steps/guidance")
     g.add_argument("--dtype", default="auto", help="float32 (CPU default) | float16 (CUDA default) | bfloat16")
     g.add_argument("--device", default=None, help="cpu | cuda | cuda:1 … (default: cuda if available)")
-    g.add_argument("--size", type=int, default=None, help="image height=width in pixels (default: the model's, 1024)")
+    g.add_argument("--size", type=positive_int, default=None, help="image height=width in pixels (default: the model's, 1024)")
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
@@ -44,9 +47,9 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default="linear", choices=["linear", "mean", "gaussian", "aura"])
     g.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal", "causal_reference"],
                    help="causal fits layer by layer with upstream maps applied (slower, usually better)")
-    g.add_argument("-n", "--num-prompts", type=int, default=64, help="prompt pairs to fit on (paper: 2048)")
+    g.add_argument("-n", "--num-prompts", type=positive_int, default=64, help="prompt pairs to fit on (paper: 2048)")
     g.add_argument("--captions", help="your own captions file (.txt/.json/.csv/COCO json) instead of the shipped ones")
-    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--batch-size", type=positive_int, default=4)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--support", default=None, help="transport support recorded as the map default (e.g. q_0_100, all)")
     g.add_argument("--list-presets", action="store_true", help="list layer presets and exit")
@@ -78,7 +81,7 @@ def register(sub) -> None:
     _gen_args(p)
     p.add_argument("--prompt", action="append", help="text prompt (repeat for several)")
     p.add_argument("--prompts", help="file with prompts (.txt/.json/.csv)")
-    p.add_argument("--strength", type=float, default=1.0, help="λ: 0 = unsteered, 1 = full transport (default 1)")
+    p.add_argument("--strength", type=finite_float, default=1.0, help="λ: 0 = unsteered, 1 = full transport (default 1)")
     p.add_argument("--out", required=True, help="output PNG (several prompts: NAME_000.png, NAME_001.png, …)")
     p.set_defaults(handler=_generate)
 
@@ -87,7 +90,7 @@ def register(sub) -> None:
     _gen_args(p)
     p.add_argument("--prompt", action="append", help="text prompt (repeat for several)")
     p.add_argument("--prompts", help="file with prompts; default: held-out prompts for the map's task")
-    p.add_argument("-n", "--num-prompts", type=int, default=4, help="held-out prompts when none are given")
+    p.add_argument("-n", "--num-prompts", type=positive_int, default=4, help="held-out prompts when none are given")
     p.add_argument("--strengths", default="0:1:5", help="comma list (0,0.5,1) or START:STOP:COUNT (default 0:1:5)")
     p.add_argument("--out", required=True, help="output grid PNG")
     p.set_defaults(handler=_sweep)
@@ -98,7 +101,7 @@ def register(sub) -> None:
     p.add_argument("--clip", required=True, help="local CLIP folder (transformers format, e.g. clip-vit-large-patch14)")
     p.add_argument("--clip-backend", default="transformers", choices=["transformers", "open_clip"])
     p.add_argument("--prompts", help="file with prompts; default: held-out prompts for the map's task")
-    p.add_argument("-n", "--num-prompts", type=int, default=16)
+    p.add_argument("-n", "--num-prompts", type=positive_int, default=16)
     p.add_argument("--strengths", default="0:1:5")
     p.add_argument("--condition", help="text for the zero-shot probe (default: the map's style/concept)")
     p.add_argument("--out", required=True, help="output folder (images, results.md, results.json, plot.png)")
@@ -108,8 +111,8 @@ def register(sub) -> None:
 def _gen_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--map", help="transport map (.safetensors); omit for unsteered images")
-    g.add_argument("--steps", type=int, default=None, help="denoising steps (default: 4 Lightning, 1 Turbo, 30 base)")
-    g.add_argument("--guidance", type=float, default=None, help="CFG scale (default: 0 Lightning/Turbo, 5 base)")
+    g.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: 4 Lightning, 1 Turbo, 30 base)")
+    g.add_argument("--guidance", type=finite_float, default=None, help="CFG scale (default: 0 Lightning/Turbo, 5 base)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--negative-prompt", default=None)
 
@@ -129,23 +132,11 @@ class _Progress:
         sys.stderr.flush()
 
 
-def parse_strengths(text: str) -> List[float]:
-    """``"0,0.5,1"`` or ``"START:STOP:COUNT"`` (inclusive linspace) -> floats."""
+def _check_png(out: Path) -> None:
     from .cli import CLIError
 
-    try:
-        if ":" in text:
-            a, b, n = text.split(":")
-            n = int(n)
-            if n < 1:
-                raise ValueError
-            return [float(a)] if n == 1 else [float(a) + (float(b) - float(a)) * i / (n - 1) for i in range(n)]
-        vals = [float(s) for s in text.split(",") if s.strip()]
-        if not vals:
-            raise ValueError
-        return vals
-    except ValueError:
-        raise CLIError(f"bad --strengths {text!r}: use a comma list like 0,0.5,1 or START:STOP:COUNT like 0:1:5") from None
+    if out.suffix.lower() != ".png":
+        raise CLIError(f"--out must be a .png file, got {out.name!r}")
 
 
 def _layers(text: str):
@@ -293,10 +284,7 @@ def _generate(args) -> int:
     out = Path(args.out)
     tmap = _load_map(args)
     prompts = _gather_prompts(args)
-    if out.suffix.lower() != ".png":
-        from .cli import CLIError
-
-        raise CLIError(f"--out must be a .png file, got {out.name!r}")
+    _check_png(out)
     pipe = _load(args)
     bar = _Progress("generate")
     for i, p in enumerate(prompts):
@@ -318,6 +306,7 @@ def _sweep(args) -> int:
         raise CLIError("sweep needs --map")
     prompts = _gather_prompts(args, tmap, args.num_prompts)
     out = Path(args.out)
+    _check_png(out)  # before any image is generated
     pipe = _load(args)
     bar = _Progress("sweep")
     rows = sweep_images(pipe, prompts, tmap, strengths, seed=args.seed, on_image=lambda d, t: bar(d, t, "images"),
@@ -346,8 +335,8 @@ def _evaluate(args) -> int:
     originals = [p.split(", ")[0].rstrip(".") + "." if task == "negation" else p for p in prompts]
     evaluator = CLIPEvaluator.from_pretrained(args.clip, backend=args.clip_backend)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     pipe = _load(args)
+    out.mkdir(parents=True, exist_ok=True)
     bar = _Progress("evaluate")
     rows = sweep_images(pipe, prompts, tmap, strengths, seed=args.seed, on_image=lambda d, t: bar(d, t, "images"),
                         **_gen_kw(args))
@@ -361,9 +350,9 @@ def _evaluate(args) -> int:
     md = markdown_table(table, condition)
     best = best_strength(table, task)
     md += f"\nTask: {task}. Suggested λ (strongest effect keeping ≥80% CLIP similarity): {best}\n"
-    (out / "results.md").write_text(md, encoding="utf-8")
-    (out / "results.json").write_text(json.dumps({"condition": condition, "task": task, "rows": table,
-                                                  "prompts": prompts}, indent=1), encoding="utf-8")
+    atomic_write_bytes(out / "results.md", md.encode("utf-8"))
+    atomic_write_bytes(out / "results.json", json.dumps({"condition": condition, "task": task, "rows": table,
+                                                          "prompts": prompts}, indent=1).encode("utf-8"))
     plot(table, out / "plot.png", title=f"{task}: {condition}")
     print(md)
     return 0

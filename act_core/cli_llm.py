@@ -16,6 +16,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .cli import finite_float, parse_strengths, positive_int
+from .mapfile import atomic_write_bytes
+
 
 def _add_model_args(p) -> None:
     g = p.add_argument_group("model")
@@ -35,7 +38,7 @@ def register(sub) -> None:
     d.add_argument("--data", help="the paper's dataset from a local file: Jigsaw CSV (toxicity) or OneSec folder/JSON (concept)")
     d.add_argument("--source", help="text file: texts to move away from")
     d.add_argument("--target", help="text file: texts to move toward")
-    d.add_argument("--limit", type=int, default=None, help="use at most this many texts per side")
+    d.add_argument("--limit", type=positive_int, default=None, help="use at most this many texts per side")
     f.add_argument("--layers", default="attention",
                    help="preset (attention, mlp, post_ln, all_ln, residual; optional block slice e.g. 'all_ln[4:20]') "
                         "or comma-separated module regexes (default: attention)")
@@ -43,20 +46,20 @@ def register(sub) -> None:
     f.add_argument("--pooling", default="mean", choices=["mean", "max", "min", "last"])
     f.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal"])
     f.add_argument("--support", default=None, help="default support stored in the map: q_0_100 (Q_o), 'all' (Q_∞), ...")
-    f.add_argument("--batch-size", type=int, default=16)
-    f.add_argument("--max-length", type=int, default=128)
+    f.add_argument("--batch-size", type=positive_int, default=16)
+    f.add_argument("--max-length", type=positive_int, default=128)
     f.add_argument("--out", required=True, help="output map file (.safetensors)")
     f.set_defaults(handler=_fit)
 
     g = sub.add_parser("lm-generate", help="generate text with (or without) a map at one or more strengths")
     _add_model_args(g)
     g.add_argument("--map", help="transport map (.safetensors); omit for the plain model")
-    g.add_argument("--strength", type=float, action="append", help="λ (repeat for several; default 1.0)")
+    g.add_argument("--strength", type=finite_float, action="append", help="λ (repeat for several; default 1.0)")
     g.add_argument("--support", default=None, help="override the map's support (q_0_100, ..., all)")
     g.add_argument("--tokens", default="all", choices=["all", "prompt", "generated"], help="which forward calls are steered")
     g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     g.add_argument("--prompts", help="text file with one prompt per line")
-    g.add_argument("--max-new-tokens", type=int, default=40)
+    g.add_argument("--max-new-tokens", type=positive_int, default=40)
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
@@ -70,7 +73,7 @@ def register(sub) -> None:
     e.add_argument("--strengths", default="0,0.5,1", help="comma-separated λ values (default 0,0.5,1)")
     e.add_argument("--support", default=None)
     e.add_argument("--prompts", help="text file with generation prompts (default: the task's shipped prompts)")
-    e.add_argument("--max-new-tokens", type=int, default=30)
+    e.add_argument("--max-new-tokens", type=positive_int, default=30)
     e.add_argument("--out", required=True, help="output folder for eval.md, eval.png and eval.json")
     e.set_defaults(handler=_eval)
 
@@ -79,7 +82,7 @@ def register(sub) -> None:
     x.add_argument("--control-vector", help="output .gguf control vector (llama.cpp --control-vector-scaled FILE λ)")
     x.add_argument("--model-hint", help="llama.cpp architecture name (default: the map's architecture)")
     x.add_argument("--fold", help="output .safetensors state dict with the map folded in (needs --model or --smollm2)")
-    x.add_argument("--strength", type=float, default=1.0, help="λ for --fold")
+    x.add_argument("--strength", type=finite_float, default=1.0, help="λ for --fold")
     x.add_argument("--support", default=None, help="support to fold (must be 'all')")
     _add_model_args(x)
     x.set_defaults(handler=_export)
@@ -118,7 +121,7 @@ def _fit_texts(args):
         if args.task:
             raise CLIError("give either --task or --source/--target, not both")
         src, tgt = read_lines(args.source, "source file"), read_lines(args.target, "target file")
-        if args.limit:
+        if args.limit is not None:
             src, tgt = src[: args.limit], tgt[: args.limit]
         return src, tgt, {"task": "custom"}
     if not args.task:
@@ -160,7 +163,7 @@ def _fit(args) -> int:
 def _prompts(args, default):
     from .lm_tasks import read_lines
 
-    prompts = list(args.prompt or [])
+    prompts = list(getattr(args, "prompt", None) or [])
     if getattr(args, "prompts", None):
         prompts += read_lines(args.prompts, "prompts file")
     return prompts or list(default)
@@ -196,15 +199,9 @@ def _eval(args) -> int:
     from .mapfile import TransportMap
     from .transformers_lm import architecture_of, steer_lm
 
-    try:
-        strengths = [float(s) for s in args.strengths.split(",") if s.strip()]
-    except ValueError:
-        raise CLIError(f"--strengths must be comma-separated numbers, got {args.strengths!r}") from None
-    if not strengths:
-        raise CLIError("--strengths is empty")
+    strengths = parse_strengths(args.strengths)
     tmap = TransportMap.load(args.map)  # a bad --map fails before anything is created
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     model, tok = _load_model(args)
     tmap.check_model(model, architecture=architecture_of(model))
     rows = []
@@ -244,8 +241,9 @@ def _eval(args) -> int:
         rows = [{"λ": f"{p.strength:g}", **p.metrics, "example": p.samples[0][:60].replace("|", "/").replace("\n", " ")} for p in pts]
         cols = ["λ"] + list(scorers) + ["ppl", "example"]
     table = markdown_table(rows, cols)
-    (out / "eval.md").write_text(f"# lm-eval: {args.task}\n\nmap: `{args.map}`\n\n{table}\n", encoding="utf-8")
-    (out / "eval.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "eval.md", f"# lm-eval: {args.task}\n\nmap: `{args.map}`\n\n{table}\n".encode("utf-8"))
+    atomic_write_bytes(out / "eval.json", json.dumps(rows, indent=1, ensure_ascii=False).encode("utf-8"))
     metrics = [c for c in cols if c not in ("λ", "example")]
     line_plot([{"title": m, "xlabel": "strength λ", "ylabel": m,
                 "series": {args.task: ([float(r["λ"]) for r in rows], [r[m] for r in rows])}} for m in metrics], out / "eval.png")

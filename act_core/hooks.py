@@ -8,6 +8,7 @@ passes through it. After removal the model is exactly as before (no state is tou
 from __future__ import annotations
 
 import contextlib
+import math
 import types
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -263,14 +264,19 @@ class SteerHandle(_HookSet):
     def set_strength(self, strength: Union[float, Mapping[str, float], None]) -> None:
         default = self.tmap.default_strength
         if strength is None:
-            self.strengths = {n: default for n in self.tmap.maps}
+            strengths = {n: default for n in self.tmap.maps}
         elif isinstance(strength, Mapping):
             unknown = [n for n in strength if n not in self.tmap.maps]
             if unknown:
                 raise KeyError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
-            self.strengths = {n: float(strength.get(n, default)) for n in self.tmap.maps}
+            strengths = {n: float(strength.get(n, default)) for n in self.tmap.maps}
         else:
-            self.strengths = {n: float(strength) for n in self.tmap.maps}
+            strengths = {n: float(strength) for n in self.tmap.maps}
+        bad = {n: v for n, v in strengths.items() if not math.isfinite(v)}
+        if bad:
+            n, v = next(iter(bad.items()))
+            raise ValueError(f"strength must be a finite number, got {v!r} for {n!r}")
+        self.strengths = strengths
 
     def _make_hook(self, name: str):
         t = self.tmap.maps[name]

@@ -33,6 +33,8 @@ Layouts (``x`` is the activation tensor):
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -174,6 +176,8 @@ class UnitTransport:
                 f"activation has {x.shape[channel_dim]} units on dim {channel_dim} (shape {tuple(x.shape)}) "
                 f"but the map has {self.units}"
             )
+        if not math.isfinite(strength):
+            raise ValueError(f"strength must be a finite number, got {strength!r}")
         if strength == 0:
             return x
         return self.kernel(strength, support, layout, x.dtype, x.device)(x, False)
@@ -232,6 +236,8 @@ class UnitTransport:
                 # faster than a bool mask with where / masked_fill on CPU) and a value that is
                 # finite outside the band: y = x + inside * ((a - 1) clamp(x) + c)
                 d = torch.clamp(x, lo, hi)
+                if x.requires_grad and torch.is_grad_enabled():  # out= does not support autograd
+                    return torch.addcmul(x, torch.eq(d, x).to(x.dtype), torch.addcmul(c_in, d, am1_in))
                 inside = torch.eq(d, x, out=torch.empty_like(x))
                 torch.addcmul(c_in, d, am1_in, out=d)
                 return torch.addcmul(x, inside, d, out=x) if inplace else torch.addcmul(x, inside, d)
@@ -311,8 +317,11 @@ def _banded_by_comparison(lo, hi, a_minus_1, c):
     """The band test as two comparisons (``lo < x < hi`` literally; two more passes than the
     clamp form, used when a bound is subnormal)."""
     def banded(x, inplace):
-        inside = torch.gt(x, lo, out=torch.empty_like(x))
-        inside.mul_(torch.lt(x, hi, out=torch.empty_like(x)))
+        if x.requires_grad and torch.is_grad_enabled():  # out= does not support autograd
+            inside = ((x > lo) & (x < hi)).to(x.dtype)
+        else:
+            inside = torch.gt(x, lo, out=torch.empty_like(x))
+            inside.mul_(torch.lt(x, hi, out=torch.empty_like(x)))
         delta = torch.addcmul(c, torch.clamp(x, lo, hi), a_minus_1)
         return torch.addcmul(x, inside, delta, out=x) if inplace else torch.addcmul(x, inside, delta)
 

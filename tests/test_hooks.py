@@ -175,3 +175,29 @@ def test_constants_first_built_under_inference_mode_still_allow_backward(rng, fu
         out.square().sum().backward()
     assert torch.allclose(out.detach(), ref, atol=1e-6)
     assert xr.grad is not None and xr.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("support", ["q_0_100", "all"])
+def test_steering_with_autograd_on_gives_the_no_grad_output_and_gradients(rng, support):
+    """A plain model(x) (autograd on, trainable parameters) with the banded default support."""
+    net = Net()
+    tmap = make_map(net, rng)
+    x = torch.randn(2, 3, 8, generator=rng)
+    with steer(net, tmap, strength=1.0, support=support):
+        with torch.no_grad():
+            want = net(x)
+        got = net(x)
+        got.sum().backward()
+    assert torch.allclose(got.detach(), want, atol=1e-6)
+    assert net.a.weight.grad is not None and net.a.weight.grad.abs().sum() > 0
+
+
+def test_non_finite_strengths_are_refused(rng):
+    net = Net()
+    tmap = make_map(net, rng)
+    for bad in (float("nan"), float("inf"), {"c": float("-inf")}):
+        with pytest.raises(ValueError, match="strength must be a finite number"):
+            steer(net, tmap, strength=bad).__enter__()
+    assert count_hooks(net) == 0
+    with pytest.raises(ValueError, match="finite"):
+        tmap.maps["c"].apply(torch.randn(2, 8), float("nan"))

@@ -73,6 +73,14 @@ def test_eval_truthfulness_writes_table_and_plot(tiny, capsys):
     assert rows[0]["MC2"] != rows[1]["MC2"]
     assert "| λ | MC1 | MC2 |" in (tiny / "ev" / "eval.md").read_text()
     assert (tiny / "ev" / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    # the generation tasks (they read --prompts, never --prompt)
+    prompts = tiny / "prompts.txt"
+    prompts.write_text("You are\nThe weather\n", encoding="utf-8")
+    rc, out, err = run(capsys, "lm-eval", "--model", str(tiny / "model"), "--map", str(m), "--task", "toxicity",
+                       "--strengths", "0,1", "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(tiny / "tox"))
+    assert rc == 0, err
+    rows = json.loads((tiny / "tox" / "eval.json").read_text())
+    assert [r["λ"] for r in rows] == ["0", "1"] and all(0 <= r["hostile_frac"] <= 1 and r["ppl"] > 0 for r in rows)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -92,6 +100,8 @@ def test_eval_truthfulness_writes_table_and_plot(tiny, capsys):
     (["lm-generate", "--model", "{d}/model", "--map", "{d}/missing.safetensors"], "missing.safetensors"),
     (["lm-eval", "--model", "{d}/model", "--map", "{d}/missing.safetensors", "--task", "toxicity", "--out", "{d}/e"], "missing"),
     (["lm-export", "--map", "{d}/missing.safetensors"], "nothing to do"),
+    (["lm-eval", "--model", "{d}/model", "--map", "{d}/missing.safetensors", "--task", "toxicity", "--strengths", "0,nan",
+      "--out", "{d}/e"], "finite numbers"),
 ])
 def test_cli_errors(tiny, capsys, argv, message):
     rc, out, err = run(capsys, *[a.format(d=tiny) for a in argv])
