@@ -57,8 +57,15 @@ class Runner(Protocol):
     def run(self, inputs: Sequence[Any], collector: ActivationCollector) -> None: ...
 
 
-def _layout(shape: tuple) -> str:
-    return "spatial_mean" if len(shape) == 4 else "tokens"
+def _layout(shape: tuple, method: str = "linear") -> str:
+    """How a map acts on the recorded output shape, as the reference applies each method: on a
+    4-D ``(B, C, H, W)`` output Linear-AcT shifts each channel by its transported spatial mean
+    (``spatial_mean``); Mean-AcT, Gaussian and AurA act on every pixel with the band tested on
+    the spatial mean (``per_pixel``: Gaussian rescales the spatial pattern by σ_b/σ_a, AurA
+    damps it). Other shapes: per token."""
+    if len(shape) != 4:
+        return "tokens"
+    return "spatial_mean" if method == "linear" else "per_pixel"
 
 
 def collect(
@@ -156,7 +163,7 @@ def fit_map(
         tgt, _ = collect(runner, target, {n: chosen[n] for n in names}, pooling, sketch=sketch)
         tick(2, 3, f"fitting {len(names)} modules")
         for n in names:
-            tmap.add(n, fit(src[n], tgt[n]), _layout(shapes[n]), chosen[n])
+            tmap.add(n, fit(src[n], tgt[n]), _layout(shapes[n], method), chosen[n])
         tick(3, 3, "done")
         return tmap
     if procedure == "causal":
@@ -167,7 +174,7 @@ def fit_map(
         with steer(runner.model, tmap, strength=1.0, support=support) if len(tmap) else contextlib.nullcontext():
             src, shapes = collect(runner, source, {n: chosen[n]}, pooling, sketch=sketch)
             tgt, _ = collect(runner, target, {n: chosen[n]}, pooling, sketch=sketch)
-        tmap.add(n, fit(src[n], tgt[n]), _layout(shapes[n]), chosen[n])
+        tmap.add(n, fit(src[n], tgt[n]), _layout(shapes[n], method), chosen[n])
     tick(total, total, "done")
     return tmap
 
@@ -223,7 +230,7 @@ def _fit_causal_one_pass(runner, source, target, chosen, names, method, pooling,
         )
 
     def fit(name, src, tgt, shape):
-        layout = _layout(shape)
+        layout = _layout(shape, method)
         t = fit_transport(src, tgt, method, support)
         tmap.add(name, t, layout, chosen[name])
         return lambda x: t.apply(x, 1.0, support, layout)

@@ -47,10 +47,13 @@ def pool(x: torch.Tensor, pooling: str = "mean", attention_mask: Optional[torch.
         if pooling == "min":
             return x.amin(1)
         return x[:, -1].clone()
+    empty = ~mask.any(1)
+    if bool(empty.any()):
+        raise ValueError(f"sample {int(empty.nonzero()[0])} of the batch has no real token in its attention mask "
+                         "(an empty text?): every input needs at least one token")
     m = mask.unsqueeze(-1)
-    if pooling == "mean":
-        count = m.sum(1).clamp(min=1)
-        return (x * m).sum(1) / count
+    if pooling == "mean":  # padding is left out, also when it holds NaN or inf
+        return x.masked_fill(~m, 0).sum(1) / m.sum(1)
     if pooling == "max":
         return x.masked_fill(~m, float("-inf")).amax(1)
     if pooling == "min":

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from act_core import ActivationCollector, TransportMap, count_hooks, fit_map, steer
+from act_core import ActivationCollector, TransportMap, count_hooks, fit_map, run_until_stop, steer
 from act_core.cli import main as cli_main
 from act_core.demo import TokenRunner, build_tiny_llama, wasserstein_1d
 
@@ -224,3 +224,32 @@ def test_causal_procedures_follow_forward_order_not_listing_order():
     assert fast.modules == ["early", "late"] and ref.modules == ["early", "late"]
     for n in ("early", "late"):
         assert torch.allclose(fast[n].omega, ref[n].omega, atol=1e-5) and torch.allclose(fast[n].beta, ref[n].beta, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, layout", [("linear", "spatial_mean"), ("mean", "per_pixel"),
+                                            ("gaussian", "per_pixel"), ("aura", "per_pixel")])
+def test_4d_layout_follows_the_reference_per_method(method, layout):
+    """Linear-AcT shifts each channel by its transported spatial mean; Mean-AcT, Gaussian and
+    AurA act per pixel (Gaussian rescales the spatial pattern by sigma_b / sigma_a)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 1), torch.nn.GroupNorm(2, 4))
+
+    class Runner:
+        model, architecture, batch_size = conv, "conv", 8
+
+        def run(self, inputs, collector):
+            for i in range(0, len(inputs), self.batch_size):
+                x = torch.stack([torch.randn(2, 5, 5, generator=torch.Generator().manual_seed(s)) * sc
+                                 for s, sc in inputs[i:i + self.batch_size]])
+                with torch.no_grad():
+                    run_until_stop(conv, x)
+
+    src = [(s, 1.0) for s in range(24)]
+    tgt = [(100 + s, 3.0) for s in range(24)]
+    tmap = fit_map(Runner(), src, tgt, "1", method=method, support="all")
+    assert tmap.layouts["1"] == layout
+    if method == "gaussian":
+        x = torch.randn(3, 4, 5, 5)
+        y = tmap["1"].apply(x, 1.0, "all", layout)
+        ratio = (y - y.mean((2, 3), keepdim=True)).std((2, 3)) / (x - x.mean((2, 3), keepdim=True)).std((2, 3))
+        assert torch.allclose(ratio, tmap["1"].omega.expand(3, 4), rtol=1e-4)

@@ -201,3 +201,11 @@ def test_non_finite_strengths_are_refused(rng):
     assert count_hooks(net) == 0
     with pytest.raises(ValueError, match="finite"):
         tmap.maps["c"].apply(torch.randn(2, 8), float("nan"))
+
+
+def test_masked_mean_ignores_non_finite_padding_and_refuses_empty_rows():
+    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [float("nan"), float("inf")]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(pool(x, "mean", mask), torch.tensor([[2.0, 3.0]]))
+    with pytest.raises(ValueError, match="no real token"):
+        pool(x, "mean", torch.tensor([[0, 0, 0]]))
