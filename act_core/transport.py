@@ -225,9 +225,10 @@ class UnitTransport:
         if layout == "tokens":
             if bounds is None:
                 return lambda x, inplace: torch.addcmul(c, x, a, out=x) if inplace else torch.addcmul(c, x, a)
-            lo, hi, am1_in, c_in = _closed_band(*bounds, a_minus_1, c)
+            exact = self.bounds(support, _wide(dtype), device)  # the stored (float32) bounds
+            lo, hi, am1_in, c_in = _closed_band(*exact, dtype, a_minus_1, c)
             if _subnormal(*bounds, lo, hi):  # e.g. a bound of exactly 0 (ReLU units): see _subnormal
-                return _banded_by_comparison(*bounds, a_minus_1, c)
+                return _banded_by_comparison(*exact, a_minus_1, c)
 
             def banded(x, inplace):
                 # lo < x < hi  <=>  lo' <= x <= hi'  (lo', hi' = the next floats inward)
@@ -244,23 +245,30 @@ class UnitTransport:
 
             return banded
         view = (1, -1, 1, 1)
+        # spatial means (B, C) are small: computed and band-tested at float32 or wider, against
+        # the stored bounds, as the reference does after casting activations to float32
+        wide = _wide(dtype)
+        exact = self.bounds(support, wide, device)
         if layout == "spatial_mean":
+            aw, cw = self.coefficients(strength, wide, device)
+            amw = aw - 1
+
             def spatial(x, inplace):
-                m = x.mean(dim=(2, 3))
-                shift = torch.addcmul(c, m, a_minus_1)
-                if bounds is not None:
-                    shift.masked_fill_((m <= bounds[0]) | (m >= bounds[1]), 0)
-                shift = shift[:, :, None, None]
+                m = x.mean(dim=(2, 3), dtype=wide)
+                shift = torch.addcmul(cw, m, amw)
+                if exact is not None:
+                    shift.masked_fill_((m <= exact[0]) | (m >= exact[1]), 0)
+                shift = shift.to(x.dtype)[:, :, None, None]
                 return x.add_(shift) if inplace else x + shift
 
             return spatial
         av, cv, amv = a.view(view), c.view(view), a_minus_1.view(view)
         if bounds is None:
             return lambda x, inplace: torch.addcmul(cv, x, av, out=x) if inplace else torch.addcmul(cv, x, av)
-        lov, hiv = bounds[0].view(view), bounds[1].view(view)
+        lov, hiv = exact[0].view(view), exact[1].view(view)
 
         def per_pixel(x, inplace):
-            m = x.mean(dim=(2, 3), keepdim=True)
+            m = x.mean(dim=(2, 3), keepdim=True, dtype=wide)
             inside = ((lov < m) & (m < hiv)).to(x.dtype)  # (B, C, 1, 1): small
             a_eff = torch.addcmul(torch.ones_like(inside), inside, amv)  # 1 outside the band
             c_eff = inside * cv  # 0 outside the band
@@ -278,13 +286,24 @@ class UnitTransport:
         return {"omega": self.omega, "beta": self.beta, "bands": self.bands, "flags": self.flags}
 
 
-def _closed_band(lo: torch.Tensor, hi: torch.Tensor, a_minus_1: torch.Tensor, c: torch.Tensor):
-    """The open band ``(lo, hi)`` as the closed ``[lo', hi']`` of the next representable values
-    inward (exact in ``lo``'s dtype), with ``a - 1`` and ``c`` zeroed on units whose band holds
-    no value at all (``lo' > hi'``, e.g. a constant source unit): there the map is the identity
-    whatever the test says (``clamp`` with ``min > max`` returns ``max``)."""
-    lo2 = torch.nextafter(lo, torch.full_like(lo, float("inf")))
-    hi2 = torch.nextafter(hi, torch.full_like(hi, float("-inf")))
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision activations (the reference tests bands in float32), else the dtype."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _closed_band(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype, a_minus_1: torch.Tensor, c: torch.Tensor):
+    """The open band ``(lo, hi)`` (stored precision) as the closed ``[lo', hi']`` of ``dtype``
+    values strictly inside it: ``lo'`` is the smallest ``dtype`` value above ``lo``, ``hi'`` the
+    largest below ``hi``, so ``lo < x < hi  <=>  lo' <= x <= hi'`` for every ``x`` of ``dtype``
+    (the float32 test of the reference, also for float16 / bfloat16 activations). ``a - 1``
+    and ``c`` are zeroed on units whose band holds no value at all (``lo' > hi'``, e.g. a
+    constant source unit): there the map is the identity whatever the test says (``clamp``
+    with ``min > max`` returns ``max``)."""
+    r_lo, r_hi = lo.to(dtype), hi.to(dtype)
+    up = torch.nextafter(r_lo, torch.full_like(r_lo, float("inf")))
+    down = torch.nextafter(r_hi, torch.full_like(r_hi, float("-inf")))
+    lo2 = torch.where(r_lo.to(lo.dtype) > lo, r_lo, up)
+    hi2 = torch.where(r_hi.to(hi.dtype) < hi, r_hi, down)
     empty = lo2 > hi2
     if bool(empty.any()):
         a_minus_1 = a_minus_1.masked_fill(empty, 0)
@@ -317,12 +336,13 @@ def _banded_by_comparison(lo, hi, a_minus_1, c):
     """The band test as two comparisons (``lo < x < hi`` literally; two more passes than the
     clamp form, used when a bound is subnormal)."""
     def banded(x, inplace):
-        if x.requires_grad and torch.is_grad_enabled():  # out= does not support autograd
-            inside = ((x > lo) & (x < hi)).to(x.dtype)
+        if x.requires_grad and torch.is_grad_enabled() or x.dtype != lo.dtype:
+            w = x if x.dtype == lo.dtype else x.to(lo.dtype)  # test at the bounds' precision
+            inside = ((w > lo) & (w < hi)).to(x.dtype)
         else:
             inside = torch.gt(x, lo, out=torch.empty_like(x))
             inside.mul_(torch.lt(x, hi, out=torch.empty_like(x)))
-        delta = torch.addcmul(c, torch.clamp(x, lo, hi), a_minus_1)
+        delta = torch.addcmul(c, torch.clamp(x, lo.to(x.dtype), hi.to(x.dtype)), a_minus_1)
         return torch.addcmul(x, inside, delta, out=x) if inplace else torch.addcmul(x, inside, delta)
 
     return banded

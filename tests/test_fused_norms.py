@@ -199,8 +199,9 @@ def test_band_test_is_the_strict_inequality_at_every_edge(dtype, rng):
             torch.full_like(lo, float("inf")), torch.full_like(lo, float("-inf")), torch.full_like(lo, float("nan"))]
     x = torch.stack(rows)[None]  # (1, 10, 6)
     y = t.apply(x, 1.0, "q_0_100")
-    inside = (x > lo) & (x < hi)  # the reference's test, in the activation dtype
-    assert inside[0, 2, :5].all() and not inside[0, :2].any() and not inside[..., 5].any()
+    lo32, hi32 = t.band("q_0_100")
+    inside = (x.float() > lo32) & (x.float() < hi32)  # the reference's test: activations cast to float32
+    assert inside[0, 6, :5].all() and not inside[..., 5].any() and not inside[0, 4:6].all()
     same = (y == x) | (torch.isnan(y) & torch.isnan(x))
     if dtype == torch.float16:  # float16 outputs saturate at ±65504 instead of overflowing to ±inf
         big = torch.finfo(dtype).max
