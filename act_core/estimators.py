@@ -13,8 +13,11 @@ Methods (paper notation; ``a`` = source, ``b`` = target, per unit):
         ω = Σ ã(i) b̃(i) / Σ ã(i)²,   β = m_b − ω m_a     (ã, b̃ centred sorted samples)
 
     With ``N == M`` this is the reference's estimator exactly (without its 1e-8 jitter).
-    With ``N != M`` the smaller set is resampled at the larger set's quantile levels
-    ``i / (K − 1)`` by linear interpolation (the reference requires equal sizes).
+    With ``N != M`` (the reference requires equal sizes) the larger set's empirical quantile
+    function is read at the smaller set's ``n`` plotting positions ``(j + ½)/n`` (linear
+    interpolation between order statistics), so both sides have ``n`` matched quantiles;
+    stretching the smaller set over the larger one's range instead biases ω toward the
+    ratio of the two sample ranges.
 ``mean`` (Mean-AcT)
     ``ω = 1``, ``β = m_b − m_a``.
 ``gaussian`` (1-D Gaussian OT)
@@ -77,15 +80,16 @@ def _constant(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return std <= torch.clamp(REL_EPS * mean.abs(), min=ABS_EPS)
 
 
-def _quantile_levels(sorted_z: torch.Tensor, k: int) -> torch.Tensor:
-    """Values of sorted columns ``(n, D)`` at levels ``i/(k-1)``, linear interpolation, float64."""
-    n = sorted_z.shape[0]
+def _at_plotting_positions(sorted_z: torch.Tensor, n: int) -> torch.Tensor:
+    """Sorted columns ``(m, D)`` read at the ``n`` levels ``(j + ½)/n`` (float64); the identity
+    when ``m == n``. Position of level ``p`` among ``m`` order statistics: ``p·m − ½``."""
+    m = sorted_z.shape[0]
     z = sorted_z.double()
-    if n == k:
+    if m == n:
         return z
-    pos = torch.linspace(0.0, n - 1.0, k, dtype=torch.float64)
-    lo = pos.floor().long().clamp(max=n - 1)
-    hi = (lo + 1).clamp(max=n - 1)
+    pos = ((torch.arange(n, dtype=torch.float64) + 0.5) * m / n - 0.5).clamp(0.0, m - 1.0)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=m - 1)
     frac = (pos - lo.double()).unsqueeze(1)
     return z[lo] + frac * (z[hi] - z[lo])
 
@@ -142,8 +146,8 @@ def fit_linear(source: torch.Tensor, target: torch.Tensor) -> UnitTransport:
     _check_pair(source, target, 2)
     s = torch.sort(source.float(), dim=0).values
     t = torch.sort(target.float(), dim=0).values
-    k = max(s.shape[0], t.shape[0])
-    a, b = _quantile_levels(s, k), _quantile_levels(t, k)
+    k = min(s.shape[0], t.shape[0])
+    a, b = _at_plotting_positions(s, k), _at_plotting_positions(t, k)
     m_a, m_b = a.mean(0), b.mean(0)
     ac, bc = a - m_a, b - m_b
     saa, sab, sbb = (ac * ac).sum(0), (ac * bc).sum(0), (bc * bc).sum(0)

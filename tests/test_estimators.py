@@ -161,3 +161,12 @@ def test_bad_input_errors(src, dst, msg):
 def test_unknown_method():
     with pytest.raises(ValueError, match="unknown method 'lineer'.*linear"):
         fit_transport(torch.zeros(3, 1), torch.zeros(3, 1), "lineer")
+
+
+@pytest.mark.parametrize("n, m", [(1000, 50), (50, 1000), (100, 400)])
+def test_linear_with_unequal_sizes_is_unbiased_on_one_distribution(n, m):
+    """Same distribution on both sides: the true slope is 1 whatever the sample sizes."""
+    g = torch.Generator().manual_seed(0)
+    t = fit_transport(torch.randn(n, 2000, generator=g), torch.randn(m, 2000, generator=g) * 2 + 1, "linear")
+    assert abs(t.omega.mean().item() - 2.0) < 0.06  # target = 2 * source + 1
+    assert abs(t.beta.mean().item() - 1.0) < 0.05
