@@ -78,6 +78,11 @@ class QuantileSketch:
         return self.moments.n
 
     @property
+    def exact(self) -> bool:
+        """True while nothing was compacted: every row seen is still held (``levels[0]``)."""
+        return len(self.levels) == 1
+
+    @property
     def rows(self) -> int:
         """Rows held in memory (each a ``(D,)`` float32 vector)."""
         return sum(level.shape[0] for level in self.levels)
@@ -141,6 +146,8 @@ def fit_transport_streaming(source: QuantileSketch, target: QuantileSketch, meth
     for name, s in (("source", source), ("target", target)):
         if s.n < 2:
             raise ValueError(f"{name} has {s.n} sample(s); fitting needs at least 2 per set")
+    if source.exact and target.exact:  # nothing was dropped: the exact fit on the rows held
+        return fit_transport(source.levels[0], target.levels[0], method, support)
     t = fit_transport(source.grid(), target.grid(), method, support)
     if method in ("mean", "gaussian"):
         ma, mb = source.moments.mean, target.moments.mean

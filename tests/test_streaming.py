@@ -45,3 +45,19 @@ def test_streaming_fit_close_to_exact(rng):
     for method in ("mean", "gaussian"):
         e, s = fit_transport(src, dst, method), fit_transport_streaming(a, b, method)
         assert torch.allclose(s.omega, e.omega, rtol=1e-5) and torch.allclose(s.beta, e.beta, atol=1e-5), method
+
+
+def test_a_sketch_that_dropped_nothing_gives_the_exact_fit():
+    from act_core import fit_transport
+    from act_core.streaming import QuantileSketch, fit_transport_streaming
+
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.randn(40, 5, generator=g).exp(), torch.randn(60, 5, generator=g) * 3
+    a, b = QuantileSketch(1024), QuantileSketch(1024)
+    for chunk in src.split(7):
+        a.update(chunk)
+    b.update(tgt)
+    assert a.exact and b.exact
+    for method in ("linear", "mean", "gaussian"):
+        got, want = fit_transport_streaming(a, b, method), fit_transport(src, tgt, method)
+        assert torch.equal(got.omega, want.omega) and torch.equal(got.beta, want.beta) and torch.equal(got.bands, want.bands)
