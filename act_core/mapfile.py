@@ -211,7 +211,12 @@ class TransportMap:
         for n, t in self.maps.items():
             for k, v in t.to_tensors().items():
                 tensors[f"{n}/{k}"] = v.detach().cpu().contiguous()
-        return save(tensors, metadata={"act": json.dumps(self.to_metadata(), ensure_ascii=False)})
+        try:
+            header = json.dumps(self.to_metadata(), ensure_ascii=False)
+        except (TypeError, ValueError) as e:
+            raise MapWriteError(f"the map's metadata cannot be stored as JSON ({e}): keep meta values to strings, "
+                                "numbers, booleans, lists and dicts") from None
+        return save(tensors, metadata={"act": header})
 
     def save(self, path) -> Path:
         """Write the map atomically (temp file in the same folder, fsync, rename)."""
@@ -260,8 +265,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
 
     The new file gets the old file's permissions, or the usual ``0o666 & ~umask`` for a new one
-    (``mkstemp`` alone would leave it private, 0o600).
+    (``mkstemp`` alone would leave it private, 0o600). A symbolic link is followed: its target
+    is replaced and the link kept.
     """
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as f:

@@ -77,7 +77,7 @@ def normalize_support(support: Optional[str]) -> str:
     )
 
 
-@dataclass
+@dataclass(eq=False)
 class UnitTransport:
     """Affine per-unit transport ``a -> ω a + β`` for ``D`` units.
 
@@ -165,6 +165,8 @@ class UnitTransport:
             raise ValueError(f"unknown layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
         if not torch.is_floating_point(x):
             raise TypeError(f"activations must be a floating-point tensor, got {x.dtype}")
+        if x.ndim == 0:
+            raise ValueError("cannot transport a 0-D tensor: activations need a unit axis, e.g. shape (D,) or (B, D)")
         support = normalize_support(self.default_support if support is None else support)
         if layout == "auto":
             layout = "spatial_mean" if x.ndim == 4 else "tokens"

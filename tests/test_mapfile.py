@@ -170,3 +170,24 @@ def test_saved_file_permissions_follow_umask_or_old_file(tmp_path, rng):
         assert path.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_save_follows_a_symlink_and_refuses_non_json_metadata(tmp_path):
+    import os
+
+    from act_core import fit_transport
+    from act_core.mapfile import MapWriteError, TransportMap
+
+    tmap = TransportMap(meta={"architecture": "x"})
+    tmap.add("m", fit_transport(torch.randn(8, 3), torch.randn(8, 3) + 1), "tokens", None)
+    real = tmp_path / "maps" / "style.safetensors"
+    real.parent.mkdir()
+    link = tmp_path / "current.safetensors"
+    os.symlink(real, link)
+    tmap.save(link)
+    assert link.is_symlink() and real.is_file()
+    assert torch.equal(TransportMap.load(link)["m"].omega, tmap["m"].omega)
+    tmap.meta["when"] = object()
+    with pytest.raises(MapWriteError, match="cannot be stored as JSON"):
+        tmap.save(tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
