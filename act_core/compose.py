@@ -17,8 +17,10 @@ The result stores the folded maps with ``default_strength = 1``. Applying it at 
 ``λ`` gives ``(1 - λ) x + λ C(x)``: ``λ = 1`` is exactly the composition above, ``λ = 0`` the
 identity. Module order is the first map's order, then new modules of later maps in their order.
 All maps must share architecture (when recorded), and on shared modules units, layout and
-output index. Composition is exact for support ``"all"``; with a band, whole units inside the
-first map's band get the composed map, the others pass through.
+output index. Composition is exact for support ``"all"``; with a band, the values inside the
+first map's band (tested per element, or on each channel's spatial mean for 4-D maps) get the
+composed map, the others pass through. A composed unit keeps the first map's ``method`` label
+and default support; the map's metadata lists every part's method.
 """
 
 from __future__ import annotations
