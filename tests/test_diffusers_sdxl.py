@@ -164,6 +164,10 @@ def test_wrong_map_and_bad_input(pipe, style_map):
         D.fit_style_map(pipe, "anime", n=4, layers="unet_norm")
     with pytest.raises(ValueError, match="unknown style"):
         D.fit_style_map(pipe, "aquarelle", n=4)
+    with pytest.raises(TypeError, match="not one string"):
+        D.fit_sdxl_map(pipe, "a cat", ["a dog", "a bird"])
+    with pytest.raises(ValueError, match="empty or non-string"):
+        D.fit_sdxl_map(pipe, ["a cat", " "], ["a dog", "a bird"])
     assert _hooks(pipe) == 0
 
 
