@@ -188,6 +188,23 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def position_limit(model) -> Optional[int]:
+    """Longest sequence a model with *learned* absolute positions can read (GPT-2's ``wpe``,
+    OPT's ``embed_positions``, BERT-style ``position_embeddings``), or None (rotary / no limit
+    from the weights)."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in ("wpe", "embed_positions", "position_embeddings"):
+            return int(m.num_embeddings) - int(getattr(m, "offset", 0))
+    return None
+
+
+def _check_length(model, n_tokens: int, what: str) -> None:
+    limit = position_limit(model)
+    if limit is not None and n_tokens > limit:
+        raise ValueError(f"{what} needs {n_tokens} positions but this model reads at most {limit} "
+                         "(learned position embeddings): shorten it or lower max_new_tokens")
+
+
 class LMRunner:
     """Runner (see :mod:`act_core.fitting`) for a transformers LM and its tokenizer.
 
@@ -203,7 +220,10 @@ class LMRunner:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
-        self.max_length = int(max_length)
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        limit = position_limit(model)
+        self.max_length = int(max_length) if limit is None else min(int(max_length), limit)
         self.architecture = architecture_of(model)
 
     @property
@@ -377,6 +397,8 @@ def generate_texts(
         with _maybe_steer(model, tmap, strength, tokens, support), torch.no_grad():
             for i in range(0, len(texts), batch_size):
                 enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat)
+                _check_length(model, enc["input_ids"].shape[1] + int(max_new_tokens),
+                              f"prompt batch {i // batch_size} ({enc['input_ids'].shape[1]} tokens + {max_new_tokens} new)")
                 enc = {k: v.to(dev) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
                 if do_sample:
                     torch.manual_seed(seed + i)
@@ -417,6 +439,7 @@ def sequence_logprobs(
         if not pi:
             bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
             pi = [bos]
+        _check_length(model, len(pi) + len(ci), f"pair {len(rows)} (prompt + continuation)")
         rows.append(pi + ci)
         starts.append(len(pi))
     totals = torch.zeros(len(rows), dtype=torch.float64)
@@ -463,12 +486,14 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_
     truncated to ``max_length`` tokens.
     """
     texts = check_texts(texts, "texts")
+    limit = position_limit(model)
+    cap = int(max_length) if limit is None else min(int(max_length), limit)
     dev = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     out = torch.zeros(len(texts), dtype=torch.float64)
     with torch.no_grad():
         for b in range(0, len(texts), batch_size):
-            enc = [tokenizer(t, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"] for t in texts[b : b + batch_size]]
+            enc = [tokenizer(t, add_special_tokens=True, truncation=True, max_length=cap)["input_ids"] for t in texts[b : b + batch_size]]
             t = max(len(r) for r in enc)
             ids = torch.full((len(enc), t), pad, dtype=torch.long)
             mask = torch.zeros((len(enc), t), dtype=torch.long)

@@ -227,3 +227,21 @@ def test_perplexity_known_answer(llama):
         assert ppl[j].item() == pytest.approx(torch.exp(nll).item(), rel=1e-5)
     # a random model over ~300 tokens: perplexity near the vocabulary size
     assert 50 < ppl[0] < 2000
+
+
+def test_learned_position_models_cap_fitting_and_refuse_overlong_generation():
+    from lm_helpers import FRIENDLY, HOSTILE, make_model
+
+    from act_core.transformers_lm import fit_lm_map, generate_texts, perplexity, position_limit
+
+    g, gt = make_model("gpt2")
+    limit = position_limit(g)
+    assert limit == g.config.n_positions
+    long = " ".join(["the weather is lovely"] * 200)
+    tmap = fit_lm_map(g, gt, [long, long], [long, long], layers="attention", max_length=10 * limit)  # capped, no IndexError
+    assert len(tmap) > 0
+    assert torch.isfinite(perplexity(g, gt, [long], max_length=10 * limit)).all()
+    with pytest.raises(ValueError, match=f"reads at most {limit}"):
+        generate_texts(g, gt, [long], max_new_tokens=2)
+    assert position_limit(make_model("llama")[0]) is None  # rotary positions: no limit from the weights
+    assert len(fit_lm_map(g, gt, HOSTILE, FRIENDLY, layers="attention")) > 0
