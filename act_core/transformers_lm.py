@@ -319,12 +319,14 @@ def fit_lm_map(
 # -- steering ----------------------------------------------------------------------------------
 
 
-def token_gate(tokens: str = "all"):
+def token_gate(tokens: str = "all", phase: Optional[dict] = None):
     """A gate for :func:`act_core.steer` choosing which forward calls are steered.
 
-    ``"all"``: every call (returns None: no gate). ``"prompt"``: calls whose activation has
-    more than one token (the prefill of cached generation, and full-sequence scoring).
-    ``"generated"``: single-token calls (each decoding step with a KV cache).
+    ``"all"``: every call (returns None: no gate). ``"prompt"``: the prompt pass (the prefill
+    of cached generation, and full-sequence scoring). ``"generated"``: each decoding step with
+    a KV cache. ``phase`` (filled by :func:`steer_lm` from the model call's cache state:
+    ``{"prefill": bool}``) decides when known; otherwise a call with more than one token
+    counts as the prompt pass (wrong for one-token prompts, which is why steer_lm tracks it).
     """
     if tokens not in TOKEN_MODES:
         raise ValueError(f"unknown tokens mode {tokens!r}: choose one of {', '.join(TOKEN_MODES)}")
@@ -333,19 +335,45 @@ def token_gate(tokens: str = "all"):
     want_prompt = tokens == "prompt"
 
     def gate(name: str, x: torch.Tensor) -> bool:
-        multi = x.ndim >= 3 and x.shape[-2] > 1
-        return multi if want_prompt else not multi
+        known = None if phase is None else phase.get("prefill")
+        prompt = known if known is not None else (x.ndim >= 3 and x.shape[-2] > 1)
+        return prompt if want_prompt else not prompt
 
     return gate
 
 
+def _prefill(kwargs) -> Optional[bool]:
+    """True for a call that starts a sequence (no cached positions), False for a cached decoding
+    step, None when the call says nothing about a cache."""
+    pos = kwargs.get("cache_position")
+    if isinstance(pos, torch.Tensor) and pos.numel():
+        return int(pos.reshape(-1)[0]) == 0
+    past = kwargs.get("past_key_values", kwargs.get("cache"))  # "cache" in transformers 5
+    if past is None:
+        return True if "input_ids" in kwargs or "inputs_embeds" in kwargs else None
+    length = getattr(past, "get_seq_length", None)
+    return None if length is None else int(length()) == 0
+
+
 @contextlib.contextmanager
 def steer_lm(model, tmap: TransportMap, strength=1.0, tokens: str = "all", support: Optional[str] = None, **kwargs) -> Iterator:
-    """:func:`act_core.steer` after checking the map fits ``model``, with a ``tokens`` mode (see :func:`token_gate`)."""
+    """:func:`act_core.steer` after checking the map fits ``model``, with a ``tokens`` mode (see
+    :func:`token_gate`; the prompt / decoding phase is read from each model call's cache state)."""
     tmap.check_model(model, architecture=architecture_of(model))
-    gate = token_gate(tokens)
-    with steer(model, tmap, strength=strength, support=support, gate=gate, **kwargs) as h:
-        yield h
+    phase: dict = {}
+    gate = token_gate(tokens, phase)
+    watch = None
+    if gate is not None:
+        def pre(module, args, kw):
+            phase["prefill"] = _prefill(kw)
+
+        watch = model.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        with steer(model, tmap, strength=strength, support=support, gate=gate, **kwargs) as h:
+            yield h
+    finally:
+        if watch is not None:
+            watch.remove()
 
 
 def _maybe_steer(model, tmap, strength, tokens, support):

@@ -245,3 +245,27 @@ def test_learned_position_models_cap_fitting_and_refuse_overlong_generation():
         generate_texts(g, gt, [long], max_new_tokens=2)
     assert position_limit(make_model("llama")[0]) is None  # rotary positions: no limit from the weights
     assert len(fit_lm_map(g, gt, HOSTILE, FRIENDLY, layers="attention")) > 0
+
+
+def test_token_modes_follow_the_cache_state_even_for_one_token_prompts():
+    from lm_helpers import FRIENDLY, HOSTILE, make_model
+
+    from act_core.transformers_lm import fit_lm_map, steer_lm
+
+    model, tok = make_model("llama")
+    tmap = fit_lm_map(model, tok, HOSTILE, FRIENDLY, layers="attention", support="all")
+    ids = torch.tensor([[5]])  # a one-token prompt: its prefill has one position, like a decoding step
+    gen = dict(max_new_tokens=3, do_sample=False, output_scores=True, return_dict_in_generate=True,
+               pad_token_id=tok.pad_token_id)
+
+    def first_scores(tokens=None):
+        with torch.no_grad():
+            if tokens is None:
+                return model.generate(input_ids=ids, **gen).scores[0]
+            with steer_lm(model, tmap, 1.0, tokens=tokens):
+                return model.generate(input_ids=ids, **gen).scores[0]
+
+    plain = first_scores()
+    assert not torch.allclose(first_scores("prompt"), plain)  # the prefill is the prompt pass: steered
+    assert torch.equal(first_scores("generated"), plain)  # ...and not a decoding step
+    assert count_hooks(model) == 0
