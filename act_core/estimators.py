@@ -21,7 +21,8 @@ Methods (paper notation; ``a`` = source, ``b`` = target, per unit):
 ``mean`` (Mean-AcT)
     ``ω = 1``, ``β = m_b − m_a``.
 ``gaussian`` (1-D Gaussian OT)
-    ``ω = σ_b / σ_a`` (unbiased std), ``β = m_b − ω m_a``.
+    ``ω = σ_b / σ_a`` (unbiased std), ``β = m_b − ω m_a``; a source unit with ``σ_a ≤ 1e-4``
+    (the reference's threshold, below which it leaves units alone) counts as constant.
 ``aura`` (AurA baseline)
     ``ω = 1 − Gini = 2 (1 − AUROC)`` where the unit's AUROC for "source vs target" is
     above 0.5, else 1; ``β = 0``. Its default support is unbounded.
@@ -74,6 +75,10 @@ def _check_pair(source: torch.Tensor, target: torch.Tensor, min_samples: int) ->
             raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); check the model's dtype and inputs")
     if source.shape[1] != target.shape[1]:
         raise ValueError(f"source has {source.shape[1]} units but target has {target.shape[1]}: they must come from the same module")
+
+
+#: Gaussian: a source std at or below this is treated as constant (the reference's std_eps).
+GAUSSIAN_STD_EPS = 1e-4
 
 
 def _constant(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -171,7 +176,9 @@ def fit_gaussian(source: torch.Tensor, target: torch.Tensor) -> UnitTransport:
     """1-D Gaussian OT: ``ω = σ_b/σ_a``, ``β = m_b − ω m_a`` (unbiased std, float64)."""
     _check_pair(source, target, 2)
     (m_a, s_a), (m_b, s_b) = _moments(source), _moments(target)
-    const_src, const_tgt = _constant(s_a, m_a), _constant(s_b, m_b)
+    # the reference leaves units with a std <= 1e-4 alone: σ_b/σ_a explodes there; here such
+    # a source unit gets the constant-source shift (ω = 1, flagged) instead
+    const_src, const_tgt = _constant(s_a, m_a) | (s_a <= GAUSSIAN_STD_EPS), _constant(s_b, m_b)
     omega = s_b / torch.where(const_src, torch.ones_like(s_a), s_a)
     beta = m_b - omega * m_a
     s = torch.sort(source.float(), dim=0).values

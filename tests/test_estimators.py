@@ -170,3 +170,12 @@ def test_linear_with_unequal_sizes_is_unbiased_on_one_distribution(n, m):
     t = fit_transport(torch.randn(n, 2000, generator=g), torch.randn(m, 2000, generator=g) * 2 + 1, "linear")
     assert abs(t.omega.mean().item() - 2.0) < 0.06  # target = 2 * source + 1
     assert abs(t.beta.mean().item() - 1.0) < 0.05
+
+
+def test_gaussian_near_constant_source_does_not_explode():
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(64, 3, generator=g)
+    src[:, 1] = 5.0 + 1e-6 * torch.randn(64, generator=g)  # std 1e-6: sigma_b / sigma_a would be ~1e6
+    t = fit_transport(src, torch.randn(64, 3, generator=g) * 2 + 1, "gaussian")
+    assert t.omega[1] == 1 and bool(t.degenerate[1]) and abs(t.beta[1].item() - (1 - 5.0)) < 0.5
+    assert 1.5 < t.omega[0] < 2.5 and not bool(t.degenerate[0])
