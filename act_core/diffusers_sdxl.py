@@ -409,7 +409,9 @@ def generate(
     ``tmap=None`` or ``strength=0`` gives the unsteered image, bit for bit (the hooks return the
     output untouched at λ = 0 and are removed afterwards). ``tmap`` may also be a dict
     ``{step: TransportMap}`` from :func:`fit_step_maps` (map ``k`` acts at denoising step ``k``;
-    the last map covers later steps). Noise: ``torch.Generator("cpu").manual_seed(seed)``.
+    the last map covers later steps). Noise: ``torch.Generator("cpu").manual_seed(seed)``, one
+    generator for the whole call, so with several prompts each image depends on its position in
+    the list (the CLI and :func:`sweep_images` call this once per prompt).
     """
     d = pipeline_defaults(pipe)
     steps = d["steps"] if steps is None else int(steps)

@@ -325,7 +325,9 @@ def fold_map(model: nn.Module, tmap: TransportMap, strength: Optional[float] = N
             elif torch.any(c != 0):
                 users = consumers.get(name, [])
                 if not users:
-                    raise FoldError(f"norm {name!r} has no bias and no linear layer reads its output, so its offset c cannot be folded")
+                    raise FoldError(f"norm {name!r} has no bias and no linear layer was seen reading its output directly (e.g. a "
+                                     "tied LM head reads it through a view), so its offset c cannot be folded; keep "
+                                     "hooks for this module or fold a map without it")
                 for u in users:
                     um = model.get_submodule(u)
                     uw = get(f"{u}.weight")
