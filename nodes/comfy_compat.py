@@ -307,10 +307,15 @@ def patch_clip_encode(clip, around: Callable) -> Any:
     """
     c = clip.clone()
     cm = clip.cond_stage_model
-    original = type(cm).encode_token_weights
+    # an earlier Apply-to-CLIP on this chain already patched the encoder: run inside it, so
+    # chained maps compose instead of the last one replacing the others
+    previous = c.patcher.object_patches.get("encode_token_weights")
+    if previous is None:
+        original = type(cm).encode_token_weights
+        previous = lambda token_weight_pairs: original(cm, token_weight_pairs)  # noqa: E731
 
     def encode_token_weights(token_weight_pairs):
-        return around(cm, lambda: original(cm, token_weight_pairs))
+        return around(cm, lambda: previous(token_weight_pairs))
 
     c.patcher.add_object_patch("encode_token_weights", encode_token_weights)
     return c

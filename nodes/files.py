@@ -91,11 +91,16 @@ class LoadMap(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, map_name):
-        try:
-            safe_map_name(map_name)
-        except ValueError as e:
-            return str(e)
-        return True
+        # any file listed from models/act_maps (subfolders, spaces, unicode) loads; the list is
+        # also what keeps a name inside those folders
+        names = cc.list_maps()
+        if map_name in names:
+            return True
+        if not names:
+            return (f"invalid map file name {map_name!r}: there are no maps in models/act_maps yet; fit one and save "
+                    "it with 'Save transport map (AcT)'")
+        return (f"invalid map file name {map_name!r}: it is not one of the maps in models/act_maps "
+                "(refresh the node to see the current files)")
 
     @classmethod
     def execute(cls, map_name) -> io.NodeOutput:

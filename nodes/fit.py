@@ -84,6 +84,9 @@ def fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, proc
     layer passes); one-pass ``causal`` ticks per fitted layer. A cancelled fit returns nothing.
     """
     check_architecture(TransportMap(), cc.architecture(model))
+    if cc.clip_architecture(clip) != cc.architecture(model):
+        raise ValueError(f"the CLIP is {cc.clip_architecture(clip)!r} but the model is {cc.architecture(model)!r}: "
+                         "connect the CLIP output of the same SDXL checkpoint loader")
     _check_choice("method", method, METHODS)
     _check_choice("support", support, SUPPORTS)
     _check_choice("procedure", procedure, PROCEDURES)

@@ -6,12 +6,16 @@ Names: :func:`comfy_compat.model_tree` exposes ``model.<UNet names>`` and
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from typing import Dict, Iterable, Mapping, Optional
 
 from act_core import names as act_names
 from act_core.bake import BakeError, fold_factors
 from act_core.mapfile import MapFileError, TransportMap
+
+log = logging.getLogger("act_steering")
 
 UNET_ROOT = "model"
 CLIP_ROOT = "cond_stage_model"
@@ -71,6 +75,10 @@ def component_subset(tmap: TransportMap, component: str, node_hint: str) -> Tran
     if not keep:
         other = "text-encoder" if component == "unet" else "UNet"
         raise MapFileError(f"this map has only {other} modules; connect it to {node_hint} instead")
+    if len(keep) < len(tmap):
+        other = "text-encoder" if component == "unet" else "UNet"
+        log.warning("AcT: this map also has %d %s layers, not applied by this node; connect the same map to %s too",
+                    len(tmap) - len(keep), other, node_hint)
     return tmap.subset(keep)
 
 
@@ -101,6 +109,8 @@ def block_strengths(spec: str, modules: Iterable[str], strength: float) -> Dict[
             factor = float(value)
         except ValueError:
             raise ValueError(f"per-block strength {item!r}: {value!r} is not a number") from None
+        if not math.isfinite(factor):
+            raise ValueError(f"per-block strength {item!r}: the factor must be a finite number")
         pattern = _ALIASES.get(key, key)
         try:
             rx = re.compile(pattern)

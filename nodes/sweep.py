@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import List, Sequence
 
@@ -24,6 +25,9 @@ def parse_strengths(text: str) -> List[float]:
         values = [float(s) for s in items]
     except ValueError:
         raise ValueError(f"strengths must be numbers separated by commas, got {text!r}") from None
+    bad = [items[i] for i, v in enumerate(values) if not math.isfinite(v) or abs(v) > 10]
+    if bad:
+        raise ValueError(f"strength {bad[0]!r} is not a finite number between -10 and 10 (the Apply node's range)")
     if len(values) > MAX_STRENGTHS:
         raise ValueError(f"{len(values)} strengths given; a sweep renders at most {MAX_STRENGTHS}")
     return values

@@ -121,3 +121,10 @@ def test_load_prompt_file_errors(tmp_path):
         P.load_prompt_file(_write(tmp_path, "obj.json", '{"a": 1}'))
     with pytest.raises(ValueError, match="is a folder"):
         P.load_prompt_file(tmp_path)
+
+
+def test_negation_captions_that_all_mention_the_concept_get_a_clear_error():
+    from act_core.prompts import negation_pairs
+
+    with pytest.raises(ValueError, match="all 2 captions mention the concept"):
+        negation_pairs("pink_elephant", 4, captions=["a pink elephant in a room", "two pink elephants dancing"])

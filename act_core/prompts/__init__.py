@@ -202,7 +202,11 @@ def _without_concept(caps: Sequence[str], info: dict) -> List[str]:
     if not words:
         return list(caps)
     rx = re.compile(r"\b(" + "|".join(words) + r")s?\b", re.IGNORECASE)
-    return [c for c in caps if not rx.search(c)]
+    kept = [c for c in caps if not rx.search(c)]
+    if caps and not kept:
+        raise ValueError(f"all {len(caps)} captions mention the concept ({', '.join(info.get('exclude', [])[:3])}); "
+                         "give captions without it (the target side is the plain caption)")
+    return kept
 
 
 def negation_pairs(

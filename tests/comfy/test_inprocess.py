@@ -149,6 +149,44 @@ def test_clip_map_steers_only_the_patched_clip(mods, tiny):
         mods.apply.apply_to_model(model, tmap, 1.0)
 
 
+def test_chained_clip_maps_both_apply(mods, tiny):
+    model, clip = tiny
+    m1 = _fit(mods, model, clip, layers="text encoder layers")
+    m2 = _fit(mods, model, clip, layers="text encoder layers", goal="negate: pink_elephant")
+    enc = lambda c: mods.cc.encode(c, "a photo of a cat")[0][0]  # noqa: E731
+    plain, only2 = enc(clip), enc(mods.apply.apply_to_clip(clip, m2, 1.0))
+    both = enc(mods.apply.apply_to_clip(mods.apply.apply_to_clip(clip, m1, 1.0), m2, 1.0))
+    assert not torch.equal(both, only2), "the first CLIP map was dropped by the second Apply-to-CLIP"
+    assert torch.equal(enc(clip), plain) and count_hooks(clip.cond_stage_model) == 0
+
+
+def test_load_map_accepts_every_listed_file_and_only_those(mods, comfy_env):
+    from act_core import fit_transport
+
+    d = mods.cc.maps_save_dir()
+    t = TransportMap(meta={"architecture": "sdxl"})
+    t.add("unet.conv_norm_out", fit_transport(torch.randn(20, 4), torch.randn(20, 4) + 1), "tokens", None)
+    import os
+
+    os.makedirs(os.path.join(d, "styles"), exist_ok=True)
+    for rel in ("styles/watercolor.safetensors", "watercolor (v2).safetensors", "aquarelle_é.safetensors"):
+        t.save(os.path.join(d, rel))
+    listed = mods.cc.list_maps()
+    assert {"watercolor (v2).safetensors", "aquarelle_é.safetensors"} <= set(listed)
+    assert all(mods.files.LoadMap.validate_inputs(n) is True for n in listed)
+    assert "invalid map file name" in mods.files.LoadMap.validate_inputs("../../checkpoints/x.safetensors")
+
+
+def test_non_finite_sweep_and_per_block_strengths_are_refused(mods):
+    for text in ("0, nan", "inf", "0, 11"):
+        with pytest.raises(ValueError, match="finite number between -10 and 10"):
+            mods.sweep.parse_strengths(text)
+    from act_steering_pack.nodes.steering import block_strengths
+
+    with pytest.raises(ValueError, match="finite"):
+        block_strengths("mid=nan", ["unet.mid_block.resnets.0.norm1"], 1.0)
+
+
 def test_causal_fit_differs_from_simultaneous(mods, tiny):
     model, clip = tiny
     pattern = r"unet\.mid_block\..*norm.*"
