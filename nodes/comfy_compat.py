@@ -120,19 +120,22 @@ def _fix_latent(model, latent: torch.Tensor) -> torch.Tensor:
 
 def sample(model, positive, negative, latent: torch.Tensor, seed: int, steps: int, cfg: float,
            sampler_name: str = "euler", scheduler: str = "normal", denoise: float = 1.0,
-           noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+           noise: Optional[torch.Tensor] = None, noise_mask: Optional[torch.Tensor] = None,
+           batch_index: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Run ComfyUI's own sampler (the KSampler path) and return the denoised latent.
 
     ``noise`` (same shape as the latent) replaces the seeded noise ComfyUI would draw for the
     whole latent batch; see :func:`shared_noise` for one noise repeated over a batch.
+    ``noise_mask`` and ``batch_index`` are a LATENT's own keys (inpainting masks, latents taken
+    from a batch), used as KSampler uses them.
     """
     latent = _fix_latent(model, latent)
     if noise is None:
-        noise = comfy.sample.prepare_noise(latent, seed)
+        noise = comfy.sample.prepare_noise(latent, seed, batch_index)
     elif tuple(noise.shape) != tuple(latent.shape):
         raise ValueError(f"noise of shape {tuple(noise.shape)} does not match the latent {tuple(latent.shape)}")
     return comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent,
-                               denoise=denoise, seed=seed, disable_pbar=True)
+                               denoise=denoise, noise_mask=noise_mask, seed=seed, disable_pbar=True)
 
 
 def shared_noise(model, latent: torch.Tensor, seed: int, batch: int) -> torch.Tensor:

@@ -96,7 +96,8 @@ class StrengthSweep(io.ComfyNode):
         for i, lam in enumerate(values):
             cc.check_interrupted()
             m = apply_to_model(model, transport_map, lam)
-            out = cc.sample(m, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler)
+            out = cc.sample(m, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler,
+                            noise_mask=latent_image.get("noise_mask"), batch_index=latent_image.get("batch_index"))
             images.append(cc.decode(vae, out))
             bar.update_absolute(i + 1, len(values))
         batch = torch.cat(images, 0)

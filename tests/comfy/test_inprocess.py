@@ -311,3 +311,28 @@ def test_sweep_grid_labels_and_zero_is_unsteered(mods, tiny, tiny_pack):
     h, w = imgs.shape[1:3]
     assert grid.shape[0] == 1 and grid.shape[2] == 2 * w and grid.shape[1] > h
     assert out.ui is not None
+
+
+def test_sweep_at_zero_equals_ksampler_with_an_inpaint_mask_and_batch_index(mods, tiny, tiny_pack):
+    import comfy.sd
+    import comfy.taesd.taesd
+    import nodes as comfy_nodes
+    from act_core import fit_transport
+
+    model, clip = tiny
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=4)
+    tiny_pack.init_weights(taesd, 3)
+    vae = comfy.sd.VAE(sd=taesd.state_dict())
+    tmap = TransportMap(meta={"architecture": "sdxl"})
+    tmap.add("unet.conv_norm_out", fit_transport(torch.randn(30, 32), torch.randn(30, 32) + 1), "per_pixel", None)
+    pos, neg = mods.cc.encode(clip, "a cat"), mods.cc.encode(clip, "")
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4] = 1.0
+    latent = {"samples": torch.randn(1, 4, 8, 8), "noise_mask": mask, "batch_index": [3]}
+    with torch.inference_mode():
+        ks = comfy_nodes.common_ksampler(model, 5, 2, 5.0, "euler", "normal", pos, neg, latent)[0]["samples"]
+        plain = mods.cc.decode(vae, ks)
+        _, images = mods.sweep.StrengthSweep.execute(model, tmap, pos, neg, latent, vae, "0", 5, 2, 5.0, "euler",
+                                                     "normal", 1).result
+    assert torch.equal(images, plain)
+
