@@ -43,6 +43,18 @@ import torch
 from .selection import close_names, match_patterns
 
 SDXL_COMPONENTS = ("text_encoder", "text_encoder_2", "unet")  # forward order
+#: Structural fields of the SDXL base 1.0 UNet config (diffusers ``UNet2DConditionModel``), shared
+#: by Lightning and Turbo: what builds the real-size tree on the meta device, without a download.
+SDXL_UNET_CONFIG = dict(
+    sample_size=128, in_channels=4, out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+)
+
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

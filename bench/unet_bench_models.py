@@ -13,15 +13,8 @@ from typing import Sequence
 
 import torch
 
-SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-    norm_num_groups=32,
-)
+from act_core.presets import SDXL_UNET_CONFIG
+
 WIDTHS = {
     "full": {},
     "half": dict(block_out_channels=(160, 320, 640)),
@@ -32,7 +25,7 @@ WIDTHS = {
 def build_unet(width: str = "quarter", device: str = "cpu", dtype=torch.float32, seed: int = 0):
     from diffusers import UNet2DConditionModel
 
-    cfg = dict(SDXL_UNET, **WIDTHS[width])
+    cfg = dict(SDXL_UNET_CONFIG, **WIDTHS[width])
     with torch.device("meta"):
         unet = UNet2DConditionModel(**cfg)
     unet.to_empty(device=device)

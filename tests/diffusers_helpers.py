@@ -13,16 +13,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from act_core.miniworld.model import clip_byte_chars  # noqa: E402
+from act_core.presets import SDXL_UNET_CONFIG  # noqa: E402
 
-# SDXL base 1.0 UNet architecture (the published config's structural fields).
-SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
               hidden_act="quick_gelu", projection_dim=768)
 CLIP_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
@@ -48,7 +40,7 @@ def meta_sdxl() -> MetaSDXL:
 
         with torch.device("meta"):
             _META = MetaSDXL(
-                UNet2DConditionModel(**SDXL_UNET),
+                UNet2DConditionModel(**SDXL_UNET_CONFIG),
                 CLIPTextModel(CLIPTextConfig(**CLIP_L)),
                 CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G)),
             )

@@ -8,6 +8,7 @@ import torch
 
 from act_core import names
 from act_core.names import NameTranslationError, from_comfy, to_comfy
+from act_core.presets import SDXL_UNET_CONFIG
 
 # Known pairs (research/comfyui.md §3.4, generated there with comfy.utils.unet_to_diffusers).
 PAIRS = [
@@ -93,14 +94,6 @@ def test_component():
         names.component("model.layers.0")
 
 
-SDXL_UNET_CONFIG = dict(
-    sample_size=128, in_channels=4, out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
-    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-)
 
 
 @pytest.fixture(scope="module")
