@@ -295,16 +295,21 @@ def _generate(args) -> int:
     return 0
 
 
-def _sweep(args) -> int:
-    from .diffusers_sdxl import label_grid, save_image, sweep_images
+def _sweep_inputs(args, command: str):
+    """``(strengths, map, prompts)`` of a λ sweep, checked before any model is loaded."""
+    from .cli import CLIError
 
     strengths = parse_strengths(args.strengths)
     tmap = _load_map(args)
     if tmap is None:
-        from .cli import CLIError
+        raise CLIError(f"{command} needs --map")
+    return strengths, tmap, _gather_prompts(args, tmap, args.num_prompts)
 
-        raise CLIError("sweep needs --map")
-    prompts = _gather_prompts(args, tmap, args.num_prompts)
+
+def _sweep(args) -> int:
+    from .diffusers_sdxl import label_grid, save_image, sweep_images
+
+    strengths, tmap, prompts = _sweep_inputs(args, "sweep")
     out = Path(args.out)
     _check_png(out)  # before any image is generated
     pipe = _load(args)
@@ -322,13 +327,7 @@ def _evaluate(args) -> int:
     from .diffusers_sdxl import save_image, sweep_images
     from .evaluate import CLIPEvaluator, best_strength, markdown_table, plot
 
-    strengths = parse_strengths(args.strengths)
-    tmap = _load_map(args)
-    if tmap is None:
-        from .cli import CLIError
-
-        raise CLIError("evaluate needs --map")
-    prompts = _gather_prompts(args, tmap, args.num_prompts)
+    strengths, tmap, prompts = _sweep_inputs(args, "evaluate")
     task = tmap.meta.get("task", "style")
     condition = args.condition or tmap.meta.get("condition") or P.style_label(tmap.meta.get("style", "style"))
     # the "original prompt" for CLIPScore: the caption without the negated modifier

@@ -45,7 +45,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .transport import UNBOUNDED, UnitTransport, normalize_support
+from .transport import UNBOUNDED, UnitTransport, normalize_support, ordinary_tensors
 
 _NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm)
 
@@ -77,10 +77,17 @@ class FusedNorm:
     fused output could overflow float16 (the caller then uses the hook path).
     """
 
-    def __init__(self, module: torch.nn.Module, t: UnitTransport):
+    def __init__(self, module: torch.nn.Module, t: UnitTransport, layout: str = "auto"):
         self.module, self.t = module, t
         self.is_layer_norm = isinstance(module, torch.nn.LayerNorm)
+        # the inputs the hook would transport the same way: GroupNorm maps act on (B, C, H, W);
+        # a LayerNorm map in layout 'auto' reads a 4-D output as (B, C, H, W), not as tokens
+        self.any_rank = self.is_layer_norm and layout == "tokens"
         self._cache: dict = {}
+
+    def takes(self, x: torch.Tensor) -> bool:
+        """True when the fused call transports ``x`` as the hook would (else use the hook)."""
+        return self.any_rank or ((x.ndim != 4) if self.is_layer_norm else (x.ndim == 4))
 
     @property
     def trains(self) -> bool:
@@ -107,7 +114,7 @@ class FusedNorm:
         if hit is None:
             if len(self._cache) > 8:
                 self._cache.clear()
-            with torch.inference_mode(False):  # ordinary tensors, usable later with autograd on
+            with ordinary_tensors():
                 hit = self._cache[key] = self._build(lam, x)
         w, b, peak = hit
         if peak is not None and peak[0] * math.sqrt(max(self._group_size(x) - 1, 0)) + peak[1] >= torch.finfo(x.dtype).max:

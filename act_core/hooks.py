@@ -344,14 +344,9 @@ class SteerHandle(_HookSet):
             return None
         norm = self._norms.get(name)
         if norm is None or norm.module is not module:
-            norm = self._norms[name] = FusedNorm(module, t)
+            norm = self._norms[name] = FusedNorm(module, t, layout)
         norm.prepare(self.strengths[name])
         hook, plain = self._hooks[name], type(module).forward
-        # the shape the hook would treat the same way: GroupNorm maps act on (B, C, H, W); a
-        # LayerNorm map in layout 'auto' reads a 4-D output as (B, C, H, W), not as tokens
-        is_ln = isinstance(module, torch.nn.LayerNorm)
-        ndim_ok = (lambda d: True) if (is_ln and layout == "tokens") else \
-            (lambda d: d != 4) if is_ln else (lambda d: d == 4)
 
         on = [True]  # switched off by removal (see _ForwardOverride)
 
@@ -362,7 +357,7 @@ class SteerHandle(_HookSet):
             if lam == 0 or not on[0]:
                 return plain(module, input)
             params = None
-            if self.gate is None and ndim_ok(input.ndim) and not (torch.is_grad_enabled() and norm.trains):
+            if self.gate is None and norm.takes(input) and not (torch.is_grad_enabled() and norm.trains):
                 params = norm.params(lam, input)
             if params is None:  # gated rows, another shape, gradients to the layer, float16 overflow: the hook path
                 out = plain(module, input)

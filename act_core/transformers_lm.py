@@ -441,6 +441,17 @@ def generate_texts(
 # -- scoring -----------------------------------------------------------------------------------
 
 
+def _right_padded(rows: Sequence[Sequence[int]], pad: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as right-padded ``(B, T)`` ids and a ``(B, T)`` 0/1 attention mask."""
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = torch.tensor(r)
+        mask[j, : len(r)] = 1
+    return ids, mask
+
+
 def sequence_logprobs(
     model,
     tokenizer,
@@ -478,12 +489,7 @@ def sequence_logprobs(
     with torch.no_grad():
         for b in range(0, len(rows), batch_size):
             chunk = rows[b : b + batch_size]
-            t = max(len(r) for r in chunk)
-            ids = torch.full((len(chunk), t), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), t), dtype=torch.long)
-            for j, r in enumerate(chunk):
-                ids[j, : len(r)] = torch.tensor(r)
-                mask[j, : len(r)] = 1
+            ids, mask = _right_padded(chunk, pad)
             ids, mask = ids.to(dev), mask.to(dev)
             # positions whose next token is a continuation token: rows j, columns s-1 .. len-2
             sel = [(j, p) for j, r in enumerate(chunk) for p in range(starts[b + j] - 1, len(r) - 1)]
@@ -522,12 +528,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_
     with torch.no_grad():
         for b in range(0, len(texts), batch_size):
             enc = [tokenizer(t, add_special_tokens=True, truncation=True, max_length=cap)["input_ids"] for t in texts[b : b + batch_size]]
-            t = max(len(r) for r in enc)
-            ids = torch.full((len(enc), t), pad, dtype=torch.long)
-            mask = torch.zeros((len(enc), t), dtype=torch.long)
-            for j, r in enumerate(enc):
-                ids[j, : len(r)] = torch.tensor(r)
-                mask[j, : len(r)] = 1
+            ids, mask = _right_padded(enc, pad)
             logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits.float()
             nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:].to(dev), reduction="none").double().cpu()
             m = mask[:, 1:].double()

@@ -138,7 +138,7 @@ class UnitTransport:
         hit = self._cache.get(key)
         if hit is None:
             lam = float(strength)
-            with _plain_tensors():
+            with ordinary_tensors():
                 a = 1.0 + lam * (self.omega.double() - 1.0)
                 c = lam * self.beta.double()
                 hit = (a.to(device=device, dtype=dtype), c.to(device=device, dtype=dtype))
@@ -151,7 +151,7 @@ class UnitTransport:
         key = ("band", support, dtype, device)
         if key not in self._cache:
             b = self.band(support)
-            with _plain_tensors():
+            with ordinary_tensors():
                 self._cache[key] = None if b is None else (b[0].to(device=device, dtype=dtype), b[1].to(device=device, dtype=dtype))
         return self._cache[key]
 
@@ -194,7 +194,7 @@ class UnitTransport:
         key = ("kernel", float(strength), support, layout, dtype, device)
         k = self._cache.get(key)
         if k is None:
-            with _plain_tensors():
+            with ordinary_tensors():
                 k = self._build_kernel(float(strength), normalize_support(support), layout, dtype, device)
             self._cache[key] = k
         return k
@@ -350,7 +350,7 @@ def _banded_by_comparison(lo, hi, a_minus_1, c):
     return banded
 
 
-def _plain_tensors():
+def ordinary_tensors():
     """Cached constants are built as ordinary tensors even when the first call runs under
     ``torch.inference_mode()`` (inference tensors could not be saved for a later backward)."""
     return torch.inference_mode(False)

@@ -31,7 +31,6 @@ layers it took 382 s here, so the default keeps it under ~3 min).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -41,21 +40,13 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import comfyui_setup  # noqa: E402
 
-
-def load(name, path, package_dir=None):
-    kw = {"submodule_search_locations": [str(package_dir)]} if package_dir else {}
-    spec = importlib.util.spec_from_file_location(name, str(path), **kw)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+load = comfyui_setup.load_file_module  # imports the pack as ComfyUI imports a custom-node folder
 
 
 def setup_comfy():
-    sys.path.insert(0, str(ROOT / "tools"))
-    import comfyui_setup
-
     if not comfyui_setup.ready():
         raise SystemExit("ComfyUI is not set up: run `python tools/comfyui_setup.py` first")
     load("act_comfy_shim", ROOT / "tools" / "comfy_shim" / "sitecustomize.py").install()

@@ -145,6 +145,19 @@ def install_requirements(comfy: Path) -> None:
     stamp.write_text(digest + "\n")
 
 
+def load_file_module(name: str, path, package_dir=None):
+    """Import the file ``path`` as module ``name`` (a package rooted at ``package_dir`` when given,
+    so its relative imports work), as ComfyUI imports a custom-node folder."""
+    import importlib.util
+
+    kw = {"submodule_search_locations": [str(package_dir)]} if package_dir else {}
+    spec = importlib.util.spec_from_file_location(name, str(path), **kw)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def ready() -> bool:
     stamp = comfyui_dir() / ".act-extracted"
     return stamp.is_file() and (Path(sys.prefix) / ".act-comfyui-requirements").is_file()

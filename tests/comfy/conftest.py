@@ -4,7 +4,6 @@ The setup runs once (idempotent, stamped); without network and without a prepare
 ``.comfyui/`` the tests fail with the setup's own error rather than skipping.
 """
 
-import importlib.util
 import shutil
 import time
 import os
@@ -23,24 +22,18 @@ sys.path.insert(0, str(HERE))
 import comfy_harness as server  # noqa: E402
 
 
+sys.path.insert(0, str(ROOT / "tools"))
+try:
+    import comfyui_setup  # noqa: E402
+finally:
+    sys.path.pop(0)
+_load_file_module = comfyui_setup.load_file_module
+
+
 def comfyui_dir() -> Path:
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import comfyui_setup
-    finally:
-        sys.path.pop(0)
     if not comfyui_setup.ready():
         subprocess.run([sys.executable, str(ROOT / "tools" / "comfyui_setup.py")], check=True)
     return comfyui_setup.comfyui_dir()
-
-
-def _load_file_module(name, path, package_dir=None):
-    kw = {"submodule_search_locations": [str(package_dir)]} if package_dir else {}
-    spec = importlib.util.spec_from_file_location(name, str(path), **kw)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="session")
