@@ -7,11 +7,21 @@ safetensors file, and apply them with a strength λ through forward hooks::
     t = fit_transport(source, target, method="linear")   # (N, D), (M, D)
     y = t.apply(x, strength=1.0, support="q_0_100")
 
-Importing act_core needs only torch, numpy and safetensors; the diffusers and transformers
-adapters are imported lazily from their own modules.
+The package is a house with a core and wings:
+
+- the core (this folder's modules): estimators, transport maps and how they are applied,
+  the map file, hooks, fitting procedures, folding into weights; torch, numpy and
+  safetensors only, and it imports no wing;
+- :mod:`act_core.diffusion`: diffusion models (families, diffusers pipelines, prompt data,
+  evaluation, the miniature SDXL);
+- :mod:`act_core.llm`: language models through transformers (presets, tasks, evaluation,
+  exports);
+- :mod:`act_core.cli`: the ``act-steer`` command line, thin over the wings.
+
+Wings import the core and never each other. Importing act_core imports no wing.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .estimators import ESTIMATORS, auroc, fit_aura, fit_gaussian, fit_linear, fit_mean, fit_transport
 from .fitting import PROCEDURES, collect, fit_map

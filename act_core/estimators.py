@@ -41,14 +41,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .transport import (
-    BAND_PERCENTS,
-    FLAG_CONSTANT_SOURCE,
-    FLAG_CONSTANT_TARGET,
-    UNBOUNDED,
-    UnitTransport,
-    normalize_support,
-)
+from .transport import (BAND_PERCENTS, FLAG_CONSTANT_SOURCE, FLAG_CONSTANT_TARGET, UNBOUNDED, UnitTransport,
+                        normalize_support)
 
 #: A unit whose std is at most ``max(REL_EPS * |mean|, ABS_EPS)`` counts as constant.
 REL_EPS = 1e-6
@@ -203,7 +197,7 @@ def fit_aura(source: torch.Tensor, target: torch.Tensor) -> UnitTransport:
     _check_pair(source, target, 1)
     auc = auroc(source, target)
     omega = torch.where(auc > 0.5, 2.0 * (1.0 - auc), torch.ones_like(auc))
-    (m_a, s_a), (m_b, s_b) = _moments(source), _moments(target)
+    (m_a, _), (m_b, s_b) = _moments(source), _moments(target)
     s = torch.sort(source.float(), dim=0).values
     return _finish(
         omega, torch.zeros_like(omega), torch.zeros_like(omega, dtype=torch.bool),

@@ -17,15 +17,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 import torch
 
+from .files import atomic_write_bytes
 from .transport import BAND_NAMES, FLAG_CONSTANT_SOURCE, LAYOUTS, UnitTransport, normalize_support
 
 FORMAT = "act-steering/transport-map"
@@ -40,7 +39,7 @@ class MapFileError(ValueError):
 
 
 def _library_version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 
@@ -259,39 +258,6 @@ class MapWriteError(OSError):
             fix = "check the folder and try again"
         return cls(e.errno, f"could not write map {str(path)!r}: {why}; the existing file (if any) is unchanged and "
                             f"no partial file was left; {fix}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
-
-    The new file gets the old file's permissions, or the usual ``0o666 & ~umask`` for a new one
-    (``mkstemp`` alone would leave it private, 0o600). A symbolic link is followed: its target
-    is replaced and the link kept.
-    """
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _target_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _target_mode(path: Path) -> int:
-    try:
-        return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
 
 
 def module_units(module: torch.nn.Module) -> Optional[int]:

@@ -75,7 +75,7 @@ def line_plot(panels: Sequence[Mapping], path, size: Tuple[int, int] = (420, 300
     """:func:`render` the panels and write the PNG atomically; returns the path."""
     from io import BytesIO
 
-    from .mapfile import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     buf = BytesIO()
     render(panels, size).save(buf, format="PNG")

@@ -83,12 +83,13 @@ def quarter_sdxl():
 def random_map(model):
     from act_core import fit_transport
     from act_core.mapfile import TransportMap
-    from act_core.presets import resolve_preset
-    from act_core.names import canonical_names
+    from act_core.diffusion.families.sdxl import PRESETS
+    from act_core.diffusion.presets import resolve_preset
+    from act_core.diffusion.families.sdxl import canonical_names
 
     mods = dict(model.model.named_modules())  # names relative to MODEL.model: diffusion_model.*
     canon = canonical_names(n for n in mods if n)  # {canonical: comfy name}
-    chosen = resolve_preset("unet_norms", list(canon))
+    chosen = resolve_preset("unet_norms", list(canon), PRESETS)
     g = torch.Generator().manual_seed(1)
     tmap = TransportMap(meta={"architecture": "sdxl", "method": "linear", "pooling": "mean"})
     for c in chosen:

@@ -6,7 +6,7 @@ A Linear-AcT map (hostile -> friendly, shipped toxicity-like data) on every laye
 the 30 decoder layers (`all_ln`, 61 modules) steers greedy batched generation of 32 new tokens
 for 4 prompts. Variants, interleaved per repeat: unsteered; hooks with the map's default
 support (`q_0_100`); hooks with the unbounded support; the fixed-λ map folded into the
-weights of a copy of the model (`act_core.export.fold_map`, exact with the unbounded support).
+weights of a copy of the model (`act_core.llm.export.fold_map`, exact with the unbounded support).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from act_core import steer  # noqa: E402
-from act_core.export import apply_folded, fold_map  # noqa: E402
-from act_core.lm_tasks import toxicity_texts  # noqa: E402
-from act_core.transformers_lm import fit_lm_map, load_smollm2, prepare_tokenizer  # noqa: E402
+from act_core.llm.export import apply_folded, fold_map  # noqa: E402
+from act_core.llm.tasks import toxicity_texts  # noqa: E402
+from act_core.llm.adapter import fit_lm_map, load_smollm2, prepare_tokenizer  # noqa: E402
 
 PROMPTS = ["You are such a", "The weather today is", "My neighbour told me that", "I think the new policy"]
 

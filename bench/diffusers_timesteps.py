@@ -22,10 +22,12 @@ import torch
 sys.path[:0] = [os.path.join(os.path.dirname(__file__), ".."), os.path.join(os.path.dirname(__file__), "..", "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from act_core import diffusers_sdxl as D  # noqa: E402
-from act_core import prompts as P  # noqa: E402
-from act_core.hooks import attach, steer  # noqa: E402
-from act_core.presets import resolve_modules, sdxl_canonical_names  # noqa: E402
+from act_core.diffusion import pipeline as D  # noqa: E402
+from act_core.diffusion import prompts as P  # noqa: E402
+from act_core.fitting import collect  # noqa: E402
+from act_core.hooks import attach  # noqa: E402
+from act_core.diffusion.presets import resolve_modules  # noqa: E402
+from act_core.diffusion.families.sdxl import PRESETS, sdxl_canonical_names  # noqa: E402
 
 
 def w1(a, b):
@@ -36,7 +38,7 @@ def w1(a, b):
 def gap(pipe, modules, src, tgt, k, steps, seed, maps=None, single=None):
     """Mean W1 at step k between (steered) source and target activations."""
     runner = D.SDXLRunner(pipe, batch_size=8, seed=seed, height=32, width=32, collect_step=k, steps=steps)
-    tgt_acts, _ = D.collect(runner, tgt, modules)
+    tgt_acts, _ = collect(runner, tgt, modules)
     counter = D._StepCounter(pipe.unet)
     # every pipeline call (one per batch) starts with the text encoder: restart the step count there
     handles = [pipe.text_encoder.register_forward_pre_hook(lambda m, a: setattr(counter, "step", -1))]
@@ -46,7 +48,7 @@ def gap(pipe, modules, src, tgt, k, steps, seed, maps=None, single=None):
         if maps is not None:
             for j, m in maps.items():
                 handles.append(attach(runner.model, m, 1.0, gate=lambda n, x, j=j: counter.step == j))
-        src_acts, _ = D.collect(runner, src, modules)
+        src_acts, _ = collect(runner, src, modules)
     finally:
         for h in handles:
             h.remove()
@@ -70,7 +72,7 @@ def main():
     from diffusers import EulerDiscreteScheduler
 
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
-    modules = resolve_modules("unet_groupnorms", sdxl_canonical_names(pipe))
+    modules = resolve_modules("unet_groupnorms", sdxl_canonical_names(pipe), PRESETS)
     src, tgt = P.style_pairs("watercolor", n=args.n, seed=0)
     t0 = time.perf_counter()
     single = D.fit_sdxl_map(pipe, src, tgt, "unet_groupnorms", batch_size=8, height=32, width=32)

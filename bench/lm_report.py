@@ -32,11 +32,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from act_core import steer  # noqa: E402
-from act_core import lm_tasks as T  # noqa: E402
-from act_core.lm_eval import (  # noqa: E402
-    CentroidScorer, MiniLM, keyword_rate, line_plot, markdown_table, mc_fit_texts, mc_scores, sweep,
-)
-from act_core.transformers_lm import fit_lm_map, load_smollm2, perplexity  # noqa: E402
+from act_core.llm import tasks as T  # noqa: E402
+from act_core.llm.evaluate import (  # noqa: E402
+    CentroidScorer, MiniLM, keyword_rate, line_plot, markdown_table, mc_fit_texts, mc_scores, sweep)
+from act_core.llm.adapter import fit_lm_map, load_smollm2, perplexity  # noqa: E402
 
 METHODS = {"linear": "Linear-AcT", "mean": "Mean-AcT"}
 

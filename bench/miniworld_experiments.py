@@ -24,7 +24,7 @@ SHORT = (0.0, 0.5, 1.0, 1.5)
 
 
 def configs(quick: bool):
-    from act_core.miniworld import world as W
+    from act_core.diffusion.miniworld import world as W
 
     styles, shapes = list(W.STYLES[1:]), list(W.SHAPES)
     out = []
@@ -79,10 +79,10 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from act_core import miniworld as MW
-    from act_core.miniworld import experiments as E
-    from act_core.miniworld import world as W
-    from act_core.miniworld.judges import Judges
+    from act_core.diffusion import miniworld as MW
+    from act_core.diffusion.miniworld import experiments as E
+    from act_core.diffusion.miniworld import world as W
+    from act_core.diffusion.miniworld.judges import Judges
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         save()
     results["judges_accuracy"] = judges.accuracy
     save()
-    from act_core.miniworld.report import write_report
+    from act_core.diffusion.miniworld.report import write_report
 
     write_report(results, out)
     print(f"[done] {time.time() - t0:.0f}s -> {out / 'REPORT.md'}")

@@ -4,9 +4,9 @@
     python bench/train_miniworld.py --unet-steps 300 --out /tmp/mw    # a quick skeleton run
 
 Stages are resumable: rerun the same command after an interruption (checkpoints in --ckpt).
-Writes to --out (default: act_core/miniworld/weights): ``model/`` (diffusers folder, fp16) and
+Writes to --out (default: act_core/diffusion/miniworld/weights): ``model/`` (diffusers folder, fp16) and
 ``judges.safetensors``; the single-file SDXL checkpoint is exported on demand
-(:func:`act_core.miniworld.single_file`), because shipping it would double the weights.
+(:func:`act_core.diffusion.miniworld.single_file`), because shipping it would double the weights.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=None, help="output folder (default: act_core/miniworld/weights)")
+    ap.add_argument("--out", default=None, help="output folder (default: act_core/diffusion/miniworld/weights)")
     ap.add_argument("--ckpt", default=".miniworld_ckpt", help="checkpoint folder (resumable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared machine")
@@ -42,9 +42,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from act_core import miniworld as MW
-    from act_core.miniworld import model as M
-    from act_core.miniworld import train as T
+    from act_core.diffusion import miniworld as MW
+    from act_core.diffusion.miniworld import model as M
+    from act_core.diffusion.miniworld import train as T
 
     out = Path(args.out) if args.out else MW.WEIGHTS
     ckpt = Path(args.ckpt)
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         tok = M.clip_tokenizer(args.clip_wheel)
         tok.save_pretrained(tok_dir)
     pipe = M.pipeline(M.build_components(tok, seed=args.seed))
-    log(f"[model] params: " + ", ".join(f"{k} {sum(p.numel() for p in getattr(pipe, k).parameters()):,}"
+    log("[model] params: " + ", ".join(f"{k} {sum(p.numel() for p in getattr(pipe, k).parameters()):,}"
                                          for k in ("unet", "text_encoder", "text_encoder_2", "vae")))
     info = {"seed": args.seed, "image_size": M.IMAGE, "latent_size": M.LATENT}
     if stages & {"vae", "data", "unet", "save", "judges"}:
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
              "recommended": MW.GENERATION, "exported_from_checkpoint": True}, indent=2))
         log(f"[export] step {done} -> {out / 'model'}")
     if "judges" in stages:
-        from act_core.miniworld import judges as J
+        from act_core.diffusion.miniworld import judges as J
 
         J.train_and_save(out / "judges.safetensors", vae=pipe.vae, steps=args.judge_steps, seed=args.seed, log=log)
     log(f"[done] {time.time() - t0:.0f}s")

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from act_core.presets import SDXL_UNET_CONFIG
+from act_core.diffusion.families.sdxl import SDXL_UNET_CONFIG
 
 WIDTHS = {
     "full": {},

@@ -4,7 +4,7 @@ Everything else in ``nodes/`` talks to ComfyUI through the names below, and all 
 ``act_core``. Written against ComfyUI 0.3.75 (the version the tests run); features that moved
 between versions are looked up with ``getattr``.
 
-Module trees used for names (see ``act_core.names``):
+Module trees used for names (see ``act_core.diffusion.families.sdxl``):
 
 - UNet: ``MODEL.model`` (``comfy.model_base.SDXL``), names ``diffusion_model.<UNetModel name>``;
 - text encoders: ``CLIP.cond_stage_model`` (``SDXLClipModel``), names ``clip_l.transformer.text_model.<x>``.

@@ -8,7 +8,8 @@ import torch
 
 from act_core import fit_map
 from act_core.mapfile import TransportMap
-from act_core.presets import resolve_modules
+from act_core.diffusion.families.sdxl import PRESETS
+from act_core.diffusion.presets import resolve_modules
 from act_core.transport import SUPPORT_CHOICES
 
 from . import comfy_compat as cc
@@ -48,7 +49,7 @@ def select(tree, layers: str, pattern: str):
     else:
         items = [preset]
     try:
-        chosen = resolve_modules(items, list(index))
+        chosen = resolve_modules(items, list(index), PRESETS)
     except ValueError as e:
         if preset is not None:
             raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from act_core import prompts as act_prompts
+from act_core.diffusion import prompts as act_prompts
 
 from .comfy_compat import PromptPairsType, io, ui
 

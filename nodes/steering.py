@@ -1,7 +1,7 @@
 """Pack-side glue between ComfyUI module trees and act_core (no ComfyUI imports, no math).
 
 Names: :func:`comfy_compat.model_tree` exposes ``model.<UNet names>`` and
-``cond_stage_model.<CLIP names>``; maps store canonical names (``act_core.names``).
+``cond_stage_model.<CLIP names>``; maps store canonical names (``act_core.diffusion.families.sdxl``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import re
 from typing import Dict, Iterable, Mapping, Optional
 
-from act_core import names as act_names
+from act_core.diffusion.families import sdxl as act_names
 from act_core.bake import BakeError, fold_factors
 from act_core.mapfile import MapFileError, TransportMap
 

@@ -12,8 +12,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from act_core.miniworld.model import clip_byte_chars  # noqa: E402
-from act_core.presets import SDXL_UNET_CONFIG  # noqa: E402
+from act_core.diffusion.miniworld.model import clip_byte_chars  # noqa: E402
+from act_core.diffusion.families.sdxl import SDXL_UNET_CONFIG  # noqa: E402
 
 CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
               hidden_act="quick_gelu", projection_dim=768)
@@ -116,5 +116,5 @@ def build_tiny_clip(seed: int = 0):
     return model, proc, make_clip_tokenizer()
 
 
-# single-file export: the library's converter (act_core.sdxl_single_file)
-from act_core.sdxl_single_file import save_single_file  # noqa: E402,F401
+# single-file export: the library's converter (act_core.diffusion.single_file)
+from act_core.diffusion.single_file import save_single_file  # noqa: E402,F401

@@ -16,8 +16,8 @@ def test_wheel_contains_only_act_core_and_its_data(tmp_path):
     tops = {n.split("/")[0] for n in names}
     assert "act_core" in tops and all(t == "act_core" or t.endswith(".dist-info") for t in tops), tops
     assert "nodes" not in tops and not any(n.startswith("nodes/") for n in names)
-    for data in ("act_core/prompts/data/captions.txt", "act_core/prompts/data/styles.json",
-                 "act_core/lm_data/lm_toxicity.json"):
+    for data in ("act_core/diffusion/prompts/data/captions.txt", "act_core/diffusion/prompts/data/styles.json",
+                 "act_core/llm/data/lm_toxicity.json"):
         assert data in names, data
     entry = [n for n in names if n.endswith("entry_points.txt")]
     assert entry and b"act-steer = act_core.cli:main" in zipfile.ZipFile(wheel).read(entry[0])

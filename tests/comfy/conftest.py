@@ -6,7 +6,6 @@ The setup runs once (idempotent, stamped); without network and without a prepare
 
 import shutil
 import time
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from act_core import TransportMap, count_hooks
-from act_core.names import to_comfy
+from act_core.diffusion.families.sdxl import to_comfy
 from act_core.transport import UnitTransport
 
 pytestmark = pytest.mark.comfy

@@ -1,10 +1,10 @@
-"""act_core.names against ComfyUI's own module trees (tiny, and real-size SDXL on the meta device)
+"""act_core.diffusion.families.sdxl against ComfyUI's own module trees (tiny, and real-size SDXL on the meta device)
 and the diffusers / transformers trees, in both directions, with parameter shapes compared."""
 
 import pytest
 import torch
 
-from act_core.names import NameTranslationError, from_comfy, to_comfy
+from act_core.diffusion.families.sdxl import NameTranslationError, from_comfy, to_comfy
 
 pytestmark = pytest.mark.comfy
 

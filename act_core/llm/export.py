@@ -1,0 +1,449 @@
+"""Export fitted maps so they run without act_core's hooks.
+
+1. **llama.cpp control vector** (:func:`export_control_vector`, :func:`read_control_vector`).
+   A Mean-AcT map (``ω = 1``) with the unbounded support on the *residual stream* (the outputs
+   of the decoder blocks, preset ``residual``) is ``x -> x + λβ`` at every token: exactly what
+   llama.cpp adds with ``--control-vector-scaled file.gguf λ``. File layout (GGUF, written
+   with the ``gguf`` package): ``general.architecture = "controlvector"``,
+   ``controlvector.model_hint`` (the model's architecture), ``controlvector.layer_count``,
+   and one F32 tensor ``direction.{k}`` of width ``n_embd`` per steered block. llama.cpp adds
+   ``direction.k`` to the output of block ``k`` (0-based ``il`` in its graph builders, the
+   same block as Hugging Face ``model.layers.k``); index 0 is reserved there (its loader
+   rejects ``direction.0`` and never steers block 0), so a map on block 0 cannot be exported.
+
+2. **Folded weights** (:func:`fold_map`, :func:`apply_folded`, :func:`save_folded`). At a
+   fixed λ a Linear-AcT map with support ``"all"`` is the affine map ``y -> a⊙y + c``
+   (``a = 1 + λ(ω-1)``, ``c = λβ``) and can be merged into weights:
+
+   - output of a ``Linear`` / GPT-2 ``Conv1D`` ``y = W x + b``: ``W' = diag(a) W``,
+     ``b' = a⊙b + c`` (a bias is added when the layer has none and ``c ≠ 0``);
+   - output of a norm ``y = x̂ ⊙ g + b`` with an elementwise gain ``g`` (``g = w``, or
+     ``g = 1 + w`` for Gemma's RMSNorm; detected by probing): ``g' = a⊙g``; with a bias,
+     ``b' = a⊙b + c``. Without a bias (RMSNorm, bias-free LayerNorm) the offset ``c`` is
+     pushed into every linear layer that reads the norm's output, ``W(y + c) + b =
+     W y + (b + W c)`` (found by tracing; biases are added where missing).
+
+   **Exact when**: the support is ``"all"`` (quantile bands make the map depend on each
+   value, so no fixed weights reproduce it: refused), and for a bias-free norm with
+   ``c ≠ 0`` every consumer of its output is a linear layer (true for Llama/Qwen2/Mistral
+   input and post-attention norms; false for Gemma's post-norms, whose output goes straight
+   into the residual add). Exactness is checked by a probe forward pass (folded vs hooked
+   logits) and a :class:`FoldError` is raised when it does not hold. Equality is up to
+   float rounding (the hook computes ``a⊙y + c`` after the layer, the fold inside it).
+   Loading a folded state dict that *adds* biases into a fresh Hugging Face model needs the
+   architecture's bias switch (e.g. Llama ``attention_bias=True`` / ``mlp_bias=True``);
+   :func:`apply_folded` adds them in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..hooks import steer
+from .presets import is_norm, out_features
+from ..mapfile import TransportMap, prompts_digest
+from ..files import atomic_write_bytes
+from ..transport import UNBOUNDED, normalize_support
+
+_BLOCK_RE = re.compile(r"^(.*)\.(\d+)$")
+
+
+class FoldError(ValueError):
+    """A map cannot be folded into weights (exactly) for this model."""
+
+
+# -- llama.cpp control vectors ------------------------------------------------------------------
+
+
+def _effective_support(tmap: TransportMap, name: str, support: Optional[str]) -> str:
+    return normalize_support(support if support is not None else tmap.maps[name].default_support)
+
+
+def control_vector_directions(tmap: TransportMap, support: Optional[str] = None) -> Tuple[str, Dict[int, torch.Tensor]]:
+    """``(block list name, {block index: β})`` for a Mean-AcT residual-stream map (checked)."""
+    dirs: Dict[int, torch.Tensor] = {}
+    prefixes = set()
+    for name, t in tmap.maps.items():
+        m = _BLOCK_RE.match(name)
+        if not m:
+            raise ValueError(
+                f"module {name!r} is not a decoder block output; control vectors act on the residual stream: "
+                "fit with layers='residual' (block outputs such as model.layers.5)"
+            )
+        if not torch.all(t.omega == 1):
+            raise ValueError(
+                f"module {name!r} has slopes ω ≠ 1 ({t.method} map); a control vector is a pure shift: "
+                "fit with method='mean' (Mean-AcT), or fold a Linear-AcT map into weights with fold_map"
+            )
+        if _effective_support(tmap, name, support) != UNBOUNDED:
+            raise ValueError(
+                f"module {name!r} uses support {t.default_support!r}; llama.cpp shifts every value, which equals the "
+                "map only with support='all' (fit or export with support='all')"
+            )
+        prefixes.add(m.group(1))
+        k = int(m.group(2))
+        if k == 0:
+            raise ValueError(
+                f"{name!r} is block 0, which llama.cpp never steers (direction.0 is rejected by its loader); "
+                "fit on 'residual[1:]' instead"
+            )
+        dirs[k] = t.beta.detach().float().clone()
+    if len(prefixes) != 1:
+        raise ValueError(f"the map's modules come from several block lists {sorted(prefixes)}; export one model's blocks")
+    widths = {int(v.numel()) for v in dirs.values()}
+    if len(widths) != 1:
+        raise ValueError(f"directions have different widths {sorted(widths)}")
+    return prefixes.pop(), dirs
+
+
+def export_control_vector(tmap: TransportMap, path, model_hint: Optional[str] = None, layer_count: Optional[int] = None,
+                          support: Optional[str] = None) -> Path:
+    """Write a llama.cpp control-vector GGUF (``direction.k`` = β of block ``k``), atomically.
+
+    ``model_hint`` defaults to the map's architecture (llama.cpp's ``general.architecture`` of
+    the model, e.g. ``"llama"``). ``layer_count`` defaults to the highest exported block index.
+    Use ``--control-vector-scaled file.gguf λ`` in llama.cpp for strength λ.
+    """
+    import gguf
+    import numpy as np
+
+    _, dirs = control_vector_directions(tmap, support)
+    hint = model_hint or tmap.architecture
+    if not hint:
+        raise ValueError("the map records no architecture; pass model_hint (e.g. 'llama')")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {str(path.parent)!r} does not exist; create it first")
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        w = gguf.GGUFWriter(str(tmp), "controlvector")
+        w.add_string("controlvector.model_hint", str(hint))
+        w.add_int32("controlvector.layer_count", int(layer_count or max(dirs)))
+        for k in sorted(dirs):
+            w.add_tensor(f"direction.{k}", np.ascontiguousarray(dirs[k].numpy().astype(np.float32)))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        atomic_write_bytes(path, tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@dataclass
+class ControlVector:
+    """A control vector read back from GGUF: ``directions[k]`` is added to block ``k``'s output."""
+
+    model_hint: str
+    layer_count: int
+    directions: Dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def to_map(self, blocks: str = "model.layers", architecture: Optional[str] = None) -> TransportMap:
+        """An equivalent Mean-AcT :class:`TransportMap` (ω = 1, β = direction, support ``all``)."""
+        from ..transport import BAND_NAMES, UnitTransport
+
+        tmap = TransportMap(meta={"method": "mean", "architecture": architecture or self.model_hint, "default_support": UNBOUNDED,
+                                  "source": "llama.cpp control vector"})
+        for k in sorted(self.directions):
+            d = self.directions[k].float()
+            big = float(torch.finfo(torch.float32).max)
+            bands = torch.stack([torch.full_like(d, -big), torch.full_like(d, big)])  # unused: support is 'all'
+            bands = bands.unsqueeze(0).repeat(len(BAND_NAMES), 1, 1)
+            t = UnitTransport(torch.ones_like(d), d.clone(), bands, torch.zeros(d.shape, dtype=torch.uint8), "mean", UNBOUNDED)
+            tmap.add(f"{blocks}.{k}", t, "tokens", 0)
+        return tmap
+
+
+def read_control_vector(path) -> ControlVector:
+    """Read a control-vector GGUF written by this module, llama.cpp or repeng."""
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"control vector {str(path)!r} does not exist")
+    try:
+        r = gguf.GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - gguf raises assorted errors on bad files
+        raise ValueError(f"{str(path)!r} is not a readable GGUF file: {e}") from None
+
+    def field_value(key):
+        f = r.fields.get(key)
+        if f is None:
+            return None
+        part = f.parts[f.data[0]]
+        return bytes(part).decode("utf-8") if f.types and f.types[0] == gguf.GGUFValueType.STRING else part.tolist()[0]
+
+    arch = field_value("general.architecture")
+    if arch != "controlvector":
+        raise ValueError(f"{str(path)!r} has general.architecture={arch!r}, not 'controlvector'")
+    dirs = {}
+    for t in r.tensors:
+        m = re.fullmatch(r"direction\.(\d+)", t.name)
+        if not m or int(m.group(1)) == 0:
+            raise ValueError(f"tensor {t.name!r} in {str(path)!r} is not a valid direction.N (N >= 1)")
+        dirs[int(m.group(1))] = torch.from_numpy(t.data.astype("float32").reshape(-1).copy())
+    return ControlVector(str(field_value("controlvector.model_hint") or ""), int(field_value("controlvector.layer_count") or 0), dirs)
+
+
+# -- folding into weights ----------------------------------------------------------------------
+
+
+@dataclass
+class FoldResult:
+    """``state``: the changed parameters (full names -> tensors); ``added_bias``: modules that got a bias."""
+
+    state: Dict[str, torch.Tensor]
+    added_bias: List[str]
+    strength: float
+    max_abs_error: Optional[float] = None
+    notes: List[str] = field(default_factory=list)
+
+
+def _norm_gain_offset(module: nn.Module, width: int) -> float:
+    """0 when ``y = x̂⊙w (+b)``, 1 when ``y = x̂⊙(1+w)`` (Gemma): probe with the weight zeroed."""
+    w = module.weight
+    saved = w.detach().clone()
+    bias = getattr(module, "bias", None)
+    saved_b = bias.detach().clone() if isinstance(bias, torch.Tensor) else None
+    try:
+        with torch.no_grad():
+            w.zero_()
+            if saved_b is not None:
+                bias.zero_()
+            x = torch.randn(2, width, dtype=w.dtype, device=w.device)
+            y = module(x)
+        return 1.0 if float(y.abs().max()) > 1e-3 else 0.0
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+            if saved_b is not None:
+                bias.copy_(saved_b)
+
+
+def _probe_ids(model: nn.Module) -> torch.Tensor:
+    dev = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 100) or 100)
+    return torch.randint(1, max(2, min(vocab, 1000)), (2, 7), generator=g).to(dev)
+
+
+def _consumers(model: nn.Module, norm_names: List[str]) -> Dict[str, List[str]]:
+    """For each norm, the linear layers whose input tensor is that norm's output (one probe pass)."""
+    outputs: Dict[int, str] = {}
+    found: Dict[str, List[str]] = {n: [] for n in norm_names}
+    keep = []
+    handles = []
+    for n in norm_names:
+        def out_hook(mod, args, out, n=n):
+            outputs[id(out)] = n
+            keep.append(out)
+        handles.append(model.get_submodule(n).register_forward_hook(out_hook))
+    for ln, lm in model.named_modules():
+        if out_features(lm) is not None:
+            def pre_hook(mod, args, ln=ln):
+                if args and isinstance(args[0], torch.Tensor) and id(args[0]) in outputs:
+                    owner = outputs[id(args[0])]
+                    if ln not in found[owner]:
+                        found[owner].append(ln)
+            handles.append(lm.register_forward_pre_hook(pre_hook))
+    try:
+        with torch.no_grad():
+            model(input_ids=_probe_ids(model))
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+def _linear_weight_rows(module: nn.Module, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Scale output units of a Linear (``(out, in)``) or Conv1D (``(in, out)``) weight by ``a``."""
+    return w * a[:, None] if isinstance(module, nn.Linear) else w * a[None, :]
+
+
+def _linear_apply(module: nn.Module, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``W c`` for a Linear, ``c W`` for a Conv1D: the output shift caused by an input shift ``c``."""
+    return w @ c if isinstance(module, nn.Linear) else c @ w
+
+
+def fold_map(model: nn.Module, tmap: TransportMap, strength: Optional[float] = None, support: Optional[str] = None,
+             verify: bool = True, atol: float = 1e-4) -> FoldResult:
+    """Fold ``tmap`` at strength ``λ`` into weights (see module docstring); the model is not changed.
+
+    Returns the changed parameters. With ``verify`` (default) a probe batch is run through the
+    hooked model and through the folded weights (temporarily loaded, then restored) and a
+    :class:`FoldError` is raised when the logits differ by more than ``atol`` (relative to
+    their scale): that is the check that folding is exact for this model.
+    """
+    lam = tmap.default_strength if strength is None else float(strength)
+    for name in tmap.maps:
+        s = _effective_support(tmap, name, support)
+        if s != UNBOUNDED:
+            raise FoldError(
+                f"module {name!r} uses support {s!r}: with quantile bands the map depends on each value, so no fixed "
+                "weights reproduce it. Fold only maps used with support='all' (pass support='all' to fold the unbounded map)"
+            )
+    params = dict(model.named_parameters())
+    cur: Dict[str, torch.Tensor] = {}
+    added: List[str] = []
+    notes: List[str] = []
+
+    def get(key: str) -> Optional[torch.Tensor]:
+        if key in cur:
+            return cur[key]
+        return params[key].detach().clone().double() if key in params else None
+
+    norms = [n for n in tmap.maps if is_norm(model.get_submodule(n))]
+    needs_consumers = [n for n in norms if not isinstance(getattr(model.get_submodule(n), "bias", None), torch.Tensor)]
+    consumers = _consumers(model, needs_consumers) if needs_consumers else {}
+    for name, t in tmap.maps.items():
+        module = model.get_submodule(name)
+        a, c = (v.double().to(next(model.parameters()).device) for v in t.coefficients(lam, torch.float64, torch.device("cpu")))
+        if out_features(module) is not None:
+            w = get(f"{name}.weight")
+            cur[f"{name}.weight"] = _linear_weight_rows(module, w, a)
+            b = get(f"{name}.bias")
+            if b is None:
+                if torch.any(c != 0):
+                    added.append(name)
+                b = torch.zeros_like(c)
+            cur[f"{name}.bias"] = a * b + c
+        elif is_norm(module):
+            width = module.weight.shape[-1]
+            off = _norm_gain_offset(module, width)
+            w = get(f"{name}.weight")
+            cur[f"{name}.weight"] = a * (w + off) - off
+            b = get(f"{name}.bias")
+            if b is not None:
+                cur[f"{name}.bias"] = a * b + c
+            elif torch.any(c != 0):
+                users = consumers.get(name, [])
+                if not users:
+                    raise FoldError(f"norm {name!r} has no bias and no linear layer was seen reading its output directly (e.g. a "
+                                     "tied LM head reads it through a view), so its offset c cannot be folded; keep "
+                                     "hooks for this module or fold a map without it")
+                for u in users:
+                    um = model.get_submodule(u)
+                    uw = get(f"{u}.weight")
+                    ub = get(f"{u}.bias")
+                    if ub is None:
+                        ub = torch.zeros(out_features(um), dtype=torch.float64, device=c.device)
+                        added.append(u)
+                    cur[f"{u}.bias"] = ub + _linear_apply(um, uw, c)
+                notes.append(f"{name}: offset folded into {', '.join(users)}")
+        else:
+            raise FoldError(
+                f"module {name!r} ({type(module).__name__}) is neither a linear layer nor a norm; only those can be folded "
+                "(residual-stream Mean-AcT maps export as llama.cpp control vectors instead)"
+            )
+    state = {k: v.to(params[k].dtype if k in params else model.get_submodule(k.rsplit('.', 1)[0]).weight.dtype).contiguous()
+             for k, v in cur.items()}
+    result = FoldResult(state, sorted(set(added)), lam, None, notes)
+    if verify:
+        result.max_abs_error = _verify(model, tmap, result, lam, atol)
+    return result
+
+
+def _snapshot(model: nn.Module, keys) -> Dict[str, Optional[torch.Tensor]]:
+    params = dict(model.named_parameters())
+    return {k: (params[k].detach().clone() if k in params else None) for k in keys}
+
+
+def _restore(model: nn.Module, snap: Dict[str, Optional[torch.Tensor]]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in snap.items():
+            if v is None:
+                mod_name, attr = k.rsplit(".", 1)
+                mod = model.get_submodule(mod_name)
+                if attr == "bias":
+                    mod.bias = None  # remove a bias that apply_folded added
+            else:
+                params[k].copy_(v)
+
+
+def _verify(model: nn.Module, tmap: TransportMap, result: FoldResult, lam: float, atol: float) -> float:
+    ids = _probe_ids(model)
+    with torch.no_grad(), steer(model, tmap, strength=lam, support=UNBOUNDED):
+        hooked = model(input_ids=ids)
+    hooked = (hooked.logits if hasattr(hooked, "logits") else hooked[0]).float()
+    snap = _snapshot(model, result.state)
+    try:
+        apply_folded(model, result)
+        with torch.no_grad():
+            out = model(input_ids=ids)
+        folded = (out.logits if hasattr(out, "logits") else out[0]).float()
+    finally:
+        _restore(model, snap)
+    err = float((hooked - folded).abs().max())
+    scale = float(hooked.abs().max()) or 1.0
+    if err > atol * max(1.0, scale):
+        raise FoldError(
+            f"folding is not exact for this model (max |folded - hooked| = {err:.3g}): some folded module's output is used "
+            "outside linear layers (e.g. Gemma's post-norms feed the residual add directly). Keep the map as hooks"
+        )
+    return err
+
+
+def apply_folded(model: nn.Module, result) -> nn.Module:
+    """Load a :class:`FoldResult` (or a plain ``{param name: tensor}`` dict) into ``model`` in place.
+
+    Biases missing from a module are added as parameters. Returns ``model``.
+    """
+    state = result.state if isinstance(result, FoldResult) else dict(result)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for k, v in state.items():
+            if k in params:
+                if params[k].shape != v.shape:
+                    raise ValueError(f"folded tensor {k!r} has shape {tuple(v.shape)}, the model's has {tuple(params[k].shape)}")
+                params[k].copy_(v.to(params[k].dtype))
+                continue
+            mod_name, attr = k.rsplit(".", 1)
+            mod = model.get_submodule(mod_name)
+            if attr != "bias":
+                raise KeyError(f"the model has no parameter {k!r}")
+            ref = mod.weight
+            mod.bias = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).clone(), requires_grad=ref.requires_grad)
+    return model
+
+
+def save_folded(result: FoldResult, path, tmap: Optional[TransportMap] = None) -> Path:
+    """Write the folded parameters as a plain safetensors state dict (atomically), with provenance metadata."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"folded weights use the .safetensors extension, got {path.name!r}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {str(path.parent)!r} does not exist; create it first")
+    meta = {"act_folded": json.dumps({
+        "strength": result.strength,
+        "added_bias": result.added_bias,
+        "notes": result.notes,
+        "architecture": tmap.architecture if tmap else None,
+        "modules": list(tmap.maps) if tmap else None,
+        "map_sha256": prompts_digest(sorted(tmap.maps)) if tmap else None,
+    })}
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in result.state.items()}, metadata=meta))
+    return path
+
+
+def load_folded(path) -> Dict[str, torch.Tensor]:
+    """Read a folded state dict written by :func:`save_folded`."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+__all__ = [
+    "export_control_vector", "read_control_vector", "control_vector_directions", "ControlVector",
+    "fold_map", "apply_folded", "save_folded", "load_folded", "FoldResult", "FoldError",
+]

@@ -1,0 +1,110 @@
+"""act-steer lm-* subcommands on a tiny saved model: happy paths and clear errors."""
+
+import json
+
+import pytest
+
+from act_core.cli import main
+from act_core.mapfile import TransportMap
+from act_core.llm.adapter import save_lm
+from lm_helpers import FRIENDLY, HOSTILE, make_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    model, tok = make_model("llama", layers=2)
+    save_lm(model, tok, d / "model")
+    (d / "src.txt").write_text("\n".join(HOSTILE) + "\n")
+    (d / "tgt.txt").write_text("\n\n".join(FRIENDLY))
+    (d / "empty.txt").write_text("\n  \n")
+    return d
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_fit_generate_export(tiny, capsys):
+    m = tiny / "m.safetensors"
+    rc, out, err = run(capsys, "lm-fit", "--model", str(tiny / "model"), "--source", str(tiny / "src.txt"),
+                       "--target", str(tiny / "tgt.txt"), "--layers", "residual[1:]", "--method", "mean",
+                       "--support", "all", "--out", str(m))
+    assert rc == 0, err
+    assert "[3/3] done" in err and "1 modules" in out
+    tmap = TransportMap.load(m)
+    assert tmap.modules == ["model.layers.1"] and tmap.meta["task"] == "custom"
+    rc, out, err = run(capsys, "lm-generate", "--model", str(tiny / "model"), "--map", str(m), "--strength", "0",
+                       "--strength", "3", "--prompt", "Once upon a time", "--max-new-tokens", "6")
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("[λ=0]") and lines[1].startswith("[λ=3]")
+    assert lines[0].split("->")[1] != lines[1].split("->")[1]
+    rc, out, err = run(capsys, "lm-export", "--map", str(m), "--control-vector", str(tiny / "cv.gguf"))
+    assert rc == 0, err and (tiny / "cv.gguf").is_file()
+    rc, out, err = run(capsys, "lm-export", "--map", str(m), "--fold", str(tiny / "f.safetensors"), "--model", str(tiny / "model"))
+    assert rc == 2 and "neither a linear layer nor a norm" in err
+
+
+def test_fit_with_regex_layers_and_fold(tiny, capsys):
+    m = tiny / "attn.safetensors"
+    rc, out, err = run(capsys, "lm-fit", "--model", str(tiny / "model"), "--task", "toxicity", "--limit", "12",
+                       "--layers", r"model\.layers\.0\.self_attn\.o_proj,model\.layers\.1\.mlp\.down_proj",
+                       "--support", "all", "--out", str(m))
+    assert rc == 0, err
+    assert TransportMap.load(m).modules == ["model.layers.0.self_attn.o_proj", "model.layers.1.mlp.down_proj"]
+    rc, out, err = run(capsys, "lm-export", "--map", str(m), "--fold", str(tiny / "f.safetensors"),
+                       "--model", str(tiny / "model"), "--strength", "0.5")
+    assert rc == 0, err and "folded at λ=0.5" in out
+
+
+def test_eval_truthfulness_writes_table_and_plot(tiny, capsys):
+    m = tiny / "ln.safetensors"
+    assert run(capsys, "lm-fit", "--model", str(tiny / "model"), "--task", "toxicity", "--limit", "10",
+               "--layers", "all_ln", "--support", "all", "--out", str(m))[0] == 0
+    rc, out, err = run(capsys, "lm-eval", "--model", str(tiny / "model"), "--map", str(m), "--task", "truthfulness",
+                       "--strengths", "0,2", "--out", str(tiny / "ev"))
+    assert rc == 0, err
+    rows = json.loads((tiny / "ev" / "eval.json").read_text())
+    assert [r["λ"] for r in rows] == ["0", "2"]
+    assert all(0 <= r["MC1"] <= 1 and 0 < r["MC2"] < 1 for r in rows)
+    assert rows[0]["MC2"] != rows[1]["MC2"]
+    assert "| λ | MC1 | MC2 |" in (tiny / "ev" / "eval.md").read_text()
+    assert (tiny / "ev" / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    # the generation tasks (they read --prompts, never --prompt)
+    prompts = tiny / "prompts.txt"
+    prompts.write_text("You are\nThe weather\n", encoding="utf-8")
+    rc, out, err = run(capsys, "lm-eval", "--model", str(tiny / "model"), "--map", str(m), "--task", "toxicity",
+                       "--strengths", "0,1", "--prompts", str(prompts), "--max-new-tokens", "4", "--out", str(tiny / "tox"))
+    assert rc == 0, err
+    rows = json.loads((tiny / "tox" / "eval.json").read_text())
+    assert [r["λ"] for r in rows] == ["0", "1"] and all(0 <= r["hostile_frac"] <= 1 and r["ppl"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["lm-fit", "--model", "/nonexistent/model", "--task", "toxicity", "--out", "{d}/x.safetensors"], "does not exist"),
+    (["lm-fit", "--task", "toxicity", "--out", "{d}/x.safetensors"], "no model: give --model"),
+    (["lm-fit", "--model", "{d}/model", "--source", "{d}/empty.txt", "--target", "{d}/tgt.txt", "--out", "{d}/x.safetensors"],
+     "has no non-empty lines"),
+    (["lm-fit", "--model", "{d}/model", "--source", "{d}/src.txt", "--out", "{d}/x.safetensors"], "go together"),
+    (["lm-fit", "--model", "{d}/model", "--task", "toxicity", "--layers", "atention", "--out", "{d}/x.safetensors"],
+     "unknown layer preset 'atention'"),
+    (["lm-fit", "--model", "{d}/model", "--task", "toxicity", "--layers", "post_ln", "--out", "{d}/x.safetensors"],
+     "no post-sub-layer norms"),
+    (["lm-fit", "--model", "{d}/model", "--task", "concept", "--concept", "dragons", "--out", "{d}/x.safetensors"],
+     "unknown concept 'dragons'"),
+    (["lm-fit", "--model", "{d}/model", "--task", "toxicity", "--out", "{d}/nodir/x.safetensors"], "does not exist"),
+    (["lm-fit", "--model", "{d}/model", "--task", "toxicity", "--out", "{d}/x.pt"], "must end in .safetensors"),
+    (["lm-generate", "--model", "{d}/model", "--map", "{d}/missing.safetensors"], "missing.safetensors"),
+    (["lm-eval", "--model", "{d}/model", "--map", "{d}/missing.safetensors", "--task", "toxicity", "--out", "{d}/e"], "missing"),
+    (["lm-export", "--map", "{d}/missing.safetensors"], "nothing to do"),
+    (["lm-eval", "--model", "{d}/model", "--map", "{d}/missing.safetensors", "--task", "toxicity", "--strengths", "0,nan",
+      "--out", "{d}/e"], "finite numbers"),
+])
+def test_cli_errors(tiny, capsys, argv, message):
+    rc, out, err = run(capsys, *[a.format(d=tiny) for a in argv])
+    assert rc == 2
+    assert "error:" in err and message in err
+    assert not (tiny / "x.safetensors").exists()
