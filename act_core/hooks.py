@@ -14,10 +14,12 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import torch
 
+from .fold import effective_support
 from .fused_norms import FusedNorm, fusible
 from .mapfile import TransportMap
-from .transport import normalize_support
 from .pooling import POOLINGS, pool
+from .transport import normalize_support
+from .trees import module_tree
 
 
 class StopForward(Exception):
@@ -253,13 +255,18 @@ class SteerHandle(_HookSet):
         inplace: bool = True,
         fuse: bool = True,
     ):
-        self.model, self.tmap, self.support, self.gate, self.layout = model, tmap, support, gate, layout
+        if not isinstance(tmap, TransportMap):
+            raise TypeError(f"expected a TransportMap, got {type(tmap).__name__} (load one with TransportMap.load(path))")
+        self.model, self.tmap, self.support, self.gate, self.layout = module_tree(model), tmap, support, gate, layout
         self.inplace, self.fuse = inplace, fuse
         self.name_map = name_map
         self.set_strength(strength)
         self._handles: List[Any] = []
         self._hooks: Dict[str, Callable] = {}  # built once, re-registered by every attach()
         self._norms: Dict[str, FusedNorm] = {}  # fused norms' cached parameters, kept across attach()
+        if support is not None:
+            normalize_support(support)  # an unknown name fails here, not at the first forward
+        self.tmap.check_model(self.model, name_map=name_map)  # before anything is attached
 
     def set_strength(self, strength: Union[float, Mapping[str, float], None]) -> None:
         default = self.tmap.default_strength
@@ -268,7 +275,7 @@ class SteerHandle(_HookSet):
         elif isinstance(strength, Mapping):
             unknown = [n for n in strength if n not in self.tmap.maps]
             if unknown:
-                raise KeyError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
+                raise ValueError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
             strengths = {n: float(strength.get(n, default)) for n in self.tmap.maps}
         else:
             strengths = {n: float(strength) for n in self.tmap.maps}
@@ -282,7 +289,7 @@ class SteerHandle(_HookSet):
         t = self.tmap.maps[name]
         index = self.tmap.output_index.get(name)
         layout = self.layout or self.tmap.layouts.get(name, "auto")
-        support = normalize_support(self.support if self.support is not None else t.default_support)
+        support = effective_support(t, self.support)
         inplace_allowed = self.inplace
 
         kernels: Dict[tuple, Callable] = {}  # (λ, dtype, device, ndim) -> checked kernel
