@@ -104,6 +104,7 @@ def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, stee
     full = (start_percent, end_percent) == (0.0, 1.0)
     strengths = {n: strengths[n] for n in sub.maps}
     handles = {}  # one SteerHandle per UNet module, re-attached around every call
+    compiled_part = cc.CompiledPartCheck([local[n] for n in sub.maps])
 
     def inside(transformer_options) -> bool:
         sigma = cc.current_sigma(transformer_options)
@@ -118,6 +119,7 @@ def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, stee
     def wrapper(unet_module, call, transformer_options):
         if not inside(transformer_options):
             return call()
+        _refuse_compiled_part(compiled_part(unet_module))
         handle = handles.get(id(unet_module))
         if handle is None or handle.model is not unet_module:
             handle = handles[id(unet_module)] = SteerHandle(unet_module, sub, strengths, name_map=local.__getitem__)
@@ -126,6 +128,17 @@ def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, stee
             return call()
 
     return wrapper
+
+
+def _refuse_compiled_part(path):
+    if path is not None:
+        raise RuntimeError(
+            f"the UNet part {path!r} is compiled with torch.compile (a node compiled this block) and holds steered "
+            "layers: TorchDynamo ignores forward hooks added after it compiled (and keeps ones it saw), so steering "
+            f"there would be silently lost or leak into other runs. Use mode {FUSED!r} with a map that folds "
+            "completely (support 'all'), compile the whole model with TorchCompileModel instead (steered calls "
+            "then run uncompiled), or remove the compile node."
+        )
 
 
 def _cond_only_guard(inner=None):

@@ -20,9 +20,9 @@ POSITIVE, NEGATIVE = "a photo of a cat", "blurry"
 
 def pack_modules():
     """The pack's node modules (import after the ``pack`` fixture ran)."""
-    from act_steering_pack.nodes import apply, comfy_compat
+    from act_steering_pack.nodes import apply, comfy_compat, steering
 
-    return type("Mods", (), dict(apply=apply, cc=comfy_compat))
+    return type("Mods", (), dict(apply=apply, cc=comfy_compat, steering=steering))
 
 
 # -- synthetic maps ------------------------------------------------------------------------------
