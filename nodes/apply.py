@@ -70,6 +70,7 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
     hooked = sub
     if fused:
         folds, reasons = split_foldable(unet, sub, strengths, local)
+        folds, reasons = _keep_coarse_weights_hooked(model, folds, reasons, local)
         for n, factors in folds.items():
             for attr, (scale, shift) in factors.items():
                 key = f"diffusion_model.{local[n]}.{attr}"
@@ -93,6 +94,19 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
     if diffs:
         cc.add_weight_diffs(out, diffs)
     return out
+
+
+def _keep_coarse_weights_hooked(model, folds, reasons, local):
+    """Layers whose weights are stored in float8 stay hooked (see ``comfy_compat.coarse_weight_dtype``)."""
+    kept, reasons = {}, dict(reasons)
+    for n, factors in folds.items():
+        coarse = next(filter(None, (cc.coarse_weight_dtype(model, f"diffusion_model.{local[n]}.{a}") for a in factors)), None)
+        if coarse is None:
+            kept[n] = factors
+        else:
+            reasons[n] = (f"its weights are stored in {coarse}: a folded weight would be rounded to float8 "
+                          "(hooks transport the activations, which ComfyUI computes in a wider dtype)")
+    return kept, reasons
 
 
 def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, steer_negative, window=PERCENT):

@@ -433,3 +433,23 @@ class CompiledPartCheck:
                 if child is not None and below:
                     stack.append((child, below, here))
         return None
+
+
+# -- low-precision weights -----------------------------------------------------------------------
+
+def coarse_weight_dtype(model, key: str) -> Optional[str]:
+    """The dtype name of parameter ``key`` (e.g. ``diffusion_model.out.0.weight``) when its storage
+    is too coarse to hold a folded weight, else None.
+
+    Float8 weights (``weight_dtype`` fp8_e4m3fn / fp8_e5m2 of the diffusion model loader, fp8
+    checkpoints) keep 3 or 2 mantissa bits, and ComfyUI rounds a patched float8 weight
+    stochastically: ``a·w`` would carry up to 6–12 % noise per unit, far more than the weights' own
+    rounding. float16 / bfloat16 / float32 weights fold at their own precision.
+    """
+    import comfy.model_patcher
+
+    weight, _, _ = comfy.model_patcher.get_key_weight(model.model, key)
+    dtype = weight.dtype
+    if dtype.is_floating_point and dtype.itemsize == 1:
+        return str(dtype).replace("torch.", "")
+    return None
