@@ -453,3 +453,18 @@ def coarse_weight_dtype(model, key: str) -> Optional[str]:
     if dtype.is_floating_point and dtype.itemsize == 1:
         return str(dtype).replace("torch.", "")
     return None
+
+
+# -- masks ---------------------------------------------------------------------------------------
+
+def latent_hw(transformer_options) -> Optional[tuple]:
+    """``(H, W)`` of the latent the UNet is denoising in this call (ComfyUI records the input's
+    shape as ``original_shape`` when the UNet starts), or None when unknown."""
+    shape = transformer_options.get("original_shape") if transformer_options else None
+    return (int(shape[-2]), int(shape[-1])) if shape is not None and len(shape) >= 4 else None
+
+
+def cond_chunks(transformer_options) -> int:
+    """How many conditioning chunks (cond / uncond) this UNet call stacks in its batch."""
+    cu = transformer_options.get("cond_or_uncond") if transformer_options else None
+    return len(cu) if cu else 1
