@@ -26,11 +26,19 @@ def _extra(name):
     return importlib.import_module(f"comfy_extras.{name}")
 
 
+def _run(module, node, **inputs):
+    """The first output of a ComfyUI node (V3: ``execute``; V1, as in older ComfyUI: its FUNCTION)."""
+    cls = getattr(_extra(module), node)
+    if hasattr(cls, "execute"):
+        return cls.execute(**inputs).result[0]
+    return getattr(cls(), cls.FUNCTION)(**inputs)[0]
+
+
 PATCHES = {
-    "FreeU": lambda m: _extra("nodes_freelunch").FreeU().patch(m, 1.1, 1.2, 0.9, 0.2)[0],
-    "FreeU_V2": lambda m: _extra("nodes_freelunch").FreeU_V2().patch(m, 1.3, 1.4, 0.9, 0.2)[0],
-    "PerturbedAttentionGuidance": lambda m: _extra("nodes_pag").PerturbedAttentionGuidance.execute(m, 3.0).result[0],
-    "SelfAttentionGuidance": lambda m: _extra("nodes_sag").SelfAttentionGuidance.execute(m, 0.5, 2.0).result[0],
+    "FreeU": lambda m: _run("nodes_freelunch", "FreeU", model=m, b1=1.1, b2=1.2, s1=0.9, s2=0.2),
+    "FreeU_V2": lambda m: _run("nodes_freelunch", "FreeU_V2", model=m, b1=1.3, b2=1.4, s1=0.9, s2=0.2),
+    "PerturbedAttentionGuidance": lambda m: _run("nodes_pag", "PerturbedAttentionGuidance", model=m, scale=3.0),
+    "SelfAttentionGuidance": lambda m: _run("nodes_sag", "SelfAttentionGuidance", model=m, scale=0.5, blur_sigma=2.0),
 }
 
 
@@ -70,7 +78,7 @@ def test_model_sampling_discrete_for_distilled_models(mods, tiny, sampling, samp
     """Lightning / Turbo / LCM graphs: ModelSamplingDiscrete swaps the model's sampling object (an
     object patch); cfg 1, few steps. Hooks and fused mode both follow it, in either order."""
     model, clip = tiny
-    msd = lambda m: _extra("nodes_model_advanced").ModelSamplingDiscrete().patch(m, sampling, False)[0]  # noqa: E731
+    msd = lambda m: _run("nodes_model_advanced", "ModelSamplingDiscrete", model=m, sampling=sampling, zsnr=False)  # noqa: E731
     tmap = ip.synthetic_map(ip.unet_norms(model))
     kw = dict(cfg=1.0, steps=2, sampler_name=sampler)
     _check_composition(mods, model, clip, msd, lambda m: mods.apply.apply_to_model(m, tmap, 1.0), **kw)
@@ -97,7 +105,7 @@ def test_torch_compile_model_keeps_steering_exact_and_never_traces_a_hook(mods, 
         graphs.append(str(gm.graph))
         return gm.forward
 
-    compile_ = lambda m: _extra("nodes_torch_compile").TorchCompileModel.execute(m, recording).result[0]  # noqa: E731
+    compile_ = lambda m: _run("nodes_torch_compile", "TorchCompileModel", model=m, backend=recording)  # noqa: E731
     tmap = ip.synthetic_map(ip.unet_norms(model), method="linear")
     state = ip.snapshot(model)
     kw = dict(cfg=1.0, steps=2)
