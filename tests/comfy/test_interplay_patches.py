@@ -201,3 +201,34 @@ def test_hook_lora_keyframes_compose_with_steering(mods, tiny, hook_lora):
     ip.assert_rounding_close(fused, hooks_mode, only_hooks)
     assert not model.hook_patches and not model.hook_backup
     ip.assert_clean(mods.cc, model, clip, state, base)
+
+
+def test_model_as_lora_hook_with_keyframes_composes_with_steering(mods, tiny, tiny_pack, tmp_path):
+    """Create Hook Model as LoRA (another checkpoint's weights as a hook), scheduled by keyframes."""
+    import folder_paths
+
+    model, clip = tiny
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    tiny_pack.save_tiny_checkpoint(folder / "act_other.safetensors", seed=5)
+    folder_paths.add_model_folder_path("checkpoints", str(folder))
+    h = _extra("nodes_hooks")
+    hooks = h.CreateHookModelAsLora().create_hook("act_other.safetensors", 0.5, 0.5)[0]
+    kf = h.CreateHookKeyframe().create_hook_keyframe(1.0, 0.0)[0]
+    kf = h.CreateHookKeyframe().create_hook_keyframe(0.0, 0.6, kf)[0]
+    hooks = h.SetHookKeyframes().set_hook_keyframes(hooks, kf)[0]
+    hooked_clip = h.SetClipHooks().apply_hooks(clip, schedule_clip=False, apply_to_conds=True, hooks=hooks)[0]
+    conds = dict(positive=mods.cc.encode(hooked_clip, ip.POSITIVE), negative=mods.cc.encode(hooked_clip, ip.NEGATIVE))
+    state = ip.snapshot(model)
+    base = ip.sample(mods.cc, model, clip)
+    tmap = ip.synthetic_map(ip.unet_norms(model), method="linear")
+    steered = mods.apply.apply_to_model(model, tmap, 1.0)
+    both = ip.sample(mods.cc, steered, clip, **conds)
+    only_hook = ip.sample(mods.cc, model, clip, **conds)
+    assert ip.max_abs(only_hook, base) > 1e-2, "the model-as-LoRA hook has no effect"
+    assert ip.max_abs(both, only_hook) > 1e-2 and ip.max_abs(both, ip.sample(mods.cc, steered, clip)) > 1e-2
+    fused = mods.apply.apply_to_model(model, ip.synthetic_map(ip.unet_norms(model)), 1.0, mode=mods.apply.FUSED,
+                                      steer_negative=True)
+    assert ip.max_abs(ip.sample(mods.cc, fused, clip, **conds), only_hook) > 1e-2
+    assert not model.hook_patches and not model.hook_backup
+    ip.assert_clean(mods.cc, model, clip, state, base)
