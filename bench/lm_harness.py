@@ -56,10 +56,10 @@ def log(msg: str) -> None:
 class GenTask:
     """A generation task: fit texts, prompts, a judge giving per-prompt 0/1 success, prompt prefixes."""
 
-    def __init__(self, name, src, tgt, search, report, judge, secondary, prefixes, budgets, methods, explain):
+    def __init__(self, name, src, tgt, search, report, judge, secondary, prefixes, budgets, methods, explain, score):
         self.name, self.src, self.tgt, self.search, self.report = name, src, tgt, search, report
         self.judge, self.secondary, self.prefixes, self.budgets = judge, secondary, prefixes, budgets
-        self.methods, self.explain = methods, explain
+        self.methods, self.explain, self.score = methods, explain, score
 
     def effect_fn(self, model, tok, prompts):
         def effect(steering, knob, prefix):
@@ -67,7 +67,8 @@ class GenTask:
             with ctx:
                 outs = generate_texts(model, tok, [prefix + p for p in prompts], max_new_tokens=NEW_TOKENS,
                                       batch_size=len(prompts))
-            return {"scores": self.judge(outs).tolist(), "secondary": float(self.secondary(outs).mean()), "samples": outs[:4]}
+            return {"scores": self.judge(outs).tolist(), "secondary": float(self.secondary(outs).mean()),
+                    "score": float(self.score(outs).mean()), "samples": outs[:4]}
         return effect
 
 
@@ -86,7 +87,7 @@ class MCTask:
             ctx = steering.context(model, knob) if steering is not None else torch.no_grad()
             with ctx:
                 mc1, mc2 = mc_item_scores(model, tok, self.test, primer="", batch_size=16, prefix=prefix)
-            return {"scores": mc1.tolist(), "secondary": float(mc2.mean()), "samples": []}
+            return {"scores": mc1.tolist(), "secondary": float(mc2.mean()), "score": float(mc2.mean()), "samples": []}
         return effect
 
 
@@ -100,11 +101,11 @@ def build_tasks(emb, vader, which):
     if "sentiment+" in which:
         s, t = T.sentiment_texts("positive")
         tasks["sentiment+"] = GenTask(
-            "sentiment+", s, t, T.sentiment_prompts("search"), T.sentiment_prompts("report"), pos,
+            "sentiment+", s, t, None, T.sentiment_prompts("report"), pos,
             lambda o: (sent_emb.scores(o) > 0).double(),
             ["Write a positive review. ", "Here is a glowing, enthusiastic and very positive review full of praise:\n"],
-            (0.1, 0.5, 1.0), all_methods,
-            "steer toward positive (fit: 64 negative → 64 positive review sentences); effect = fraction of continuations "
+            (0.1, 0.5, 1.0), all_methods, score=lambda o: vader.compound(o),
+            explain="steer toward positive (fit: 64 negative → 64 positive review sentences); effect = fraction of continuations "
             "of 24 neutral review starters that VADER scores positive (compound ≥ 0.05); secondary = fraction the MiniLM "
             "centroid judge (24+24 held-out sentences) calls positive.")
     if "sentiment-" in which:
@@ -113,8 +114,8 @@ def build_tasks(emb, vader, which):
             "sentiment-", s, t, T.sentiment_prompts("search"), T.sentiment_prompts("report"), neg,
             lambda o: (sent_emb.scores(o) < 0).double(),
             ["Write a negative review. ", "Here is a scathing, angry and very negative review full of complaints:\n"],
-            (0.1, 0.5, 1.0), all_methods,
-            "steer toward negative (fit: 64 positive → 64 negative sentences); effect = fraction VADER scores negative "
+            (0.1, 0.5, 1.0), all_methods, score=lambda o: -vader.compound(o),
+            explain="steer toward negative (fit: 64 positive → 64 negative sentences); effect = fraction VADER scores negative "
             "(compound ≤ −0.05); secondary = MiniLM centroid judge's negative fraction.")
     if "toxicity" in which:
         hostile, friendly = T.toxicity_texts()
@@ -123,8 +124,8 @@ def build_tasks(emb, vader, which):
             "toxicity", hostile[::2], friendly[::2], T.hostile_prompts("search"), T.hostile_prompts("report"),
             lambda o: (tox_emb.scores(o) < 0).double(), lambda o: (vader.compound(o) > -0.05).double(),
             ["Reply politely and kindly. ", "The following reply is polite, calm, kind and friendly:\n"],
-            (0.1, 0.5, 1.0), all_methods,
-            "mitigation (fit: 101 hostile → 100 friendly sentences); effect = fraction of continuations of 20 hostile "
+            (0.1, 0.5, 1.0), all_methods, score=lambda o: -tox_emb.scores(o),
+            explain="mitigation (fit: 101 hostile → 100 friendly sentences); effect = fraction of continuations of 20 hostile "
             "starters that the MiniLM centroid judge (the other 100 + 100 sentences) places nearer the friendly "
             "centroid; secondary = fraction VADER does not score negative.")
     if "concept" in which:
@@ -135,15 +136,15 @@ def build_tasks(emb, vader, which):
             "concept", src, tgt, None, T.neutral_prompts(), lambda o: keyword_hits(o, strict),
             lambda o: (c_emb.scores(o) > 0).double(),
             ["Talk about football. ", "The following text is about football (soccer):\n"],
-            (0.1, 0.5, 1.0), ["linear", "mean", "meandiff", "ablation", "prompt"],
-            f"induce 'football' (fit: 210 unrelated → 30 football sentences); effect = fraction of continuations of 20 "
+            (0.1, 0.5, 1.0), ["linear", "mean", "meandiff", "ablation", "prompt"], score=lambda o: c_emb.scores(o),
+            explain=f"induce 'football' (fit: 210 unrelated → 30 football sentences); effect = fraction of continuations of 20 "
             f"neutral prompts containing a strict keyword ({', '.join(strict)}); secondary = MiniLM concept fraction. "
             "Linear-AcT and Mean-AcT use support 'all' (the paper's choice for induction).")
     if "truthfulness" in which:
         items = T.truthfulqa_items()
         tasks["truthfulness"] = MCTask(items[0::2], items[1::2],
                                        ["Answer truthfully. ", "The following answers are true and accurate, with no myths or misconceptions.\n"],
-                                       (0.1, 0.5, 1.0), ["linear", "mean", "meandiff", "ablation", "prompt"])
+                                       (0.1, 0.5, 1.0), ["linear", "meandiff", "prompt"])
     return tasks
 
 
@@ -153,18 +154,23 @@ def build_tasks(emb, vader, which):
 def block_candidates(model, n=5):
     _, blocks = find_blocks(model)
     L = len(blocks)
-    ks = sorted({max(1, round(L * f)) for f in (0.2, 0.35, 0.5, 0.65, 0.8)})
+    ks = sorted({max(1, round(L * f)) for f in (0.2, 0.4, 0.6, 0.8)})
     return ks[:n], L
 
 
 def act_layer_sets(model):
-    sets = ["attention", "mlp", "all_ln"]
+    sets = ["attention", "all_ln"]  # mlp: lower effect at 0.5 nat on SmolLM2 in a first look; left out to save time
     try:
         resolve_preset(model, "post_ln")
         sets.append("post_ln")
     except Exception:  # noqa: BLE001 - the preset does not apply to this architecture
         pass
     return sets
+
+
+def _key(c):
+    r = c[1]
+    return (r["reached"], round(r["effect"], 6), r.get("score") or 0.0)
 
 
 def search_task(model, tok, task, side, log_rows):
@@ -180,7 +186,7 @@ def search_task(model, tok, task, side, log_rows):
             r = evaluate_at_budgets(st, side, eff, budget, log=log)[0]
             cands.append(({"layers": layers, "support": support, "pooling": "mean_nosink", "procedure": "simultaneous"}, r))
     # the attention sink: the same best layers with plain mean pooling
-    best_cfg, best = max(cands, key=lambda c: (c[1]["reached"], c[1]["effect"]))
+    best_cfg, best = max(cands, key=_key)
     maps = fit_methods(model, tok, task.src, task.tgt, best_cfg["layers"], ["linear"], pooling="mean")
     r = evaluate_at_budgets(Steering("Linear-AcT plain-mean pooling", maps["linear"], support=best_cfg["support"]), side, eff, budget, log=log)[0]
     cands.append(({**best_cfg, "pooling": "mean"}, r))
@@ -193,8 +199,8 @@ def search_task(model, tok, task, side, log_rows):
     cands.append(({**best_cfg, "procedure": "causal"}, r))
     for cfg, r in cands:
         log_rows.append({"task": task.name, "method": "Linear-AcT", **cfg, "knob": r["knob"], "kl": r["kl"],
-                         "reached": r["reached"], "effect": r["effect"], "ci": r["ci"]})
-    choice["linear"] = max(cands, key=lambda c: (c[1]["reached"], c[1]["effect"]))[0]
+                         "reached": r["reached"], "effect": r["effect"], "ci": r["ci"], "score": r.get("score")})
+    choice["linear"] = max(cands, key=_key)[0]
     # mean-difference vector layer and ablation direction layer
     ks, L = block_candidates(model)
     _, blocks = find_blocks(model)
@@ -207,16 +213,16 @@ def search_task(model, tok, task, side, log_rows):
         r = evaluate_at_budgets(st, side, eff, budget, log=log)[0]
         md.append((k, r))
         log_rows.append({"task": task.name, "method": "mean-diff", "layer": k, "knob": r["knob"], "kl": r["kl"],
-                         "reached": r["reached"], "effect": r["effect"], "ci": r["ci"]})
-    for k in ks[1:4]:
+                         "reached": r["reached"], "effect": r["effect"], "ci": r["ci"], "score": r.get("score")})
+    for k in ks[1:3]:
         name = f"{list_name}.{k}"
         abl = ablation_from_means(means, name, [f"{list_name}.{i}" for i in range(L)], model.config.model_type)
         r = evaluate_at_budgets(Steering(f"ablation dir {k}", abl, max_knob=4.0), side, eff, budget, log=log)[0]
         ab.append((k, r))
         log_rows.append({"task": task.name, "method": "ablation", "layer": k, "knob": r["knob"], "kl": r["kl"],
-                         "reached": r["reached"], "effect": r["effect"], "ci": r["ci"]})
-    choice["meandiff"] = max(md, key=lambda c: (c[1]["reached"], c[1]["effect"]))[0]
-    choice["ablation"] = max(ab, key=lambda c: (c[1]["reached"], c[1]["effect"]))[0]
+                         "reached": r["reached"], "effect": r["effect"], "ci": r["ci"], "score": r.get("score")})
+    choice["meandiff"] = max(md, key=_key)[0]
+    choice["ablation"] = max(ab, key=_key)[0]
     return choice, means
 
 
@@ -275,7 +281,9 @@ def run(model_name: str, tasks_wanted, threads: int, out: Path) -> dict:
            "ppl_unsteered": base["ppl"], "kl_tokens": side.n_tokens, "neutral_texts": 24, "tasks": {}, "search": [],
            "torch": torch.__version__, "threads": threads, "machine": platform.machine(), "new_tokens": NEW_TOKENS}
     choice_sent = None
-    for name, task in tasks.items():
+    order = [n for n in ("sentiment-", "toxicity", "sentiment+", "concept", "truthfulness") if n in tasks]
+    for name in order:
+        task = tasks[name]
         t0 = time.time()
         eff_report = task.effect_fn(model, tok, getattr(task, "report", None))
         b = eff_report(None, 0.0, "")
@@ -285,13 +293,14 @@ def run(model_name: str, tasks_wanted, threads: int, out: Path) -> dict:
         log(f"{name}: unsteered effect {m:.3f} [{lo:.3f}, {hi:.3f}]")
         if task.search is not None:
             choice, means = search_task(model, tok, task, side, res["search"])
-            if name == "sentiment+":
+            if name == "sentiment-":
                 choice_sent = choice
         else:
             choice, means = dict(choice_sent or {"linear": {"layers": "attention", "support": "all", "pooling": "mean_nosink",
                                                             "procedure": "simultaneous"},
                                                  "meandiff": block_candidates(model)[0][2], "ablation": block_candidates(model)[0][2]}), None
-            choice["linear"] = {**choice["linear"], "procedure": "simultaneous", "support": "all"}
+            if name in ("concept", "truthfulness"):
+                choice["linear"] = {**choice["linear"], "procedure": "simultaneous", "support": "all"}
         log(f"{name}: chosen {choice}")
         rows, paired = report_task(model, tok, task, side, choice, means, b)
         n = len(b["scores"])
