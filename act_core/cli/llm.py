@@ -90,6 +90,8 @@ def register(sub) -> None:
     x.add_argument("--map", required=True)
     x.add_argument("--control-vector", help="output .gguf control vector (llama.cpp --control-vector-scaled FILE λ)")
     x.add_argument("--model-hint", help="llama.cpp architecture name (default: the map's architecture)")
+    x.add_argument("--scale", type=finite_float, default=1.0,
+                   help="--control-vector: multiply the directions by this (bake a tuned strength into the file)")
     x.add_argument("--fold", help="output folder: a complete model (config, weights, tokenizer) with the map folded in, "
                                   "loadable by plain from_pretrained (needs --model, --smollm2 or --gemma3)")
     x.add_argument("--strength", type=finite_float, default=1.0, help="λ for --fold")
@@ -352,8 +354,8 @@ def _export(args) -> int:
     if args.control_vector:
         from ..llm.export import export_control_vector
 
-        p = export_control_vector(tmap, args.control_vector, model_hint=args.model_hint, support=args.support)
-        print(f"wrote {p} ({len(tmap)} directions); llama.cpp: --control-vector-scaled {p} <λ>")
+        p = export_control_vector(tmap, args.control_vector, model_hint=args.model_hint, support=args.support, scale=args.scale)
+        print(f"wrote {p} ({len(tmap)} directions, scale {args.scale:g} baked in); llama.cpp: --control-vector-scaled {p} 1.0")
     if args.fold:
         from ..llm.export import fold_map, save_folded, save_folded_model
         from ..llm.adapter import architecture_of

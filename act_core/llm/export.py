@@ -97,13 +97,19 @@ def control_vector_directions(tmap: TransportMap, support: Optional[str] = None)
 
 
 def export_control_vector(tmap: TransportMap, path, model_hint: Optional[str] = None, layer_count: Optional[int] = None,
-                          support: Optional[str] = None) -> Path:
-    """Write a llama.cpp control-vector GGUF (``direction.k`` = β of block ``k``), atomically.
+                          support: Optional[str] = None, scale: float = 1.0) -> Path:
+    """Write a llama.cpp control-vector GGUF (``direction.k`` = ``scale``·β of block ``k``), atomically.
 
     ``model_hint`` defaults to the map's architecture (llama.cpp's ``general.architecture`` of
     the model, e.g. ``"llama"``). ``layer_count`` defaults to the highest exported block index.
-    Use ``--control-vector-scaled file.gguf λ`` in llama.cpp for strength λ.
+    ``scale`` bakes a strength into the file (e.g. the scale the harness matched to a KL
+    budget), so that llama.cpp's ``--control-vector-scaled file.gguf 1.0`` is that strength; it
+    is recorded as ``controlvector.act_scale``.
     """
+    import math
+
+    if not math.isfinite(float(scale)) or float(scale) == 0:
+        raise ValueError(f"scale must be a finite, non-zero number, got {scale!r}")
     import gguf
     import numpy as np
 
@@ -119,8 +125,9 @@ def export_control_vector(tmap: TransportMap, path, model_hint: Optional[str] = 
         w = gguf.GGUFWriter(str(tmp), "controlvector")
         w.add_string("controlvector.model_hint", str(hint))
         w.add_int32("controlvector.layer_count", int(layer_count or max(dirs)))
+        w.add_float32("controlvector.act_scale", float(scale))
         for k in sorted(dirs):
-            w.add_tensor(f"direction.{k}", np.ascontiguousarray(dirs[k].numpy().astype(np.float32)))
+            w.add_tensor(f"direction.{k}", np.ascontiguousarray((dirs[k] * float(scale)).numpy().astype(np.float32)))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -138,6 +145,7 @@ class ControlVector:
     model_hint: str
     layer_count: int
     directions: Dict[int, torch.Tensor] = field(default_factory=dict)
+    scale: float = 1.0  # the strength baked into the directions by export_control_vector (1 if not recorded)
 
     def to_map(self, blocks: str = "model.layers", architecture: Optional[str] = None) -> TransportMap:
         """An equivalent Mean-AcT :class:`TransportMap` (ω = 1, β = direction, support ``all``)."""
@@ -183,7 +191,9 @@ def read_control_vector(path) -> ControlVector:
         if not m or int(m.group(1)) == 0:
             raise ValueError(f"tensor {t.name!r} in {str(path)!r} is not a valid direction.N (N >= 1)")
         dirs[int(m.group(1))] = torch.from_numpy(t.data.astype("float32").reshape(-1).copy())
-    return ControlVector(str(field_value("controlvector.model_hint") or ""), int(field_value("controlvector.layer_count") or 0), dirs)
+    scale = field_value("controlvector.act_scale")
+    return ControlVector(str(field_value("controlvector.model_hint") or ""), int(field_value("controlvector.layer_count") or 0), dirs,
+                         1.0 if scale is None else float(scale))
 
 
 # -- folding into weights ----------------------------------------------------------------------
