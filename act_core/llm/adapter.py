@@ -476,13 +476,11 @@ def steer_lm(model, tmap, strength=1.0, tokens: str = "all", support: Optional[s
     stack them: ``T(T(x))``, which for a map fitted once is not "twice as strong" but an
     extrapolation off the data it was fitted on). Different maps may be nested; they compose.
     """
-    from .baselines import DirectionalAblation
-
     active = _ACTIVE.setdefault(id(model), set())
     if id(tmap) in active:
         raise RuntimeError("this map is already steering this model (nested steer_lm with the same map would apply it twice); "
                            "change the strength of the outer block instead, e.g. handle.set_strength(λ)")
-    if isinstance(tmap, DirectionalAblation):
+    if not isinstance(tmap, TransportMap) and callable(getattr(tmap, "steer", None)):  # a DirectionalAblation
         if tokens != "all":
             raise ValueError("directional ablation steers every token; use tokens='all'")
         active.add(id(tmap))
@@ -491,6 +489,8 @@ def steer_lm(model, tmap, strength=1.0, tokens: str = "all", support: Optional[s
                 yield h
         finally:
             active.discard(id(tmap))
+            if not active:
+                _ACTIVE.pop(id(model), None)
         return
     tmap.check_model(model, architecture=architecture_of(model))
     phase: dict = {}
