@@ -171,3 +171,16 @@ def test_fold_writes_a_complete_model_folder(tiny, capsys):
     assert (tiny / "folded" / "config.json").is_file() and (tiny / "folded" / "tokenizer.json").is_file()
     cfg = json.loads((tiny / "folded" / "config.json").read_text())
     assert cfg["attention_bias"] is True  # o_proj got the offset as a bias
+
+
+def test_eval_sentiment_uses_vader_and_the_embedding_judge(tiny, capsys):
+    pytest.importorskip("vaderSentiment")
+    m = tiny / "sent.safetensors"
+    assert run(capsys, "lm-fit", "--model", str(tiny / "model"), "--task", "sentiment", "--concept", "negative", "--limit", "8",
+               "--layers", "attention", "--out", str(m))[0] == 0
+    assert TransportMap.load(m).meta["task"] == "sentiment"
+    rc, out, err = run(capsys, "lm-eval", "--model", str(tiny / "model"), "--map", str(m), "--task", "sentiment",
+                       "--concept", "negative", "--strengths", "0", "--max-new-tokens", "3", "--out", str(tiny / "sent"))
+    assert rc == 0, err
+    row = json.loads((tiny / "sent" / "eval.json").read_text())[0]
+    assert set(row) >= {"negative_frac (VADER)", "negative_frac (MiniLM)", "ppl"}
