@@ -343,10 +343,27 @@ def render(out: Path) -> Path:
            "toxicity classifier is available offline) and a secondary one for sentiment.",
            "- **Strict keywords** for the concept (words that name it: football, soccer, goalkeeper, …; not team, match, "
            "ball, score, player), plus the MiniLM concept fraction as secondary.", ""]
+    md += ["## Linear-AcT vs the tuned mean-difference vector", "",
+           "Paired over the same prompts (items), difference of success fractions with a 95 % bootstrap interval; "
+           "an interval that excludes 0 is a difference this sample can show.", "",
+           "| model | task | n | budget | Linear-AcT | mean-diff vector | Linear − vector [95 % CI] |", "|---|---|---|---|---|---|---|"]
+    for r in models:
+        for name, t in r["tasks"].items():
+            for b in (0.1, 0.5, 1.0):
+                lin = next((x for x in t["rows"] if x["method"] == "Linear-AcT" and x["budget"] == b), None)
+                vec = next((x for x in t["rows"] if x["method"] == "mean-diff vector" and x["budget"] == b), None)
+                if lin and vec:
+                    d, lo, hi = paired_diff_ci(lin["scores"], vec["scores"])
+                    md.append(f"| {r['model']} | {name} | {t['n']} | {b:g} | {lin['effect']:.2f} | {vec['effect']:.2f} | "
+                              f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}] |")
+    md.append("")
     for r in models:
         md += [f"## {r['model']} ({r['architecture']}, {r['layers']} blocks)", "",
                f"Unsteered neutral perplexity {r['ppl_unsteered']:.1f} ({r['kl_tokens']} predicted tokens in 24 sentences). "
-               f"Run time {r.get('seconds', 0) / 60:.0f} min on {r['threads']} CPU thread(s) of a shared 2-core machine.", ""]
+               f"Run time {r.get('seconds', 0) / 60:.0f} min on {r['threads']} CPU thread(s) of a shared 2-core machine "
+               f"(1-min load average {r.get('loadavg_end', [0])[0]:.1f} at the end). For prompting, `ppl` is measured with the "
+               "prefix in front of each sentence, which gives the model context: it is lower than the unsteered value and "
+               "not comparable; its KL (the same tokens, with vs without the prefix) is.", ""]
         for name, t in r["tasks"].items():
             u = t["unsteered"]
             md += [f"### {name}", "", t["explain"], "",
