@@ -248,12 +248,16 @@ def resolve_preset(model: nn.Module, spec: str) -> Dict[str, Optional[int]]:
     return chosen
 
 
-#: Default fitting settings per architecture (``config.model_type``), chosen by the equal-KL
-#: harness (``bench/lm_harness.py``, reports/llm/HARNESS.md): the Linear-AcT settings that gave
-#: the largest effect at 0.5 nat on the search prompts. Other architectures get ``FALLBACK``.
+#: Default fitting settings per architecture (``config.model_type``), from the equal-KL harness
+#: (``bench/lm_harness.py``, reports/llm/HARNESS.md, "Search" tables: Linear-AcT at 0.5 nat on
+#: held-out search prompts). Llama (SmolLM2): attention outputs with Q_o were best or tied-best on
+#: both searched tasks (sentiment 0.75, toxicity 1.00; all_ln fell to 0.31 on sentiment).
+#: Gemma 3: attention outputs with the unbounded support (sentiment 0.81 vs 0.50 with Q_o;
+#: toxicity tied at 1.00 for every setting). Sink-free pooling: within noise of plain mean for
+#: these layers, and needed for residual-stream maps. Other architectures get ``FALLBACK``.
 DEFAULTS: Dict[str, Dict[str, Optional[str]]] = {
     "llama": {"layers": "attention", "pooling": "mean_nosink", "support": None},
-    "gemma3_text": {"layers": "attention", "pooling": "mean_nosink", "support": None},
+    "gemma3_text": {"layers": "attention", "pooling": "mean_nosink", "support": "all"},
 }
 FALLBACK: Dict[str, Optional[str]] = {"layers": "attention", "pooling": "mean_nosink", "support": None}
 

@@ -319,3 +319,7 @@ def test_defaults_follow_the_architecture_table(llama):
     assert default_settings(model) == DEFAULTS["llama"] and default_settings("unknown-arch") == FALLBACK
     m = fit_lm_map(model, tok, HOSTILE, FRIENDLY)
     assert m.meta["layers"] == DEFAULTS["llama"]["layers"] and m.meta["pooling"] == DEFAULTS["llama"]["pooling"]
+    g, gt = make_model("gemma3", layers=2)
+    gm = fit_lm_map(g, gt, HOSTILE, FRIENDLY)
+    assert gm.meta["default_support"] == DEFAULTS["gemma3_text"]["support"] == "all"
+    assert fit_lm_map(model, tok, HOSTILE, FRIENDLY).meta["default_support"] == "q_0_100"  # llama: Linear-AcT's own

@@ -44,4 +44,4 @@ def test_sentiment_map_steers_generation(gemma):
     steered = generate_texts(model, tok, prompts, max_new_tokens=8, tmap=tmap, strength=2.0, batch_size=2)
     assert steered != plain and count_hooks(model) == 0
     assert generate_texts(model, tok, prompts, max_new_tokens=8, batch_size=2) == plain
-    assert torch.isfinite(tmap[tmap.modules[0]].omega).all()
+    assert torch.isfinite(tmap[tmap.modules[0]].omega).all() and tmap.meta["default_support"] == "all"
