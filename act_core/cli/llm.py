@@ -113,7 +113,7 @@ def _load_model(args):
 
     chosen = [n for n, v in (("--model", args.model), ("--smollm2", args.smollm2), ("--gemma3", getattr(args, "gemma3", False))) if v]
     if len(chosen) > 1:
-        raise CLIError(f"give one model, not {' and '.join(chosen)}")
+        raise CLIError(f"give one model, not both: {' and '.join(chosen)}")
     note = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731 - shown only when a GGUF is converted
     if args.smollm2:
         return load_smollm2(device=args.device, notify=note)

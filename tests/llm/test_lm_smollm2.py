@@ -98,7 +98,7 @@ def test_control_vector_recipe_keeps_perplexity_and_reaches_the_effect(smol, tmp
     assert f1 >= f0 + 0.2  # 4 of 20 prompts at least
 
 
-def test_old_residual_recipe_is_refused_as_documented_breakage(smol):
+def test_old_residual_recipe_breaks_the_model(smol):
     """Mean-AcT on every residual block (the old recipe) piles the shifts up: perplexity explodes.
     Kept as a measured negative result: the docs no longer recommend it."""
     from act_core.llm.adapter import perplexity
