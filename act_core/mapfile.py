@@ -255,6 +255,8 @@ def map_meta_defaults(
     """The standard metadata block recorded by every fit."""
     from .estimators import DEFAULT_SUPPORT
 
+    if method not in DEFAULT_SUPPORT:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(DEFAULT_SUPPORT)}")
     meta = {
         "method": method,
         "pooling": pooling,
