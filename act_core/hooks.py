@@ -15,9 +15,8 @@ that does not fit stops with a MapFileError instead of steering the wrong axis.
 
 from __future__ import annotations
 
-import contextlib
 import types
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -129,6 +128,15 @@ class _HookSet:
     def attached(self) -> bool:
         return self._guard.attached
 
+    def _enter(self):
+        """``attach()`` for a ``with`` statement: an interrupt after attaching but before
+        ``__enter__`` returns (when ``__exit__`` would not run) removes the hooks again."""
+        try:
+            return self.attach()
+        except BaseException:
+            self.remove()
+            raise
+
     def __exit__(self, *exc) -> None:
         self.remove()
 
@@ -219,7 +227,7 @@ class ActivationCollector(_HookSet):
         self._fired.clear()
 
     def __enter__(self) -> "ActivationCollector":
-        return self.attach()
+        return self._enter()
 
     def take(self) -> Dict[str, Any]:
         """Return ``{module: (samples, D) float32}`` gathered so far (``QuantileSketch`` per module
@@ -398,7 +406,7 @@ class SteerHandle(_HookSet):
         return types.MethodType(forward, module)  # bound, so copy.deepcopy rebinds it to the copy
 
     def __enter__(self) -> "SteerHandle":
-        return self.attach() if not self._handles else self
+        return self._enter() if not self._guard.attached else self
 
 
 def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:
@@ -406,15 +414,11 @@ def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) 
     return SteerHandle(model, tmap, strength, **kwargs).attach()
 
 
-@contextlib.contextmanager
-def steer(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> Iterator[SteerHandle]:
-    """``with steer(model, tmap, strength=1.0): ...`` — hooks exist only inside the block.
+def steer(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:
+    """``with steer(model, tmap, strength=1.0) as handle: ...`` — hooks exist only inside the block.
 
-    Keyword arguments: ``support``, ``name_map``, ``gate``, ``layout`` (see :class:`SteerHandle`).
+    Keyword arguments: ``support``, ``name_map``, ``gate``, ``layout``, ``inplace``, ``fuse``
+    (see :class:`SteerHandle`). The map is checked against the model here; the hooks are
+    attached on entering the block and removed on leaving it, whatever ends it.
     """
-    handle = SteerHandle(model, tmap, strength, **kwargs)
-    try:  # attach inside the try: an interrupt right after attaching still removes the hooks
-        handle.attach()
-        yield handle
-    finally:
-        handle.remove()
+    return SteerHandle(model, tmap, strength, **kwargs)

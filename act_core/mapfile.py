@@ -219,7 +219,7 @@ class TransportMap:
                 "default_support": t.default_support,
                 "degenerate_units": dead,
             }
-        meta = {k: v for k, v in self.meta.items() if k != "modules"}
+        meta = {k: v for k, v in self.meta.items() if k not in _FIXED}
         methods = {t.method for t in self.maps.values()}
         meta.setdefault("method", methods.pop() if len(methods) == 1 else "mixed")
         meta.setdefault("pooling", "mean")
@@ -227,9 +227,13 @@ class TransportMap:
         meta.setdefault("default_strength", 1.0)
         if self.maps:
             meta.setdefault("default_support", next(iter(self.maps.values())).default_support)
-        meta.update(format=FORMAT, format_version=FORMAT_VERSION, bands=list(BAND_NAMES), modules=modules)
         meta.setdefault("library_version", _library_version())
-        return meta
+        # one key order (the format's fields first), so a loaded map saves to the same bytes
+        out = {"format": FORMAT, "format_version": FORMAT_VERSION}
+        out.update((k, meta.pop(k)) for k in _HEAD if k in meta)
+        out.update(meta)
+        out.update(bands=list(BAND_NAMES), modules=modules)
+        return out
 
     def _encode(self) -> List[memoryview]:
         """The file as buffers (length + header, float32 data, flags), checked with the reader's
@@ -298,6 +302,10 @@ class TransportMap:
         for name, transport, layout, index in parts.modules:  # names and layouts were checked by the reader
             tmap.maps[name], tmap.layouts[name], tmap.output_index[name] = transport, layout, index
         return tmap
+
+
+_FIXED = ("modules", "format", "format_version", "bands")
+_HEAD = ("method", "pooling", "architecture", "default_strength", "default_support", "library_version")
 
 
 def _degenerate_units(transports: List[UnitTransport]) -> List[List[int]]:

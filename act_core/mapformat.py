@@ -136,6 +136,7 @@ def check_module_name(name: str) -> str:
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _KEEP = re.compile(r"[^\[\]{}]+")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_FIELD_BEFORE = re.compile(r'"([^"\\]{1,60})"\s*:\s*-?(?:NaN|Infinity)\b')
 _LONG_NUMBER = re.compile(r"[-+.eE0-9]{%d,}" % (MAX_NUMBER_CHARS + 1))
 
 
@@ -179,7 +180,8 @@ def parse_json(text: str, what: str) -> Any:
     try:
         return json.loads(text, parse_float=_parse_float, parse_constant=_parse_constant)
     except _Refused as e:
-        _fail(f"{what} holds {e}")
+        field = _FIELD_BEFORE.search(text, 0) if str(e).split(" ")[0].lstrip("-") in ("NaN", "Infinity") else None
+        _fail(f"{what} holds {e}" + (f" in field {field.group(1)!r}" if field else ""))
     except json.JSONDecodeError as e:
         _fail(f"{what} is not valid JSON: {e.msg} at position {e.pos}")
     except (RecursionError, ValueError, OverflowError) as e:  # belt and braces
@@ -197,7 +199,7 @@ def _has_lone_surrogate(text: str) -> bool:
 def metadata_text(meta: Dict[str, Any]) -> str:
     """The writer's JSON text of ``meta``, or MapFileError when it cannot be stored as JSON."""
     try:
-        text = json.dumps(meta, ensure_ascii=False, allow_nan=False)
+        text = json.dumps(meta, ensure_ascii=False)  # NaN / Infinity are written, then refused by the reader's rule
     except (TypeError, ValueError, RecursionError) as e:
         _fail(f"the metadata cannot be stored as JSON ({e}): keep meta values to strings, finite numbers, booleans, "
               "lists and dicts")
