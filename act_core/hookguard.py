@@ -9,6 +9,13 @@ Three guarantees, all paid for when hooks are attached or removed, never per for
   point of attaching, the modules are cleaned again before it propagates; when it lands while
   removing, removal is finished before it propagates. After either the model is exactly as
   before (no hook, no replaced ``forward``, no attribute of ours).
+- **Ctrl-C never splits a removal.** Python may deliver a ``KeyboardInterrupt`` at the very
+  first instruction of a function, before any ``try`` in it, so no function can protect its
+  own start. While act_core hooks are attached from the main thread, the SIGINT handler is
+  wrapped: a Ctrl-C that arrives while :func:`remove_hooks` / :func:`exit_hooks` run (from
+  their first instruction) is held and delivered, as the usual ``KeyboardInterrupt``, as soon
+  as the removal is complete; at any other moment it is delivered at once. The original
+  handler is back when the last hooks are removed. (Other threads never receive SIGINT.)
 - **One steering thread per model object.** Hooks act on every forward of the module they sit
   on, whichever thread runs it, so two threads steering one model object would mix their maps.
   Attaching claims the root model and every hooked module for the calling thread; a claim by a
@@ -25,6 +32,8 @@ method whose function carries it.
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -106,43 +115,116 @@ def _remove_state_filter(module: torch.nn.Module) -> None:
 
 # -- threads -----------------------------------------------------------------------------------------
 
-_LOCK = threading.Lock()
+# No lock: an interrupt between acquiring a lock and the ``try`` that releases it would leave it
+# held for ever. Every step is one list operation, atomic under the GIL: a claim is appended
+# first and checked after, so of two threads claiming at once at least one sees the other.
 _CLAIMS: Dict[int, List[Tuple[int, "weakref.ref"]]] = {}  # id(object) -> [(thread ident, owner)]
 
 
 def _claim(owner: object, objects: Iterable[object], what: str) -> None:
     me = threading.get_ident()
+    entry = (me, weakref.ref(owner))
     keys = {id(o) for o in objects}
-    ref = weakref.ref(owner)
-    with _LOCK:
-        for k in keys:
-            for tid, r in _CLAIMS.get(k, ()):
-                other = r()
-                if other is not None and other is not owner and tid != me:
-                    raise ConcurrentSteeringError(
-                        f"this model is being {what} from another thread (thread id {tid}) right now: hooks act on every "
-                        "forward of a module, whichever thread runs it, so two threads would mix their maps. Give each "
-                        "thread its own copy of the model (copy.deepcopy(model), or load it once per thread), or steer "
-                        "one after the other"
-                    )
-        for k in keys:
-            _CLAIMS.setdefault(k, []).append((me, ref))
+    for k in keys:
+        _CLAIMS.setdefault(k, []).append(entry)
+    for k in keys:
+        for tid, r in list(_CLAIMS.get(k, ())):
+            other = r()
+            if other is not None and other is not owner and tid != me:
+                _release(owner)
+                raise ConcurrentSteeringError(
+                    f"this model is being {what} from another thread (thread id {tid}) right now: hooks act on every "
+                    "forward of a module, whichever thread runs it, so two threads would mix their maps. Give each "
+                    "thread its own copy of the model (copy.deepcopy(model), or load it once per thread), or steer "
+                    "one after the other"
+                )
 
 
 def _release(owner: object) -> None:
-    with _LOCK:
-        for k in list(_CLAIMS):
-            kept = [(t, r) for t, r in _CLAIMS[k] if r() is not None and r() is not owner]
-            if kept:
-                _CLAIMS[k] = kept
-            else:
-                del _CLAIMS[k]
+    """Drop every claim of ``owner`` (and any of an owner that no longer exists)."""
+    for k, entries in list(_CLAIMS.items()):
+        for e in list(entries):
+            r = e[1]()
+            if r is None or r is owner:
+                try:
+                    entries.remove(e)
+                except ValueError:
+                    pass
+        if not entries and len(_CLAIMS) > 4096:  # keep the table small without racing a new claim
+            _CLAIMS.pop(k, None)
 
 
 def claims() -> int:
     """Number of objects claimed right now (0 when nothing is attached anywhere)."""
-    with _LOCK:
-        return sum(1 for lst in _CLAIMS.values() if any(r() is not None for _, r in lst))
+    return sum(1 for lst in list(_CLAIMS.values()) if any(r() is not None for _, r in list(lst)))
+
+
+# -- Ctrl-C while removing -----------------------------------------------------------------------------
+
+_SIG = {"previous": None, "holders": set(), "pending": False}
+
+
+def _removing(frame) -> bool:
+    """True when ``frame`` or a caller is :func:`remove_hooks` / :func:`exit_hooks` before its
+    removal is complete (their local ``done`` is not yet True)."""
+    while frame is not None:
+        if frame.f_code in _PROTECTED and not frame.f_locals.get("done", False):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_sigint(signum, frame):
+    if _removing(frame):
+        _SIG["pending"] = True  # delivered when the removal is complete (_deliver)
+        return
+    _call_previous(signum, frame)
+
+
+def _call_previous(signum, frame):
+    previous = _SIG["previous"]
+    if callable(previous):
+        previous(signum, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _hold_sigint(guard) -> None:
+    """Wrap the SIGINT handler while ``guard`` holds hooks (main thread, a Python handler set).
+    The guard is recorded first, so a purge after any interruption releases it."""
+    if not _main_thread():
+        return
+    _SIG["holders"].add(id(guard))
+    try:
+        current = signal.getsignal(signal.SIGINT)
+        if current is _on_sigint or not callable(current):  # ours already, or SIG_DFL / SIG_IGN / not from Python
+            return
+        _SIG["previous"] = current
+        signal.signal(signal.SIGINT, _on_sigint)
+    except (ValueError, OSError):  # not the main interpreter, or signals unavailable
+        pass
+
+
+def _let_go_sigint(guard) -> None:
+    """Idempotent: the original handler is back once no guard holds hooks."""
+    _SIG["holders"].discard(id(guard))
+    if not _SIG["holders"] and _main_thread():
+        try:
+            if signal.getsignal(signal.SIGINT) is _on_sigint:
+                signal.signal(signal.SIGINT, _SIG["previous"])
+        except (ValueError, OSError):
+            pass
+
+
+def _deliver() -> None:
+    """Deliver a Ctrl-C held during a removal (as the original handler would have)."""
+    if _SIG["pending"] and _main_thread():
+        _SIG["pending"] = False
+        _call_previous(signal.SIGINT, sys._getframe(1))
 
 
 # -- attaching and removing ------------------------------------------------------------------------------
@@ -195,6 +277,7 @@ class GuardedHooks:
             for module, fn, *kind in pairs:
                 _install_state_filter(module)
                 self.handles.append(make_override(module, fn) if kind else module.register_forward_hook(fn))
+            _hold_sigint(self)
         except BaseException:
             self.remove()
             raise
@@ -202,7 +285,7 @@ class GuardedHooks:
     def remove(self) -> None:
         try:
             self._purge()
-        except BaseException:  # an interrupt while removing: finish removing, then let it through
+        except BaseException:  # an exception while removing: finish removing, then let it through
             self._purge()
             raise
 
@@ -218,10 +301,39 @@ class GuardedHooks:
             _release(owner)
         self.handles.clear()
         self._touched = []
+        _let_go_sigint(self)
 
     @property
     def attached(self) -> bool:
         return bool(self.handles)
 
 
-__all__ = ["ConcurrentSteeringError", "GuardedHooks", "mark", "has_our_hooks", "without_our_hooks", "claims"]
+def remove_hooks(owner) -> None:
+    """``owner.remove()`` for act_core's hook owners (anything with a ``_guard``): removes every
+    hook, finishing even when interrupted, and delivers a Ctrl-C held meanwhile afterwards."""
+    done = False  # read by the SIGINT handler: a Ctrl-C is held while this is False
+    try:
+        owner._guard.remove()
+        after = getattr(owner, "_after_remove", None)
+        if after is not None:
+            after()
+    finally:
+        done = True  # noqa: F841 (read through the frame)
+        _deliver()
+
+
+def exit_hooks(owner, *exc) -> None:
+    """``owner.__exit__``: :func:`remove_hooks` with the same Ctrl-C guarantee from its first instruction."""
+    done = False  # noqa: F841 (read through the frame by the SIGINT handler)
+    try:
+        remove_hooks(owner)
+    finally:
+        done = True  # noqa: F841
+        _deliver()
+
+
+_PROTECTED = {remove_hooks.__code__, exit_hooks.__code__}
+
+
+__all__ = ["ConcurrentSteeringError", "GuardedHooks", "mark", "has_our_hooks", "without_our_hooks", "claims",
+           "remove_hooks", "exit_hooks"]

@@ -22,7 +22,7 @@ import torch
 
 from .fold import effective_support
 from .fused_norms import FusedNorm, fusible
-from .hookguard import GuardedHooks, mark
+from .hookguard import GuardedHooks, exit_hooks, mark, remove_hooks
 from .mapfile import MapFileError, TransportMap, find_module, output_problem
 from .pooling import POOLINGS, pool
 from .transport import check_strength, normalize_support
@@ -46,8 +46,8 @@ def _pick(output: Any, index: Optional[int]) -> Any:
 def _picked(output: Any, index: Optional[int], name: str, module, units: int, layout: str) -> torch.Tensor:
     x = _pick(output, index)
     if not isinstance(x, torch.Tensor):
-        raise MapFileError(output_problem(name, module, output, units, layout, index)
-                           or f"module {name!r}: its output holds no tensor to steer")
+        problem = output_problem(name, module, output, units, layout, index)
+        raise MapFileError(f"{problem or f'module {name!r}: its output holds no tensor to steer'}; nothing was steered")
     return x
 
 
@@ -121,24 +121,13 @@ class _HookSet:
             raise RuntimeError(f"{type(self).__name__} is already attached")
         self._guard.attach(pairs, root, _ForwardOverride)
 
-    def remove(self) -> None:
-        self._guard.remove()
+    #: remove every hook (finishes even when interrupted; a Ctrl-C meanwhile is delivered after)
+    remove = remove_hooks
+    __exit__ = exit_hooks
 
     @property
     def attached(self) -> bool:
         return self._guard.attached
-
-    def _enter(self):
-        """``attach()`` for a ``with`` statement: an interrupt after attaching but before
-        ``__enter__`` returns (when ``__exit__`` would not run) removes the hooks again."""
-        try:
-            return self.attach()
-        except BaseException:
-            self.remove()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
 
 # -- collection --------------------------------------------------------------------------------
@@ -222,12 +211,16 @@ class ActivationCollector(_HookSet):
                          self.model)
         return self
 
-    def remove(self) -> None:
-        super().remove()
+    def _after_remove(self) -> None:
         self._fired.clear()
 
     def __enter__(self) -> "ActivationCollector":
-        return self._enter()
+        try:
+            self.attach()
+            return self
+        except BaseException:
+            self.remove()
+            raise
 
     def take(self) -> Dict[str, Any]:
         """Return ``{module: (samples, D) float32}`` gathered so far (``QuantileSketch`` per module
@@ -406,12 +399,25 @@ class SteerHandle(_HookSet):
         return types.MethodType(forward, module)  # bound, so copy.deepcopy rebinds it to the copy
 
     def __enter__(self) -> "SteerHandle":
-        return self._enter() if not self._guard.attached else self
+        if self._guard.attached:
+            return self
+        try:  # an interrupt after attaching, before __enter__ returns (no __exit__ then), removes again
+            self.attach()
+            return self
+        except BaseException:
+            self.remove()
+            raise
 
 
 def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:
-    """Attach steering hooks now; call ``.remove()`` on the result to detach."""
-    return SteerHandle(model, tmap, strength, **kwargs).attach()
+    """Attach steering hooks now; call ``.remove()`` on the result to detach (``with steer(...)``
+    removes them for you, also when interrupted)."""
+    handle = SteerHandle(model, tmap, strength, **kwargs)
+    try:
+        return handle.attach()
+    except BaseException:
+        handle.remove()
+        raise
 
 
 def steer(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:

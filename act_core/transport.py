@@ -356,8 +356,8 @@ def _closed_band(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype, a_minus
     largest below ``hi``, so ``lo < x < hi  <=>  lo' <= x <= hi'`` for every ``x`` of ``dtype``
     (the float32 test of the reference, also for float16 / bfloat16 activations). ``a - 1``
     and ``c`` are zeroed on units whose band holds no value at all (``lo' > hi'``, e.g. a
-    constant source unit): there the map is the identity whatever the test says (``clamp``
-    with ``min > max`` returns ``max``)."""
+    constant source unit, or a band beyond the range of ``dtype``), and their bounds set to
+    ``[0, 0]`` (finite): there the map is the identity whatever the test says."""
     r_lo, r_hi = lo.to(dtype), hi.to(dtype)
     up = torch.nextafter(r_lo, torch.full_like(r_lo, float("inf")))
     down = torch.nextafter(r_hi, torch.full_like(r_hi, float("-inf")))
@@ -367,6 +367,9 @@ def _closed_band(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype, a_minus
     if bool(empty.any()):
         a_minus_1 = a_minus_1.masked_fill(empty, 0)
         c = c.masked_fill(empty, 0)
+        # a band beyond the dtype's range gives an infinite bound here (float16: a band below
+        # -65504); clamp would return it and 0 * inf is NaN, so an empty band becomes [0, 0]
+        lo2, hi2 = lo2.masked_fill(empty, 0), hi2.masked_fill(empty, 0)
     return lo2, hi2, a_minus_1, c
 
 
