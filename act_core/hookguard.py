@@ -119,12 +119,15 @@ def _remove_state_filter(module: torch.nn.Module) -> None:
 # held for ever. Every step is one list operation, atomic under the GIL: a claim is appended
 # first and checked after, so of two threads claiming at once at least one sees the other.
 _CLAIMS: Dict[int, List[Tuple[int, "weakref.ref"]]] = {}  # id(object) -> [(thread ident, owner)]
+_OWNED: Dict[int, Tuple["weakref.ref", set]] = {}  # id(owner) -> (owner, ids of the objects it claimed)
 
 
 def _claim(owner: object, objects: Iterable[object], what: str) -> None:
     me = threading.get_ident()
     entry = (me, weakref.ref(owner))
     keys = {id(o) for o in objects}
+    prev = _OWNED.get(id(owner))
+    _OWNED[id(owner)] = (entry[1], keys | prev[1] if prev is not None and prev[0]() is owner else keys)
     for k in keys:
         _CLAIMS.setdefault(k, []).append(entry)
     for k in keys:
@@ -141,8 +144,19 @@ def _claim(owner: object, objects: Iterable[object], what: str) -> None:
 
 
 def _release(owner: object) -> None:
-    """Drop every claim of ``owner`` (and any of an owner that no longer exists)."""
-    for k, entries in list(_CLAIMS.items()):
+    """Drop every claim of ``owner`` (and, on the objects it claimed, any of an owner that no longer exists).
+
+    Only the objects ``owner`` claimed are visited (removal costs the same however many models were
+    steered before); when the table has grown past 4096 objects every entry is swept once. The
+    owner's record goes last, so a release cut short by an interrupt is completed by the next one.
+    """
+    rec = _OWNED.get(id(owner))
+    sweep = len(_CLAIMS) > 4096
+    keys = list(_CLAIMS) if sweep else (list(rec[1]) if rec is not None and rec[0]() is owner else [])
+    for k in keys:
+        entries = _CLAIMS.get(k)
+        if entries is None:
+            continue
         for e in list(entries):
             r = e[1]()
             if r is None or r is owner:
@@ -150,8 +164,14 @@ def _release(owner: object) -> None:
                     entries.remove(e)
                 except ValueError:
                     pass
-        if not entries and len(_CLAIMS) > 4096:  # keep the table small without racing a new claim
+        if not entries and sweep:  # keep the table small without racing a new claim
             _CLAIMS.pop(k, None)
+    if sweep:
+        for i, (r, _) in list(_OWNED.items()):
+            if r() is None:
+                _OWNED.pop(i, None)
+    if rec is not None and rec[0]() is owner:
+        _OWNED.pop(id(owner), None)
 
 
 def claims() -> int:
