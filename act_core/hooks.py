@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import types
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -24,19 +24,32 @@ class StopForward(Exception):
     """Raised by a collector after the last hooked module, to end a forward pass early."""
 
 
-def _pick(output: Any, index: Optional[int]) -> torch.Tensor:
+Index = Union[int, Tuple[int, ...], None]
+
+
+def _pick(output: Any, index: Index) -> torch.Tensor:
+    """The hooked tensor of a module output: the output itself, element ``index`` of a tuple
+    (element 0 for None), or, for a tuple ``index``, those elements joined along dim 1 (one
+    token sequence, e.g. the text and image halves a block returns separately)."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)):
+        if isinstance(index, tuple):
+            return torch.cat([output[i] for i in index], dim=1)
         return output[0 if index is None else index]
     raise TypeError(f"cannot hook a module output of type {type(output).__name__}; expected a tensor or a tuple")
 
 
-def _replace(output: Any, index: Optional[int], value: torch.Tensor) -> Any:
+def _replace(output: Any, index: Index, value: torch.Tensor) -> Any:
     if isinstance(output, torch.Tensor):
         return value
     items = list(output)
-    items[0 if index is None else index] = value
+    if isinstance(index, tuple):  # split the joined sequence back into its elements
+        parts = value.split([output[i].shape[1] for i in index], dim=1)
+        for i, part in zip(index, parts):
+            items[i] = part
+    else:
+        items[0 if index is None else index] = value
     if isinstance(output, list):
         return items
     if hasattr(output, "_fields"):  # namedtuple

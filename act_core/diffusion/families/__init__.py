@@ -1,1 +1,79 @@
-"""Diffusion model families, one module each (:mod:`.sdxl`)."""
+"""Diffusion model families, one module each, and how to find a model's family.
+
+================  ========================  =========================================================
+family (``name``)  module                    models
+================  ========================  =========================================================
+``sd15``          :mod:`.sd15`              Stable Diffusion 1.x (CLIP-L)
+``sd2``           :mod:`.sd15` (``SD2``)    Stable Diffusion 2.x, SD-Turbo (OpenCLIP-H)
+``sdxl``          :mod:`.sdxl`              SDXL base, Lightning, Turbo (CLIP-L + OpenCLIP-G)
+``sd3``           :mod:`.sd3`               SD3 / SD3.5 (MMDiT; CLIP-L + OpenCLIP-G + T5-XXL)
+``flux``          :mod:`.flux`              FLUX.1 schnell / dev (CLIP-L + T5-XXL)
+================  ========================  =========================================================
+
+Each family is a :class:`~.base.Family`: canonical layer names and their diffusers and ComfyUI
+counterparts, layer presets, the collection pass and generation defaults. Adding a family is
+one module here plus its entry in :data:`FAMILIES`. Models of other families can still be
+steered in ComfyUI through the generic path (ComfyUI's own module names; ``nodes/``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional
+
+from . import flux, sd3, sd15, sdxl
+from .base import CanonicalTree, Family, NameTranslationError
+
+FAMILIES: Dict[str, Family] = {f.name: f for f in (sd15.FAMILY, sd15.SD2, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY)}
+#: ComfyUI model configs that subclass a family's config but lay blocks out differently
+COMFY_OTHER = ("KOALA_700M", "KOALA_1B", "Flux2", "SDXLRefiner")
+
+
+def get(name: str) -> Family:
+    """The family called ``name`` (``sd15``, ``sd2``, ``sdxl``, ``sd3``, ``flux``)."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown model family {name!r}: choose one of {', '.join(FAMILIES)}") from None
+
+
+def for_pipeline(pipe) -> Family:
+    """The family of a diffusers pipeline (or an object with the same component attributes)."""
+    for f in (flux.FAMILY, sd3.FAMILY, sdxl.FAMILY, sd15.SD2, sd15.FAMILY):
+        if f.matches_pipeline(pipe):
+            return f
+    raise ValueError(
+        f"{type(pipe).__name__} is not a pipeline of a supported family ({', '.join(f.title for f in FAMILIES.values())}); "
+        "load a StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusion3Pipeline or FluxPipeline"
+    )
+
+
+def _by_class(class_names: Iterable[str], attr: str) -> Optional[Family]:
+    """The first class name (most derived first) that a family lists in ``attr``; None when an
+    excluded or unknown class comes first."""
+    for cls in class_names:
+        if cls in COMFY_OTHER:
+            return None
+        for f in FAMILIES.values():
+            if cls in getattr(f, attr):
+                return f
+    return None
+
+
+def for_comfy_model(class_names: Iterable[str]) -> Optional[Family]:
+    """The family of a ComfyUI model from its model config's class names (MRO, most derived
+    first: ``["TinySDXL", "SDXL", "BASE", "object"]``); None for models without a family module."""
+    return _by_class(class_names, "comfy_models")
+
+
+def for_comfy_clip(class_names: Iterable[str]) -> Optional[Family]:
+    """The family of a ComfyUI text-encoder model (``CLIP.cond_stage_model``) from its class names (MRO)."""
+    return _by_class(class_names, "comfy_clips")
+
+
+def for_architecture(architecture: Optional[str]) -> Optional[Family]:
+    """The family a map's recorded architecture names, or None (LLMs, generic ComfyUI maps)."""
+    return FAMILIES.get(architecture or "")
+
+
+__all__ = ["FAMILIES", "Family", "CanonicalTree", "NameTranslationError", "get", "for_pipeline", "for_comfy_model",
+           "for_comfy_clip", "for_architecture", "flux", "sd3", "sd15", "sdxl"]
