@@ -14,10 +14,8 @@ adapters translate them to their own module trees when attaching.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
@@ -25,18 +23,9 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 import torch
 
 from .files import atomic_write_bytes
+from .mapfile_reader import MapParts, read_map_bytes, read_map_file
+from .mapformat import FORMAT, FORMAT_VERSION, MapFileError, MapWriteError, check_module_name
 from .transport import BAND_NAMES, FLAG_CONSTANT_SOURCE, LAYOUTS, UnitTransport, normalize_support
-
-FORMAT = "act-steering/transport-map"
-FORMAT_VERSION = 1
-MAX_METADATA_BYTES = 4 * 1024 * 1024
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_TENSOR_KEYS = ("omega", "beta", "bands", "flags")
-
-
-class MapFileError(ValueError):
-    """A map file is unreadable, malformed, or does not fit the model it is used with."""
-
 
 def _library_version() -> str:
     from ._version import __version__
@@ -47,15 +36,6 @@ def _library_version() -> str:
 def prompts_digest(prompts: Sequence[str]) -> str:
     """sha256 of a prompt list (JSON-encoded), to record which data a map was fitted on."""
     return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False, default=repr).encode("utf-8")).hexdigest()
-
-
-def check_module_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
-        raise MapFileError(
-            f"invalid module name {name!r}: module names are dotted paths of letters, digits, '_' and '-' "
-            "(no '..', no '/', not absolute)"
-        )
-    return name
 
 
 @dataclass
@@ -233,31 +213,19 @@ class TransportMap:
 
     @classmethod
     def load(cls, path) -> "TransportMap":
-        from .mapfile_reader import read_map_file
-
-        return read_map_file(Path(path))
+        """Read a map file strictly (see :mod:`act_core.mapfile_reader`); MapFileError if malformed."""
+        return cls._from_parts(read_map_file(Path(path)))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "TransportMap":
-        from .mapfile_reader import read_map_bytes
-
-        return read_map_bytes(data)
-
-
-class MapWriteError(OSError):
-    """Saving a map failed (disk full, no permission, ...); any existing file is unchanged."""
+        return cls._from_parts(read_map_bytes(data))
 
     @classmethod
-    def wrap(cls, path: Path, e: OSError) -> "MapWriteError":
-        why = e.strerror or str(e)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            fix = "free some disk space or save to another folder"
-        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            fix = "choose a writable folder or fix its permissions"
-        else:
-            fix = "check the folder and try again"
-        return cls(e.errno, f"could not write map {str(path)!r}: {why}; the existing file (if any) is unchanged and "
-                            f"no partial file was left; {fix}")
+    def _from_parts(cls, parts: MapParts) -> "TransportMap":
+        tmap = cls(meta=parts.meta)
+        for name, transport, layout, index in parts.modules:
+            tmap.add(name, transport, layout=layout, output_index=index)
+        return tmap
 
 
 def module_units(module: torch.nn.Module) -> Optional[int]:
@@ -309,6 +277,7 @@ def map_meta_defaults(
 __all__ = [
     "TransportMap",
     "MapFileError",
+    "MapWriteError",
     "FORMAT_VERSION",
     "atomic_write_bytes",
     "module_units",

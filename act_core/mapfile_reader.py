@@ -1,9 +1,11 @@
 """Strict reader for map files: the only code that parses untrusted bytes.
 
 A map file is data only. Reading one never executes code (safetensors, no pickle), and
-every field is checked before a :class:`TransportMap` is built: header size and JSON,
-the metadata schema, the exact tensor key set, every tensor's dtype, shape and finiteness,
-band ordering. Any failure is a :class:`MapFileError` that says what is wrong.
+every field is checked before anything is built: header size and JSON, the metadata schema,
+the exact tensor key set, every tensor's dtype, shape and finiteness, band ordering. Any
+failure is a :class:`~act_core.mapformat.MapFileError` that says what is wrong. The result is
+a :class:`MapParts` (validated metadata and transports) from which
+:meth:`act_core.mapfile.TransportMap.load` builds the map.
 """
 
 from __future__ import annotations
@@ -12,20 +14,29 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .mapfile import FORMAT, FORMAT_VERSION, MAX_METADATA_BYTES, MapFileError, TransportMap, check_module_name
+from .mapformat import FORMAT, FORMAT_VERSION, MAX_METADATA_BYTES, METHODS, TENSOR_KEYS, MapFileError, check_module_name
 from .transport import BAND_NAMES, LAYOUTS, UnitTransport, normalize_support
 
 MAX_FILE_BYTES = 4 * 1024**3
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 MAX_UNITS = 1 << 22
-_METHODS = ("linear", "mean", "gaussian", "aura")
 
 
-def read_map_file(path: Path) -> TransportMap:
+@dataclass
+class MapParts:
+    """A validated map file: its metadata (without the per-module table) and, per module in
+    file order, ``(name, transport, layout, tuple-output index)``."""
+
+    meta: Dict[str, Any]
+    modules: List[Tuple[str, UnitTransport, str, Optional[int]]]
+
+
+def read_map_file(path: Path) -> MapParts:
     if not path.exists():
         raise FileNotFoundError(f"map file {str(path)!r} does not exist")
     if not path.is_file():
@@ -87,8 +98,8 @@ def _check_meta(meta: Dict[str, Any]) -> None:
     for key in ("method", "pooling"):
         if not isinstance(meta.get(key), str):
             _fail(f"metadata field {key!r} must be a string")
-    if meta["method"] not in _METHODS + ("mixed",):
-        _fail(f"unknown method {meta['method']!r} (known: {', '.join(_METHODS)})")
+    if meta["method"] not in METHODS + ("mixed",):
+        _fail(f"unknown method {meta['method']!r} (known: {', '.join(METHODS)})")
     arch = meta.get("architecture")
     if arch is not None and (not isinstance(arch, str) or len(arch) > 256):
         _fail("metadata field 'architecture' must be a short string or null")
@@ -118,7 +129,7 @@ def _check_entry(name: str, entry: Any) -> None:
     k = entry.get("output_index")
     if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < 64):
         _fail(f"module {name!r}: output_index must be null or a small non-negative integer, got {k!r}")
-    if entry.get("method") not in _METHODS:
+    if entry.get("method") not in METHODS:
         _fail(f"module {name!r}: unknown method {entry.get('method')!r}")
     try:
         normalize_support(entry.get("default_support"))
@@ -137,7 +148,7 @@ def _tensor(tensors, key: str, dtype: torch.dtype, shape) -> torch.Tensor:
     return t
 
 
-def read_map_bytes(data: bytes) -> TransportMap:
+def read_map_bytes(data: bytes) -> MapParts:
     header = _header(data)
     meta = _metadata(header)
     _check_meta(meta)
@@ -149,7 +160,7 @@ def read_map_bytes(data: bytes) -> TransportMap:
         except MapFileError as e:
             _fail(str(e))
         _check_entry(name, entry)
-        expected.update(f"{name}/{k}" for k in ("omega", "beta", "bands", "flags"))
+        expected.update(f"{name}/{k}" for k in TENSOR_KEYS)
     present = {k for k in header if k != "__metadata__"}
     if present != expected:
         missing, extra = sorted(expected - present), sorted(present - expected)
@@ -160,7 +171,7 @@ def read_map_bytes(data: bytes) -> TransportMap:
         tensors = load(data)
     except Exception as e:  # the Rust parser reports malformed offsets, dtypes, sizes
         _fail(f"corrupt tensor data ({type(e).__name__}: {str(e)[:200]})")
-    tmap = TransportMap(meta={k: v for k, v in meta.items() if k not in ("modules", "bands", "format")})
+    parts = MapParts({k: v for k, v in meta.items() if k not in ("modules", "bands", "format")}, [])
     nb = len(BAND_NAMES)
     for name, entry in modules.items():
         d = entry["units"]
@@ -173,5 +184,5 @@ def read_map_bytes(data: bytes) -> TransportMap:
         if (flags > 3).any():
             _fail(f"module {name!r}: unknown unit flags")
         t = UnitTransport(omega, beta, bands, flags, method=entry["method"], default_support=entry["default_support"])
-        tmap.add(name, t, layout=entry["layout"], output_index=entry["output_index"])
-    return tmap
+        parts.modules.append((name, t, entry["layout"], entry["output_index"]))
+    return parts
