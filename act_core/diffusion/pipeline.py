@@ -346,7 +346,8 @@ class PipelineRunner:
                     seen.append(n)
             handles.append(self.model.get_submodule(n).register_forward_hook(hook))
         try:
-            col = ActivationCollector(self.model, [names[-1]], stop_after=False)
+            fixed, index = self.family.diffusers_index(names[-1])
+            col = ActivationCollector(self.model, {names[-1]: index if fixed else None}, stop_after=False)
             saved = self.on_batch, self.batch_size
             self.on_batch, self.batch_size = None, 1
             try:
