@@ -154,7 +154,11 @@ def load_pipeline(
         if class_name is None:
             raise ValueError(f"{path} is not a diffusers pipeline folder (no model_index.json); give the folder "
                              "that holds model_index.json, or a single-file .safetensors checkpoint")
-        guess = chosen or _family_for_class(class_name)
+        found = _family_for_class(class_name)
+        if chosen is not None and found is not None and found.pipeline_class != chosen.pipeline_class:
+            raise ValueError(f"{path} holds a {found.title} pipeline ({class_name}), not {chosen.title}; "
+                             f"use family='{found.name}' or 'auto'")
+        guess = chosen or found
         if guess is None:
             raise ValueError(f"{path} holds a {class_name}; supported: "
                              + ", ".join(sorted({f.pipeline_class for f in families.FAMILIES.values()})))
