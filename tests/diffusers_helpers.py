@@ -208,13 +208,13 @@ def tiny_sdxl_comfy_pipeline(seed: int = 0):
 
 
 def tiny_sd3_pipeline(seed: int = 0, t5: bool = True):
-    """SD3 layout: 2 joint blocks of one 64-channel head (ComfyUI's MMDiT: hidden = 64 x depth),
+    """SD3 layout: 2 joint blocks of two 64-channel heads (ComfyUI's MMDiT: hidden = 64 x blocks),
     CLIP-L + CLIP-G (32 + 32, projected), T5 4096 wide (ComfyUI pads CLIP to 4096), 16-channel latents."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=64,
-                                        num_attention_heads=1, joint_attention_dim=4096, caption_projection_dim=64,
+                                        num_attention_heads=2, joint_attention_dim=4096, caption_projection_dim=128,
                                         pooled_projection_dim=64, out_channels=16, pos_embed_max_size=16)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(seed, 16, flow=True),
