@@ -14,10 +14,12 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import torch
 
+from .fold import effective_support
 from .fused_norms import FusedNorm, fusible
 from .mapfile import TransportMap
-from .transport import normalize_support
 from .pooling import POOLINGS, pool
+from .transport import normalize_support
+from .trees import module_tree
 
 
 class StopForward(Exception):
@@ -55,6 +57,16 @@ def _replace(output: Any, index: Index, value: torch.Tensor) -> Any:
     if hasattr(output, "_fields"):  # namedtuple
         return type(output)(*items)
     return tuple(items)
+
+
+def tree_index(model: torch.nn.Module, name: str, index: Index) -> Index:
+    """The tuple index a hook on ``name`` reads: ``index`` when given, else the one the tree
+    fixes for that name, else None. A naming view may name one tuple element of a module
+    (e.g. a block's image stream) by providing ``act_output_index(name) -> index``."""
+    if index is not None:
+        return index
+    fixed = getattr(model, "act_output_index", None)
+    return fixed(name) if callable(fixed) else None
 
 
 def _owns(x: torch.Tensor, args) -> bool:
@@ -203,7 +215,8 @@ class ActivationCollector(_HookSet):
         return hook
 
     def attach(self) -> "ActivationCollector":
-        self._attach_all((self.model.get_submodule(n), self._make_hook(n, idx)) for n, idx in self.modules.items())
+        self._attach_all((self.model.get_submodule(n), self._make_hook(n, tree_index(self.model, n, idx)))
+                         for n, idx in self.modules.items())
         return self
 
     def remove(self) -> None:
@@ -266,13 +279,18 @@ class SteerHandle(_HookSet):
         inplace: bool = True,
         fuse: bool = True,
     ):
-        self.model, self.tmap, self.support, self.gate, self.layout = model, tmap, support, gate, layout
+        if not isinstance(tmap, TransportMap):
+            raise TypeError(f"expected a TransportMap, got {type(tmap).__name__} (load one with TransportMap.load(path))")
+        self.model, self.tmap, self.support, self.gate, self.layout = module_tree(model), tmap, support, gate, layout
         self.inplace, self.fuse = inplace, fuse
         self.name_map = name_map
         self.set_strength(strength)
         self._handles: List[Any] = []
         self._hooks: Dict[str, Callable] = {}  # built once, re-registered by every attach()
         self._norms: Dict[str, FusedNorm] = {}  # fused norms' cached parameters, kept across attach()
+        if support is not None:
+            normalize_support(support)  # an unknown name fails here, not at the first forward
+        self.tmap.check_model(self.model, name_map=name_map)  # before anything is attached
 
     def set_strength(self, strength: Union[float, Mapping[str, float], None]) -> None:
         default = self.tmap.default_strength
@@ -281,7 +299,7 @@ class SteerHandle(_HookSet):
         elif isinstance(strength, Mapping):
             unknown = [n for n in strength if n not in self.tmap.maps]
             if unknown:
-                raise KeyError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
+                raise ValueError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
             strengths = {n: float(strength.get(n, default)) for n in self.tmap.maps}
         else:
             strengths = {n: float(strength) for n in self.tmap.maps}
@@ -291,11 +309,15 @@ class SteerHandle(_HookSet):
             raise ValueError(f"strength must be a finite number, got {v!r} for {n!r}")
         self.strengths = strengths
 
+    def _index(self, name: str) -> Index:
+        local = self.name_map(name) if self.name_map else name
+        return tree_index(self.model, local, self.tmap.output_index.get(name))
+
     def _make_hook(self, name: str):
         t = self.tmap.maps[name]
-        index = self.tmap.output_index.get(name)
+        index = self._index(name)
         layout = self.layout or self.tmap.layouts.get(name, "auto")
-        support = normalize_support(self.support if self.support is not None else t.default_support)
+        support = effective_support(t, self.support)
         inplace_allowed = self.inplace
 
         kernels: Dict[tuple, Callable] = {}  # (λ, dtype, device, ndim) -> checked kernel
@@ -353,7 +375,7 @@ class SteerHandle(_HookSet):
         """A replacement ``forward`` running the transported norm, or None (use the hook)."""
         t = self.tmap.maps[name]
         layout = self.layout or self.tmap.layouts.get(name, "auto")
-        if self.tmap.output_index.get(name) is not None or not fusible(module, t, self.support, layout):
+        if self._index(name) is not None or not fusible(module, t, self.support, layout):
             return None
         norm = self._norms.get(name)
         if norm is None or norm.module is not module:

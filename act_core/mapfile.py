@@ -94,7 +94,7 @@ class TransportMap:
         names = list(names)
         missing = [n for n in names if n not in self.maps]
         if missing:
-            raise KeyError(f"modules not in this map: {missing[:5]}")
+            raise ValueError(f"modules not in this map: {missing[:5]}")
         return TransportMap(
             {n: self.maps[n] for n in names},
             {n: self.layouts[n] for n in names},

@@ -6,12 +6,15 @@ which shares the same modules) no hook exists. With cfg > 1 only the conditional
 (``transformer_options["cond_or_uncond"] == 0``) are steered unless ``steer_negative`` is on.
 
 Fused mode (``mode=FUSED``): every module whose fixed-λ map folds exactly
-(``act_core.bake.fold_factors``: support "all", not a spatial-mean map with ω ≠ 1 on a 4-D
+(``act_core.fold.fold_factors``: support "all", not a spatial-mean map with ω ≠ 1 on a 4-D
 output) becomes a ComfyUI "diff" weight patch on the clone, ``Δw = (a − 1) ⊙ w``,
 ``Δb = (a − 1) ⊙ b + c``; ComfyUI adds it when it loads the clone and restores the weights when
 it unloads it. Weights hold for the whole sampling and act on every batch row, so fused mode
 needs the full window and steers both CFG halves; the modules that cannot fold keep the hooks
-above, also on both halves, so the result equals hooks mode with ``steer_negative`` on.
+above, also on both halves, so the result equals hooks mode with ``steer_negative`` on. The
+default everywhere (diffusers, hooks mode, fused mode) is to steer only the conditional rows:
+fused mode therefore refuses, at the first UNet call that holds unconditional rows (cfg > 1),
+unless ``steer_negative`` is on; at cfg 1 (distilled models) there are none.
 
 CLIP: the clone's ``encode_token_weights`` is object-patched to run inside ``act_core.steer``;
 ComfyUI applies the patch only while that clone is the loaded CLIP.
@@ -20,7 +23,7 @@ ComfyUI applies the patch only while that clone is the loaded CLIP.
 from __future__ import annotations
 
 from act_core import SteerHandle, steer
-from act_core.bake import fold_delta
+from act_core.fold import fold_delta
 from act_core.mapfile import MapFileError
 
 from . import comfy_compat as cc
@@ -77,15 +80,16 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
             "AcT fused mode: %d of %d UNet layers fused as weight patches, %d hooked, %d at strength 0%s%s",
             len(folds), len(sub), len(reasons), len(sub) - len(folds) - len(reasons),
             f" (hooked e.g. {first[0]}: {first[1]})" if first else "",
-            "" if steer_negative else "; both CFG halves are steered in this mode ('steer negative' has no effect)",
+            "" if steer_negative else "; with cfg > 1 turn on 'steer negative' (weights act on both CFG halves)",
         )
-        steer_negative = True  # a patched weight acts on both halves; the hooked rest does the same
 
-    if hooked is None:
-        out = model.clone()
-    else:
-        out = cc.add_unet_wrapper(model, _hook_wrapper(model, hooked, strengths, local, start_percent, end_percent,
-                                                       steer_negative, window))
+    wrapper = None
+    if hooked is not None:  # in fused mode the hooked rest acts on both halves, like the weights
+        wrapper = _hook_wrapper(model, hooked, strengths, local, start_percent, end_percent,
+                                steer_negative or fused, window)
+    if fused and not steer_negative and (diffs or hooked is not None):
+        wrapper = _cond_only_guard(wrapper)
+    out = model.clone() if wrapper is None else cc.add_unet_wrapper(model, wrapper)
     if diffs:
         cc.add_weight_diffs(out, diffs)
     return out
@@ -124,6 +128,23 @@ def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, stee
     return wrapper
 
 
+def _cond_only_guard(inner=None):
+    """DIFFUSION_MODEL wrapper for fused mode without ``steer_negative``: weight patches cannot
+    leave the unconditional rows alone, so a UNet call that holds them (cfg > 1) is refused with
+    the fix, instead of silently steering the negative half that hooks mode would not."""
+
+    def wrapper(unet_module, call, transformer_options):
+        if cc.has_uncond_rows(transformer_options):
+            raise ValueError(
+                f"mode {FUSED!r} patches the weights, which steers the negative (unconditional) half too, but "
+                "'steer negative' is off and this sampler runs cfg > 1: turn 'steer negative' on to steer both halves, "
+                f"or choose mode {HOOKS!r} to steer only the positive half (cfg 1 models need neither)"
+            )
+        return inner(unet_module, call, transformer_options) if inner else call()
+
+    return wrapper
+
+
 def apply_to_clip(clip, tmap, strength=1.0):
     check_architecture(tmap, cc.clip_architecture(clip))
     sub = component_subset(tmap, "clip", "'Apply transport map to model'")
@@ -153,7 +174,8 @@ class ApplyToModel(io.ComfyNode):
                 "only the positive (conditional) half is steered unless 'steer negative' is on. Mode 'fused (weight "
                 "patches)' folds every layer whose map is affine per unit (support 'all'; no spatial-mean GroupNorm "
                 "map with ω ≠ 1) into that layer's weight and bias as ComfyUI weight patches: no per-step cost, the "
-                "whole schedule, both CFG halves; the other layers keep hooks (the console log says how many of each)."
+                "whole schedule; weights act on both CFG halves, so with cfg > 1 it needs 'steer negative' on; the "
+                "other layers keep hooks (the console log says how many of each)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to steer (a patched clone is returned)."),
@@ -170,8 +192,9 @@ class ApplyToModel(io.ComfyNode):
                 io.Combo.Input("mode", options=list(MODES), default=HOOKS, optional=True,
                                tooltip="hooks: steer layer outputs at every UNet call (any map, window, cond-only). "
                                        "fused (weight patches): fold the map into the weights that ComfyUI patches in "
-                                       "when it loads the model (no per-step cost); needs start 0 and end 1 and steers "
-                                       "both CFG halves (the same for cfg 1 models such as Lightning/Turbo); layers "
+                                       "when it loads the model (no per-step cost); needs start 0 and end 1, and with "
+                                       "cfg > 1 'steer negative' on (weights act on both halves; cfg 1 models such as "
+                                       "Lightning/Turbo have no negative half); layers "
                                        "that cannot fold exactly keep hooks, the console log says how many."),
                 io.Combo.Input("window", options=list(WINDOWS), default=PERCENT, optional=True,
                                tooltip="How start/end are counted. percent of denoising: ComfyUI's convention (as "

@@ -108,6 +108,10 @@ def latent_channels(model) -> int:
     return int(getattr(model.model.latent_format, "latent_channels", 4))
 
 
+#: seed range of every seed input of the pack, as KSampler's
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
 def empty_latent(model, width: int, height: int, batch: int = 1) -> torch.Tensor:
     return torch.zeros(batch, latent_channels(model), max(1, height // 8), max(1, width // 8))
 
@@ -125,7 +129,7 @@ def sample(model, positive, negative, latent: torch.Tensor, seed: int, steps: in
     """Run ComfyUI's own sampler (the KSampler path) and return the denoised latent.
 
     ``noise`` (same shape as the latent) replaces the seeded noise ComfyUI would draw for the
-    whole latent batch; see :func:`shared_noise` for one noise repeated over a batch.
+    whole latent batch (the Fit node passes one :func:`act_core.diffusion.noise.prompt_noise` per row).
     ``noise_mask`` and ``batch_index`` are a LATENT's own keys (inpainting masks, latents taken
     from a batch), used as KSampler uses them.
     """
@@ -138,16 +142,10 @@ def sample(model, positive, negative, latent: torch.Tensor, seed: int, steps: in
                                denoise=denoise, noise_mask=noise_mask, seed=seed, disable_pbar=True)
 
 
-def shared_noise(model, latent: torch.Tensor, seed: int, batch: int) -> torch.Tensor:
-    """The noise ComfyUI draws for ONE latent of ``latent``'s size from ``seed``, repeated ``batch`` times.
-
-    ``latent``: ``(1, C, H, W)``; returns ``(batch, C', H, W)`` where every row equals
-    ``prepare_noise(latent, seed)[0]`` (a batched ``prepare_noise`` would give each row
-    different noise).
-    """
-    one = _fix_latent(model, latent[:1])
-    noise = comfy.sample.prepare_noise(one, seed)
-    return noise.repeat(batch, *([1] * (noise.ndim - 1)))
+def noise_shape(model, latent: torch.Tensor):
+    """``(C, H, W)`` of the noise ComfyUI's sampler takes for one latent of ``latent``'s size
+    (the channel count of the model's latent format, as KSampler fixes empty latents)."""
+    return tuple(_fix_latent(model, latent[:1]).shape[1:])
 
 
 def concat_conditioning(conds: Sequence[Any]) -> List[List[Any]]:
@@ -286,6 +284,12 @@ def cond_rows(transformer_options, batch: int) -> Optional[torch.Tensor]:
         return None
     chunk = batch // len(cu)
     return torch.tensor([c == 0 for c in cu for _ in range(chunk)], dtype=torch.bool)
+
+
+def has_uncond_rows(transformer_options) -> bool:
+    """True when this model call holds unconditional (negative-prompt) rows, i.e. cfg > 1."""
+    cu = transformer_options.get("cond_or_uncond") if transformer_options else None
+    return bool(cu) and any(c != 0 for c in cu)
 
 
 def current_sigma(transformer_options) -> Optional[float]:

@@ -1,6 +1,8 @@
 """The house rules, read from the code's own imports (ast), so a change that breaks them fails here.
 
-- the core (the modules directly in ``act_core/``) imports no wing (``diffusion``, ``llm``, ``cli``);
+- the core (the modules directly in ``act_core/``) imports no wing (``diffusion``, ``llm``, ``cli``); the
+  package face (``act_core/__init__.py``) may name a wing only inside a function (an adapter
+  imported on first use: checked by the import test at the end);
 - wings import the core and never each other (the CLI may import both wings: it is thin over them);
 - no import circle anywhere in ``act_core`` (lazy imports inside functions count too);
 - ``nodes/`` touches ComfyUI (``comfy``, ``comfy_api``, ``folder_paths``, ``comfy_extras``) only in
@@ -72,6 +74,8 @@ def test_core_imports_no_wing_and_wings_not_each_other():
         for t in targets:
             dst = _wing(t)
             if dst is None or dst == src:
+                continue
+            if mod == "act_core":  # the face: lazy adapters only (the import test below)
                 continue
             if src is None:
                 bad.append(f"core module {mod} imports the {dst} wing ({t})")

@@ -4,8 +4,8 @@
 Widget values are laid out from a running server's node definitions, so the files match what
 the frontend itself would save::
 
-    curl -s http://127.0.0.1:8188/object_info > /tmp/object_info.json
-    python tools/make_workflows.py /tmp/object_info.json
+    python tools/make_workflows.py                  # starts the test ComfyUI (tools/comfyui_setup.py) once
+    python tools/make_workflows.py object_info.json # or: node definitions saved from a server's /object_info
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ def _ksampler(seed=42):
 
 def _fit(layers="UNet norms"):
     return ("ActFitTransportMap", {"method": "Linear-AcT", "layers": layers, "custom_pattern": "", "support": "method default",
-                                   "procedure": "simultaneous", "seed": 0, "width": 1024, "height": 1024, "steps": 20,
-                                   "batch_size": 8})
+                                   "procedure": "simultaneous", "seed": 0, "width": 1024, "height": 1024, "batch_size": 8})
 
 
 def _pairs(goal, count=32):
@@ -95,7 +94,9 @@ def spec_sweep():
              (4, ("CLIPTextEncode", {"text": "a portrait of an old fisherman"})), (5, ("CLIPTextEncode", {"text": NEG})),
              (6, _latent()),
              (7, ("ActStrengthSweep", {"strengths": "0, 0.5, 1, 1.5", "seed": 42, "steps": 25, "cfg": 7.0,
-                                       "sampler_name": "euler", "scheduler": "normal", "columns": 4})),
+                                       "sampler_name": "euler", "scheduler": "normal", "columns": 4,
+                                       "start_percent": 0.0, "end_percent": 1.0, "steer_negative": False, "per_block": "",
+                                       "mode": "hooks", "window": "percent of denoising"})),
              (8, ("SaveImage", {"filename_prefix": "act_sweep"}))]
     links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 1), 4, "clip"), ((1, 1), 5, "clip"),
              ((1, 0), 7, "model"), ((3, 0), 7, "transport_map"), ((4, 0), 7, "positive"), ((5, 0), 7, "negative"),
@@ -172,11 +173,30 @@ def build(title, nodes, links, object_info):
     }
 
 
+def live_object_info() -> dict:
+    """``/object_info`` of a real ComfyUI (the tests' one, --cpu on loopback) with this pack installed."""
+    import tempfile
+
+    sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "tests" / "comfy")]
+    import comfy_harness
+    import comfyui_setup
+
+    if not comfyui_setup.ready():
+        comfyui_setup.main([])
+    with tempfile.TemporaryDirectory() as base:
+        comfy_harness.install_pack(Path(base) / "custom_nodes")
+        server = comfy_harness.ComfyServer(comfyui_setup.comfyui_dir(), Path(base)).start()
+        try:
+            return server.get("/object_info")
+        finally:
+            server.stop()
+
+
 def main(argv=None):
     argv = argv if argv is not None else sys.argv[1:]
-    if len(argv) != 1:
+    if len(argv) > 1:
         raise SystemExit(__doc__)
-    object_info = json.loads(Path(argv[0]).read_text())
+    object_info = json.loads(Path(argv[0]).read_text()) if argv else live_object_info()
     out = ROOT / "workflows"
     out.mkdir(exist_ok=True)
     for name, spec in SPECS.items():

@@ -263,9 +263,10 @@ class PipelineRunner:
     Args:
         pipe: a pipeline of a supported family (:func:`load_pipeline`).
         batch_size: prompts per pipeline call.
-        seed: the initial noise of each prompt comes from a generator seeded with ``seed`` and a
-            stable hash of the prompt text, so a prompt gets the same noise whatever batch it
-            is in (one-pass causal fitting batches source and target together).
+        seed: the initial noise of each prompt (:func:`act_core.diffusion.noise.prompt_noise`: seeded
+            with ``seed`` and a hash of the prompt text, the rule the ComfyUI Fit node uses too), so
+            a prompt gets the same noise whatever batch it is in (one-pass causal fitting batches
+            source and target together).
         height, width: image size during collection (default: the pipeline's).
         collect_step: None (default): one step at the noisiest timestep. ``k``: run the model's
             own ``steps``-step schedule, unsteered, and record only at denoising step ``k``
@@ -288,11 +289,13 @@ class PipelineRunner:
         self.model = self.family.module_tree(pipe)
 
     # one pipeline call -------------------------------------------------------------------------
+    def _latents(self, prompts: List[str]) -> torch.Tensor:
+        """The initial latents of ``prompts`` (one noise per prompt; the family's latent layout)."""
+        return self.family.noise(self.pipe, prompts, self.height, self.width, self.seed)
+
     def _call(self, prompts: List[str], steps: int):
-        f = self.family
-        return self.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=f.collect_guidance(self.pipe),
-                         output_type="latent", latents=f.noise(self.pipe, prompts, self.height, self.width, self.seed),
-                         height=self.height, width=self.width)
+        return self.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=self.family.collect_guidance(self.pipe),
+                         output_type="latent", latents=self._latents(prompts), height=self.height, width=self.width)
 
     @torch.no_grad()
     def run(self, inputs: Sequence[str], collector: ActivationCollector) -> None:
@@ -350,8 +353,7 @@ class PipelineRunner:
                     seen.append(n)
             handles.append(self.model.get_submodule(n).register_forward_hook(hook))
         try:
-            fixed, index = self.family.diffusers_index(names[-1])
-            col = ActivationCollector(self.model, {names[-1]: index if fixed else None}, stop_after=False)
+            col = ActivationCollector(self.model, [names[-1]], stop_after=False)
             saved = self.on_batch, self.batch_size
             self.on_batch, self.batch_size = None, 1
             try:
@@ -376,15 +378,10 @@ SDXLRunner = PipelineRunner
 
 
 def resolve_layers(pipe, layers: Union[str, Sequence[str], None] = None, family: Optional[Family] = None) -> Dict[str, Any]:
-    """``{canonical name: the tuple index diffusers reads}`` for a preset / regex list (None:
-    the family's default preset)."""
+    """``{canonical name: tuple index or None}`` for a preset / regex list (None: the family's
+    default preset). Stream names get None: the module tree says which element they read."""
     fam = family or family_of(pipe)
-    modules = resolve_modules(layers or fam.default_layers, fam.canonical_names(pipe), fam.presets)
-    for n in modules:
-        fixed, index = fam.diffusers_index(n)
-        if fixed:
-            modules[n] = index
-    return modules
+    return resolve_modules(layers or fam.default_layers, fam.canonical_names(pipe), fam.presets)
 
 
 def fit_pipeline_map(
@@ -415,11 +412,10 @@ def fit_pipeline_map(
     layers = layers or fam.default_layers
     modules = resolve_layers(pipe, layers, fam)
     d = pipeline_defaults(pipe)
-    tmap = fit_map(runner, list(source), list(target), modules, method=method, pooling=pooling, procedure=procedure,
+    return fit_map(runner, list(source), list(target), modules, method=method, pooling=pooling, procedure=procedure,
                    support=support, progress=progress, layers=layers if isinstance(layers, str) else list(layers),
                    model_kind=d["kind"], collection=COLLECT_FLOW_NOTE if fam.flow else COLLECT_TIMESTEP_NOTE,
                    seed=seed, **meta)
-    return fam.canonical_map(tmap)
 
 
 #: the SDXL-only name of :func:`fit_pipeline_map`
@@ -451,13 +447,11 @@ def fit_negation_map(pipe, concept: str, n: int = 64, layers: Union[str, Sequenc
 # -- generation ------------------------------------------------------------------------------------
 
 
-def _check_map(fam: Family, tmap: TransportMap, tree: torch.nn.Module) -> TransportMap:
-    """``tmap`` checked against the pipeline (architecture, names, unit counts) and read with
-    diffusers' tuple indices."""
+def _check_map(fam: Family, tmap: TransportMap, tree: torch.nn.Module) -> None:
+    """Raise unless ``tmap`` fits the pipeline (architecture, names, unit counts)."""
     if not isinstance(tmap, TransportMap):
         raise TypeError(f"expected a TransportMap, got {type(tmap).__name__}")
     tmap.check_model(tree, architecture=fam.name)
-    return fam.diffusers_map(tmap)
 
 
 @torch.no_grad()
@@ -474,8 +468,14 @@ def generate(
     support: Optional[str] = None,
     negative_prompt: Union[str, Sequence[str], None] = None,
     output_type: str = "pil",
+    steer_negative: bool = False,
 ):
     """Images for ``prompt`` (one per prompt) with ``tmap`` applied at ``strength`` at every step.
+
+    With classifier-free guidance (``guidance > 1``) the UNet sees the negative (unconditional)
+    rows and the conditional rows in one batch; as in the reference and the ComfyUI nodes, only
+    the conditional rows are steered unless ``steer_negative``. Text-encoder maps act on every
+    prompt the encoders encode (the negative prompt too).
 
     ``tmap=None`` or ``strength=0`` gives the unsteered image, bit for bit (the hooks return the
     output untouched at λ = 0 and are removed afterwards). ``tmap`` may also be a dict
@@ -499,26 +499,49 @@ def generate(
         return pipe(**kw).images
     fam = family_of(pipe)
     tree = fam.module_tree(pipe)
+    rows = None if steer_negative or guidance <= 1 else cond_rows_gate(len(prompts), fam.denoiser)
     if isinstance(tmap, Mapping):
-        return _generate_step_maps(pipe, fam, tree, dict(tmap), strength, support, kw)
-    local = _check_map(fam, tmap, tree)
-    with steer(tree, local, strength=strength, support=support):
+        return _generate_step_maps(pipe, fam, tree, dict(tmap), strength, support, kw, rows)
+    _check_map(fam, tmap, tree)
+    with steer(tree, tmap, strength=strength, support=support, gate=rows):
         return pipe(**kw).images
 
 
-def _generate_step_maps(pipe, fam: Family, tree, maps: Dict[int, TransportMap], strength, support, kw):
+def cond_rows_gate(images: int, denoiser: str = "unet"):
+    """Steering gate (see :class:`act_core.hooks.SteerHandle`) that steers only the conditional
+    rows of a CFG batch: a denoiser call with ``2 * images`` rows holds ``[negative; conditional]``
+    (diffusers' order), so its second half is steered; every other call (text encoders, a
+    denoiser call without the negative half, FLUX's separate true-CFG calls) is steered whole."""
+    prefix = denoiser + "."
+
+    def gate(name, x):
+        if not name.startswith(prefix) or x.shape[0] != 2 * images:
+            return True
+        rows = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        rows[images:] = True
+        return rows
+
+    return gate
+
+
+def _generate_step_maps(pipe, fam: Family, tree, maps: Dict[int, TransportMap], strength, support, kw, rows=None):
     keys = sorted(maps)
-    local = {k: _check_map(fam, m, tree) for k, m in maps.items()}
+    for m in maps.values():
+        _check_map(fam, m, tree)
     counter = _StepCounter(fam.denoiser_module(pipe))
 
     def gate_for(k, nxt):
-        return lambda name, x: k <= max(counter.step, 0) < nxt
+        def gate(name, x):
+            if not k <= max(counter.step, 0) < nxt:
+                return False
+            return True if rows is None else rows(name, x)
+        return gate
 
     handles = []
     try:
         for i, k in enumerate(keys):
             nxt = keys[i + 1] if i + 1 < len(keys) else 1 << 30
-            handles.append(attach(tree, local[k], strength, support=support, gate=gate_for(k, nxt)))
+            handles.append(attach(tree, maps[k], strength, support=support, gate=gate_for(k, nxt)))
         return pipe(**kw).images
     finally:
         for h in handles:
@@ -543,9 +566,8 @@ def fit_step_maps(pipe, source: Sequence[str], target: Sequence[str], layers=Non
     for k in range(steps):
         runner = PipelineRunner(pipe, batch_size=batch_size, seed=seed, height=height, width=width,
                                 collect_step=k, steps=steps, family=fam)
-        out[k] = fam.canonical_map(fit_map(runner, list(source), list(target), modules, method=method,
-                                           procedure="simultaneous", model_kind=d["kind"],
-                                           collection=f"step {k} of {steps}", **meta))
+        out[k] = fit_map(runner, list(source), list(target), modules, method=method, procedure="simultaneous",
+                         model_kind=d["kind"], collection=f"step {k} of {steps}", **meta)
     return out
 
 

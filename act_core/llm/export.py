@@ -50,20 +50,13 @@ from ..hooks import steer
 from .presets import is_norm, out_features
 from ..mapfile import TransportMap, prompts_digest
 from ..files import atomic_write_bytes
-from ..transport import UNBOUNDED, normalize_support
+from ..fold import FoldError, effective_support, fold_factors, folded
+from ..transport import UNBOUNDED
 
 _BLOCK_RE = re.compile(r"^(.*)\.(\d+)$")
 
 
-class FoldError(ValueError):
-    """A map cannot be folded into weights (exactly) for this model."""
-
-
 # -- llama.cpp control vectors ------------------------------------------------------------------
-
-
-def _effective_support(tmap: TransportMap, name: str, support: Optional[str]) -> str:
-    return normalize_support(support if support is not None else tmap.maps[name].default_support)
 
 
 def control_vector_directions(tmap: TransportMap, support: Optional[str] = None) -> Tuple[str, Dict[int, torch.Tensor]]:
@@ -82,7 +75,7 @@ def control_vector_directions(tmap: TransportMap, support: Optional[str] = None)
                 f"module {name!r} has slopes ω ≠ 1 ({t.method} map); a control vector is a pure shift: "
                 "fit with method='mean' (Mean-AcT), or fold a Linear-AcT map into weights with fold_map"
             )
-        if _effective_support(tmap, name, support) != UNBOUNDED:
+        if effective_support(t, support) != UNBOUNDED:
             raise ValueError(
                 f"module {name!r} uses support {t.default_support!r}; llama.cpp shifts every value, which equals the "
                 "map only with support='all' (fit or export with support='all')"
@@ -263,11 +256,6 @@ def _consumers(model: nn.Module, norm_names: List[str]) -> Dict[str, List[str]]:
     return found
 
 
-def _linear_weight_rows(module: nn.Module, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Scale output units of a Linear (``(out, in)``) or Conv1D (``(in, out)``) weight by ``a``."""
-    return w * a[:, None] if isinstance(module, nn.Linear) else w * a[None, :]
-
-
 def _linear_apply(module: nn.Module, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """``W c`` for a Linear, ``c W`` for a Conv1D: the output shift caused by an input shift ``c``."""
     return w @ c if isinstance(module, nn.Linear) else c @ w
@@ -283,8 +271,8 @@ def fold_map(model: nn.Module, tmap: TransportMap, strength: Optional[float] = N
     their scale): that is the check that folding is exact for this model.
     """
     lam = tmap.default_strength if strength is None else float(strength)
-    for name in tmap.maps:
-        s = _effective_support(tmap, name, support)
+    for name, t in tmap.maps.items():
+        s = effective_support(t, support)
         if s != UNBOUNDED:
             raise FoldError(
                 f"module {name!r} uses support {s!r}: with quantile bands the map depends on each value, so no fixed "
@@ -303,46 +291,45 @@ def fold_map(model: nn.Module, tmap: TransportMap, strength: Optional[float] = N
     norms = [n for n in tmap.maps if is_norm(model.get_submodule(n))]
     needs_consumers = [n for n in norms if not isinstance(getattr(model.get_submodule(n), "bias", None), torch.Tensor)]
     consumers = _consumers(model, needs_consumers) if needs_consumers else {}
+    device = next(model.parameters()).device
     for name, t in tmap.maps.items():
         module = model.get_submodule(name)
-        a, c = (v.double().to(next(model.parameters()).device) for v in t.coefficients(lam, torch.float64, torch.device("cpu")))
-        if out_features(module) is not None:
-            w = get(f"{name}.weight")
-            cur[f"{name}.weight"] = _linear_weight_rows(module, w, a)
-            b = get(f"{name}.bias")
-            if b is None:
-                if torch.any(c != 0):
-                    added.append(name)
-                b = torch.zeros_like(c)
-            cur[f"{name}.bias"] = a * b + c
-        elif is_norm(module):
-            width = module.weight.shape[-1]
-            off = _norm_gain_offset(module, width)
-            w = get(f"{name}.weight")
-            cur[f"{name}.weight"] = a * (w + off) - off
-            b = get(f"{name}.bias")
-            if b is not None:
-                cur[f"{name}.bias"] = a * b + c
-            elif torch.any(c != 0):
-                users = consumers.get(name, [])
-                if not users:
-                    raise FoldError(f"norm {name!r} has no bias and no linear layer was seen reading its output directly (e.g. a "
-                                     "tied LM head reads it through a view), so its offset c cannot be folded; keep "
-                                     "hooks for this module or fold a map without it")
-                for u in users:
-                    um = model.get_submodule(u)
-                    uw = get(f"{u}.weight")
-                    ub = get(f"{u}.bias")
-                    if ub is None:
-                        ub = torch.zeros(out_features(um), dtype=torch.float64, device=c.device)
-                        added.append(u)
-                    cur[f"{u}.bias"] = ub + _linear_apply(um, uw, c)
-                notes.append(f"{name}: offset folded into {', '.join(users)}")
-        else:
+        norm = is_norm(module)
+        if out_features(module) is None and not norm:
             raise FoldError(
                 f"module {name!r} ({type(module).__name__}) is neither a linear layer nor a norm; only those can be folded "
                 "(residual-stream Mean-AcT maps export as llama.cpp control vectors instead)"
             )
+        off = _norm_gain_offset(module, module.weight.shape[-1]) if norm else 0.0
+        try:
+            factors = fold_factors(module, t, lam, support, tmap.layouts.get(name, "auto"), gain_offset=off,
+                                   missing_bias="add")
+        except FoldError as e:
+            raise FoldError(f"module {name!r}: {e}") from None
+        for attr, (scale, shift) in factors.items():
+            key = f"{name}.{attr}"
+            if attr == "bias" and norm and key not in params:
+                # a bias-free norm (RMSNorm): its offset c goes into every linear layer reading its output,
+                # W (y + c) + b = W y + (b + W c)
+                users = consumers.get(name, [])
+                if not users:
+                    raise FoldError(f"norm {name!r} has no bias and no linear layer was seen reading its output directly (e.g. a "
+                                    "tied LM head reads it through a view), so its offset c cannot be folded; keep "
+                                    "hooks for this module or fold a map without it")
+                c = shift.to(device)
+                for u in users:
+                    um = model.get_submodule(u)
+                    ub = get(f"{u}.bias")
+                    if ub is None:
+                        ub = torch.zeros(out_features(um), dtype=torch.float64, device=device)
+                        added.append(u)
+                    cur[f"{u}.bias"] = ub + _linear_apply(um, get(f"{u}.weight"), c)
+                notes.append(f"{name}: offset folded into {', '.join(users)}")
+                continue
+            p = get(key)
+            if p is None:
+                added.append(name)
+            cur[key] = folded(p, scale, shift, device=device)
     state = {k: v.to(params[k].dtype if k in params else model.get_submodule(k.rsplit('.', 1)[0]).weight.dtype).contiguous()
              for k, v in cur.items()}
     result = FoldResult(state, sorted(set(added)), lam, None, notes)
@@ -409,7 +396,7 @@ def apply_folded(model: nn.Module, result) -> nn.Module:
             mod_name, attr = k.rsplit(".", 1)
             mod = model.get_submodule(mod_name)
             if attr != "bias":
-                raise KeyError(f"the model has no parameter {k!r}")
+                raise ValueError(f"the model has no parameter {k!r}: these folded weights belong to another model")
             ref = mod.weight
             mod.bias = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).clone(), requires_grad=ref.requires_grad)
     return model

@@ -113,7 +113,7 @@ def concepts() -> List[str]:
 def concept_keywords(concept: str) -> List[str]:
     d = _load("lm_concepts.json")["concepts"]
     if concept not in d:
-        raise KeyError(f"no keywords for concept {concept!r}; shipped concepts: {', '.join(d)}")
+        raise ValueError(f"no keywords for concept {concept!r}; shipped concepts: {', '.join(d)}")
     return list(d[concept]["keywords"])
 
 
@@ -131,7 +131,7 @@ def concept_texts(concept: str, path: Optional[PathLike] = None, limit: Optional
     if path is None:
         d = _load("lm_concepts.json")
         if concept not in d["concepts"]:
-            raise KeyError(f"unknown concept {concept!r}: shipped concepts are {', '.join(d['concepts'])}; or pass path= to a OneSec-style file")
+            raise ValueError(f"unknown concept {concept!r}: shipped concepts are {', '.join(d['concepts'])}; or pass path= to a OneSec-style file")
         tgt = list(d["concepts"][concept]["sentences"])
         src = list(d["unrelated"]) + [s for c, v in d["concepts"].items() if c != concept for s in v["sentences"]]
     else:

@@ -70,7 +70,7 @@ def test_a_diffusers_map_steers_comfyui_identically(both, key):
         __import__("tempfile").mkdtemp() + "/m.safetensors"))
     assert tmap.architecture == fam.name
     tree = fam.module_tree(pipe)
-    with steer(tree, fam.diffusers_map(tmap), strength=1.0):
+    with steer(tree, tmap, strength=1.0):
         steered_d = TF.denoise_diffusers(pipe, inp)
     with steer_comfy_denoiser(model, tmap, 1.0):
         steered_c = TF.denoise_comfy(model, pipe, inp)
@@ -126,7 +126,7 @@ def test_text_encoder_maps_steer_comfyui_identically(both, key):
         base_d, base_c = _encode_diffusers(encoder, ids, d_final), _encode_comfy(comfy_enc.transformer, ids, c_final)
         scale = base_d.abs().max().item()
         assert _close(base_d, base_c, scale), (canon, (base_d - base_c).abs().max())
-        with steer(fam.module_tree(pipe), fam.diffusers_map(tmap), strength=1.0):
+        with steer(fam.module_tree(pipe), tmap, strength=1.0):
             steered_d = _encode_diffusers(encoder, ids, d_final)
         local, names = fam.comfy_map(tmap)
         with steer(clip.cond_stage_model, local, strength=1.0, name_map=names.__getitem__):

@@ -56,7 +56,7 @@ def _rss_mb():
 def _fit(mods, model, clip, goal="style: watercolor", count=2, layers="custom pattern", pattern=MID,
          procedure="simultaneous"):
     pairs = mods.prompts.build_pairs(goal, count, 0)
-    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE, 2,
+    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE,
                         batch_size=2)
 
 

@@ -112,7 +112,7 @@ def test_interrupt_during_fit_ends_cleanly_and_writes_no_file(comfy_server):
         "3": {"class_type": "ActFitTransportMap", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "prompt_pairs": ["2", 0], "method": "Linear-AcT",
             "layers": "custom pattern", "custom_pattern": r"unet\.mid_block\..*norm.*", "support": "method default",
-            "procedure": "causal (low memory)", "seed": 0, "width": 64, "height": 64, "steps": 2, "batch_size": 8}},
+            "procedure": "causal (low memory)", "seed": 0, "width": 64, "height": 64, "batch_size": 8}},
         "4": {"class_type": "ActSaveMap", "inputs": {"transport_map": ["3", 0], "name": "interrupted_map"}},
     }
     client = "interrupt-test"

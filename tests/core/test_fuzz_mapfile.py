@@ -142,10 +142,10 @@ def test_map_for_another_model_is_refused_before_attaching(widths):
         tmap.check_model(model)
     COUNTS["refused by check_model"] += 1
     assert count_hooks(model) == 0
-    if len(widths) < 2:  # a missing module: attaching fails as a whole, leaving no hook behind
-        with pytest.raises(AttributeError):
-            attach(model, tmap)
-        assert count_hooks(model) == 0
+    # a missing module or a width mismatch: attaching checks the model first and attaches nothing
+    with pytest.raises(MapFileError, match="does not fit this model"):
+        attach(model, tmap)
+    assert count_hooks(model) == 0
 
 
 def test_fuzz_summary(request):

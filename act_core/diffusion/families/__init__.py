@@ -47,6 +47,16 @@ def for_pipeline(pipe) -> Family:
     )
 
 
+def pipeline_tree(pipe):
+    """The canonical-name module tree of a diffusers pipeline of any supported family (what
+    ``act_core.steer(pipe, tmap)`` attaches to)."""
+    try:
+        fam = for_pipeline(pipe)
+    except ValueError as e:
+        raise TypeError(str(e)) from None
+    return fam.module_tree(pipe)
+
+
 def _by_class(class_names: Iterable[str], attr: str) -> Optional[Family]:
     """The first class name (most derived first) that a family lists in ``attr``; None when an
     excluded or unknown class comes first."""
@@ -75,5 +85,5 @@ def for_architecture(architecture: Optional[str]) -> Optional[Family]:
     return FAMILIES.get(architecture or "")
 
 
-__all__ = ["FAMILIES", "Family", "CanonicalTree", "NameTranslationError", "get", "for_pipeline", "for_comfy_model",
+__all__ = ["FAMILIES", "Family", "CanonicalTree", "NameTranslationError", "get", "for_pipeline", "pipeline_tree", "for_comfy_model",
            "for_comfy_clip", "for_architecture", "flux", "sd3", "sd15", "sdxl"]

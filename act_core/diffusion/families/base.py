@@ -26,13 +26,13 @@ Nothing here imports diffusers, transformers or ComfyUI: families see ``torch.nn
 from __future__ import annotations
 
 import re
-import zlib
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ...mapfile import TransportMap
+from ..noise import batch_noise
 from ..presets import Preset
 
 Index = Union[int, Tuple[int, ...], None]
@@ -51,14 +51,21 @@ class CanonicalTree(torch.nn.Module):
 
     Collectors, :func:`act_core.hooks.steer` and :func:`act_core.fitting.fit_map` take it like
     any module tree, so hooks registered through it sit on the real modules. Two stream names
-    of one block resolve to the same module (each hook then reads its own tuple element).
-    It is a view: it has no parameters, children or forward of its own.
+    of one block resolve to the same module; :meth:`act_output_index` tells the hooks which
+    tuple element each reads, so canonical maps apply as they are. It is a view: it has no
+    parameters, children or forward of its own.
     """
 
-    def __init__(self, sites: Mapping[str, torch.nn.Module], family: str = ""):
+    def __init__(self, sites: Mapping[str, torch.nn.Module], family: str = "",
+                 indices: Optional[Mapping[str, Index]] = None):
         super().__init__()
         self.__dict__["_sites"] = dict(sites)
         self.__dict__["_family"] = family
+        self.__dict__["_indices"] = dict(indices or {})
+
+    def act_output_index(self, name: str) -> Index:
+        """The tuple index this framework reads for ``name`` (stream names), else None."""
+        return self._indices.get(name)
 
     def get_submodule(self, target: str) -> torch.nn.Module:
         if not target:
@@ -322,13 +329,6 @@ def _text_inner(encoder: torch.nn.Module) -> Tuple[torch.nn.Module, str]:
 # -- the family ----------------------------------------------------------------------------------
 
 
-def _seeded_noise(shape: Tuple[int, ...], seed: int, prompt: str) -> torch.Tensor:
-    """Noise for one prompt: a CPU generator seeded with ``seed`` and a stable hash of the
-    prompt text, so a prompt gets the same noise whatever batch it is in."""
-    g = torch.Generator("cpu").manual_seed((seed * 1_000_003 + zlib.crc32(prompt.encode("utf-8"))) % (2**63))
-    return torch.randn(*shape, generator=g)
-
-
 @dataclass
 class Family:
     """One model family. Subclasses (one per family module) fill in the names and tables.
@@ -534,32 +534,16 @@ class Family:
     def comfy_tree(self, model: Optional[torch.nn.Module] = None,
                    clip: Optional[torch.nn.Module] = None) -> CanonicalTree:
         """A canonical-name view of ComfyUI's module trees (see :meth:`comfy_names`)."""
-        return CanonicalTree({c: m for c, (_, _, m) in self.comfy_names(model, clip).items()}, self.title)
+        names = self.comfy_names(model, clip)
+        return CanonicalTree({c: m for c, (_, _, m) in names.items()}, self.title,
+                             {c: i for c, (_, i, _) in names.items() if i is not None})
 
-    # -- maps in a framework's own indices ---------------------------------------------------------
-
-    def canonical_map(self, tmap: TransportMap) -> TransportMap:
-        """``tmap`` with the tuple indices of stream names reset (the name says which stream);
-        what a map file stores."""
-        out = TransportMap(dict(tmap.maps), dict(tmap.layouts), dict(tmap.output_index), dict(tmap.meta))
-        for n in out.maps:
-            fixed, _ = self.diffusers_index(n)
-            if fixed:
-                out.output_index[n] = None
-        return out
-
-    def diffusers_map(self, tmap: TransportMap) -> TransportMap:
-        """``tmap`` with the tuple indices diffusers reads (stream names), for :meth:`module_tree`."""
-        out = TransportMap(dict(tmap.maps), dict(tmap.layouts), dict(tmap.output_index), dict(tmap.meta))
-        for n in out.maps:
-            fixed, index = self.diffusers_index(n)
-            if fixed:
-                out.output_index[n] = index
-        return out
+    # -- maps in ComfyUI's own names and indices ---------------------------------------------------
 
     def comfy_map(self, tmap: TransportMap) -> Tuple[TransportMap, Dict[str, str]]:
         """(``tmap`` with ComfyUI's tuple indices, ``{canonical: ComfyUI name}``) for steering
-        ComfyUI's trees with ``name_map``."""
+        ComfyUI's trees with ``name_map``. A map file stores no index for stream names (the
+        name says which stream); this copy holds the index ComfyUI reads."""
         out = TransportMap(dict(tmap.maps), dict(tmap.layouts), dict(tmap.output_index), dict(tmap.meta))
         names = {}
         for n in out.maps:
@@ -629,11 +613,15 @@ class Family:
         return root.get_submodule(path)
 
     def module_tree(self, pipe) -> CanonicalTree:
-        """A view of the pipeline whose names are exactly :meth:`canonical_names`."""
-        sites = {}
+        """A view of the pipeline whose names are exactly :meth:`canonical_names` (and whose
+        stream names read diffusers' tuple elements)."""
+        sites, indices = {}, {}
         for n in self.canonical_names(pipe):
             sites[n] = self.module(pipe, n)
-        return CanonicalTree(sites, self.title)
+            fixed, index = self.diffusers_index(n)
+            if fixed:
+                indices[n] = index
+        return CanonicalTree(sites, self.title, indices)
 
     def denoiser_module(self, pipe) -> torch.nn.Module:
         return getattr(pipe, self.denoiser)
@@ -646,14 +634,15 @@ class Family:
         return int(size) * int(pipe.vae_scale_factor)
 
     def noise(self, pipe, prompts: Sequence[str], height: Optional[int], width: Optional[int], seed: int) -> torch.Tensor:
-        """Initial latents for the collection pass, one seeded noise per prompt, in the layout
-        the pipeline's ``latents=`` argument takes (``(B, C, h, w)`` here)."""
+        """Initial latents for the collection pass, one noise per prompt
+        (:func:`act_core.diffusion.noise.prompt_noise`, the rule the ComfyUI Fit node uses too), in
+        the layout the pipeline's ``latents=`` argument takes (``(B, C, h, w)`` here)."""
         scale = pipe.vae_scale_factor
         h = (height or self.default_size(pipe)) // scale
         w = (width or self.default_size(pipe)) // scale
         c = self.denoiser_module(pipe).config.in_channels
         den = self.denoiser_module(pipe)
-        return torch.stack([_seeded_noise((c, h, w), seed, p) for p in prompts]).to(den.device, den.dtype)
+        return batch_noise(seed, prompts, (c, h, w)).to(den.device, den.dtype)
 
     def collect_guidance(self, pipe) -> float:
         """Guidance scale of the collection call: 0 (no CFG batch), as the reference."""

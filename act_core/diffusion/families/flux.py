@@ -58,7 +58,8 @@ from typing import Optional, Sequence
 import torch
 
 from ..presets import Preset, preset_table
-from .base import CLIP_L, T5_XXL, Family, NameTable, StreamRule, _seeded_noise
+from ..noise import batch_noise
+from .base import CLIP_L, T5_XXL, Family, NameTable, StreamRule
 
 D = "transformer_blocks.{i}"
 DC = "double_blocks.{i}"
@@ -137,7 +138,7 @@ class FluxFamily(Family):
         height, width = height or self.default_size(pipe), width or self.default_size(pipe)
         h, w = 2 * (int(height) // (scale * 2)), 2 * (int(width) // (scale * 2))
         c = den.config.in_channels // 4
-        x = torch.stack([_seeded_noise((c, h, w), seed, p) for p in prompts])
+        x = batch_noise(seed, prompts, (c, h, w))
         return pack(x).to(den.device, den.dtype)
 
     def default_size(self, pipe) -> int:
