@@ -4,13 +4,10 @@ Everything else in ``nodes/`` talks to ComfyUI through the names below, and all 
 ``act_core``. Written against ComfyUI 0.3.75 (the version the tests run); features that moved
 between versions are looked up with ``getattr``.
 
-Module trees used for names (see ``act_core.diffusion.families.sdxl``):
-
-- UNet: ``MODEL.model`` (``comfy.model_base.SDXL``), names ``diffusion_model.<UNetModel name>``;
-- text encoders: ``CLIP.cond_stage_model`` (``SDXLClipModel``), names ``clip_l.transformer.text_model.<x>``.
-
-:func:`model_tree` joins both in one read-only naming view (``model.`` + UNet names,
-``cond_stage_model.`` + CLIP names) so a single fit can hook either or both.
+Module trees used for names (see ``act_core.diffusion.families``): ``MODEL.model`` (a
+``comfy.model_base.BaseModel``: names ``diffusion_model.<name>``) and ``CLIP.cond_stage_model``
+(names ``clip_l.transformer.text_model.<x>``, ``t5xxl.transformer.<x>`` ...). A model's family
+comes from its model config's class (:func:`model_classes`).
 """
 
 from __future__ import annotations
@@ -34,56 +31,45 @@ log = logging.getLogger("act_steering")
 TransportMapType = io.Custom("TRANSPORT_MAP")
 PromptPairsType = io.Custom("ACT_PROMPT_PAIRS")
 
-UNET_ROOT = "model"
-CLIP_ROOT = "cond_stage_model"
 WRAPPER_KEY = "act_steering"
 MAPS_FOLDER = "act_maps"
 
 
 # -- model identity ---------------------------------------------------------------------------
 
-def architecture(model) -> str:
-    """``"sdxl"`` for SDXL-family MODELs (base, Turbo, Lightning, ...), else a lower-case class name."""
-    import comfy.model_base
-
-    base = model.model
-    if isinstance(base, comfy.model_base.SDXL):
-        return "sdxl"
-    return type(base).__name__.lower()
+def _mro(cls) -> List[str]:
+    return [c.__name__ for c in cls.__mro__]
 
 
-def clip_architecture(clip) -> str:
-    import comfy.sdxl_clip
-
-    cm = clip.cond_stage_model
-    if isinstance(cm, comfy.sdxl_clip.SDXLClipModel):
-        return "sdxl"
-    return type(cm).__name__.lower()
+def model_classes(model) -> List[str]:
+    """Class names of the MODEL's model config (``comfy.supported_models``: ``SDXL``, ``Flux``,
+    ``WAN21_T2V`` ...), most derived first: what identifies the model's family."""
+    return _mro(type(model.model.model_config))
 
 
-class _View(torch.nn.Module):
-    """A naming view: children are shared modules (not copied); never called."""
-
-    def __init__(self, children: Dict[str, torch.nn.Module]):
-        super().__init__()
-        for k, v in children.items():
-            self.add_module(k, v)
-
-    def forward(self, *a, **k):  # pragma: no cover
-        raise RuntimeError("naming view only")
+def stock_model_class(model) -> str:
+    """The ComfyUI model type of a MODEL: the most derived class of its model config that
+    ComfyUI itself defines (a test pack's tiny subclass reports its stock parent)."""
+    for cls in type(model.model.model_config).__mro__:
+        if cls.__module__ == "comfy.supported_models":
+            return cls.__name__
+    return type(model.model.model_config).__name__
 
 
-def model_tree(model=None, clip=None) -> torch.nn.Module:
-    """``nn.Module`` whose names are ``model.<UNet names>`` and ``cond_stage_model.<CLIP names>``.
+def clip_classes(clip) -> List[str]:
+    """Class names of the CLIP's text-encoder model (``SDXLClipModel``, ``FluxClipModel`` ...), most derived first."""
+    return _mro(type(clip.cond_stage_model))
 
-    CLIP first: ``named_modules()`` order is then forward order (text encoders run first).
-    """
-    kids: Dict[str, torch.nn.Module] = {}
-    if clip is not None:
-        kids[CLIP_ROOT] = clip.cond_stage_model
-    if model is not None:
-        kids[UNET_ROOT] = model.model
-    return _View(kids)
+
+def has_guidance_input(model) -> bool:
+    """Whether the diffusion model takes an embedded guidance value (FLUX.1-dev; not schnell)."""
+    return bool(getattr(model.model, "model_config", None) is not None
+                and model.model.model_config.unet_config.get("guidance_embed", False))
+
+
+def with_guidance(conditioning, guidance: float):
+    """``conditioning`` with ``guidance`` set on every entry (what the FluxGuidance node does)."""
+    return [[c[0], {**c[1], "guidance": float(guidance)}] for c in conditioning]
 
 
 # -- progress and cancellation -----------------------------------------------------------------

@@ -346,6 +346,8 @@ class Family:
         comfy_clips: ComfyUI text-encoder model class names (``CLIP.cond_stage_model``).
         flow: a flow-matching model: the first step of any schedule is sigma = 1, so collection
             keeps the pipeline's scheduler; otherwise a 1-step trailing Euler schedule (t = 999).
+        roles: which presets play a role every family has (``norms``, ``blocks``, ``attention``,
+            ``text``, ``t5``): what family-neutral choices (the ComfyUI Fit node's) resolve to.
     """
 
     name: str
@@ -362,6 +364,7 @@ class Family:
     streams: Tuple[StreamRule, ...] = ()
     comfy_root: str = "diffusion_model"
     notes: str = ""
+    roles: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
     _unet: Optional[LdmUNet] = field(default=None, repr=False)
     _table: Optional[NameTable] = field(default=None, repr=False)
 
@@ -665,6 +668,17 @@ class Family:
     def matches_pipeline(self, pipe) -> bool:
         """Whether a diffusers pipeline (or an object with the same attributes) is of this family."""
         return type(pipe).__name__ == self.pipeline_class
+
+    def role(self, role: str) -> Tuple[str, ...]:
+        """The presets of a family-neutral role (``default`` is the paper's preset); ValueError
+        when this family has none."""
+        if role == "default":
+            return (self.default_layers,)
+        presets = self.roles.get(role)
+        if not presets:
+            raise ValueError(f"{self.title} has no {role!r} layers; choose among "
+                             + ", ".join(sorted(("default", *self.roles))))
+        return tuple(presets)
 
     def describe(self) -> str:
         te = ", ".join(f"{t.title} ({p})" for p, t in self.text_encoders.items())

@@ -172,6 +172,8 @@ FAMILY = FluxFamily(
     kinds={"schnell": (4, 0.0), "dev": (28, 3.5)}, comfy_models=("Flux", "FluxSchnell", "FluxInpaint"),
     comfy_clips=("FluxClipModel",), flow=True,
     streams=(StreamRule(D, DC, {"txt": (0, 1), "img": (1, 0)}), StreamRule(S, SC, {"": ((0, 1), None)})),
+    roles={"norms": ("transformer_norms",), "blocks": ("transformer_double_blocks", "transformer_single_blocks"),
+           "attention": ("transformer_attention_outputs",), "text": ("text_encoder_layers",), "t5": ("t5_blocks",)},
     notes="FLUX.1 schnell (the paper's) and dev", _table=NAMES,
 )
 

@@ -27,6 +27,8 @@ from .base import CLIP_H, CLIP_L, Family, LdmUNet
 from .sdxl import UNET_PRESETS
 
 UNET_LAYOUT = LdmUNet(levels=4, down_attention=(0, 1, 2), up_attention=(1, 2, 3))
+ROLES = {"norms": ("unet_norms",), "blocks": ("unet_resnets", "unet_transformer_blocks"),
+         "attention": ("unet_attention_outputs",), "text": ("text_encoder_layers",)}
 
 PRESETS = preset_table(
     *UNET_PRESETS,
@@ -73,14 +75,14 @@ FAMILY = SD15Family(
     name="sd15", title="SD1.5", denoiser="unet", text_encoders={"text_encoder": CLIP_L}, presets=PRESETS,
     default_layers="unet_norms", pipeline_class="StableDiffusionPipeline", kinds={"base": (30, 7.5)},
     comfy_models=("SD15", "SD15_instructpix2pix"), comfy_clips=("SD1ClipModel",),
-    notes="SD1.x and fine-tunes with the same keys", _unet=UNET_LAYOUT,
+    notes="SD1.x and fine-tunes with the same keys", roles=ROLES, _unet=UNET_LAYOUT,
 )
 
 SD2 = SD2Family(
     name="sd2", title="SD2.x", denoiser="unet", text_encoders={"text_encoder": CLIP_H}, presets=PRESETS,
     default_layers="unet_norms", pipeline_class="StableDiffusionPipeline", kinds={"base": (30, 7.5), "turbo": (1, 0.0)},
     comfy_models=("SD20",), comfy_clips=("SD2ClipModel",), notes="SD2.0/2.1 (512 and 768-v), SD-Turbo",
-    _unet=UNET_LAYOUT,
+    roles=ROLES, _unet=UNET_LAYOUT,
 )
 
 __all__ = ["FAMILY", "SD2", "PRESETS", "UNET_LAYOUT", "SD15_UNET_CONFIG", "SD2_UNET_CONFIG"]

@@ -127,6 +127,8 @@ FAMILY = SD3Family(
     presets=PRESETS, default_layers="transformer_blocks", pipeline_class="StableDiffusion3Pipeline",
     kinds={"base": (28, 4.5), "turbo": (4, 0.0)}, comfy_models=("SD3",), comfy_clips=("SD3ClipModel",), flow=True,
     streams=(StreamRule(B, J, {"txt": (0, 0), "img": (1, 1)}),),
+    roles={"norms": ("transformer_norms",), "blocks": ("transformer_blocks",),
+           "attention": ("transformer_attention_outputs",), "text": ("text_encoder_layers",), "t5": ("t5_blocks",)},
     notes="SD3 Medium, SD3.5 Large / Medium / Large Turbo", _table=NAMES,
 )
 

@@ -170,6 +170,8 @@ FAMILY = SDXLFamily(
     kinds={"base": (30, 5.0), "lightning": (4, 0.0), "turbo": (1, 0.0)},
     # KOALA (one resnet per level) has another block layout: it takes the generic path
     comfy_models=("SDXL", "SSD1B", "Segmind_Vega", "SDXL_instructpix2pix"), comfy_clips=("SDXLClipModel",),
+    roles={"norms": ("unet_norms",), "blocks": ("unet_resnets", "unet_transformer_blocks"),
+           "attention": ("unet_attention_outputs",), "text": ("text_encoder_layers",)},
     notes="base, Lightning, Turbo and fine-tunes with the same keys", _unet=UNET_LAYOUT,
 )
 
