@@ -42,6 +42,14 @@ def test_pack_loads_without_import_failure_and_lists_every_node(comfy_server, ob
     assert "Linear-AcT" in json.dumps(object_info["ActFitTransportMap"]["input"]["required"]["method"])
 
 
+def test_every_seed_input_has_ksamplers_range(object_info):
+    ks = object_info["KSampler"]["input"]["required"]["seed"][1]
+    seeds = {node_id: spec[1] for node_id in NODE_IDS for group in ("required", "optional")
+             for name, spec in object_info[node_id]["input"].get(group, {}).items() if name == "seed"}
+    assert len(seeds) >= 3, seeds
+    assert all((o["min"], o["max"]) == (ks["min"], ks["max"]) for o in seeds.values()), (ks, seeds)
+
+
 def test_workflows_appear_in_the_template_browser(comfy_server):
     templates = comfy_server.get("/workflow_templates")
     assert sorted(templates.get("act-steering", [])) == sorted(p.stem for p in WORKFLOWS)
@@ -53,6 +61,7 @@ def test_workflows_appear_in_the_template_browser(comfy_server):
 ORDER = ["act_fit_then_save.json"] + [p.name for p in WORKFLOWS if p.name != "act_fit_then_save.json"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ORDER)
 def test_shipped_workflow_runs(comfy_server, object_info, name):
     ui = _workflow(name)
