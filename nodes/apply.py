@@ -1,6 +1,6 @@
 """Apply a transport map to a MODEL (UNet) or a CLIP (text encoders); both return patched clones.
 
-MODEL: a ComfyUI DIFFUSION_MODEL wrapper on a clone attaches act_core steering hooks around
+MODEL: a ComfyUI APPLY_MODEL wrapper on a clone attaches act_core steering hooks around
 each UNet call and removes them in ``finally``; between calls (and for the input MODEL,
 which shares the same modules) no hook exists. With cfg > 1 only the conditional rows
 (``transformer_options["cond_or_uncond"] == 0``) are steered unless ``steer_negative`` is on.
@@ -97,7 +97,7 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
 
 
 def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, steer_negative, window=PERCENT):
-    """DIFFUSION_MODEL wrapper: act_core hooks for ``sub`` around each UNet call inside the window
+    """Model wrapper: act_core hooks for ``sub`` around each diffusion-model call inside the window
     (``PERCENT``: ComfyUI's percent of denoising, as ConditioningSetTimestepRange; ``STEPS``: the
     fraction of the sampler's steps, see :func:`step_in_window`)."""
     sigma_start = cc.percent_to_sigma(model, start_percent)
@@ -130,7 +130,7 @@ def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, stee
 
 
 def _cond_only_guard(inner=None):
-    """DIFFUSION_MODEL wrapper for fused mode without ``steer_negative``: weight patches cannot
+    """Model wrapper for fused mode without ``steer_negative``: weight patches cannot
     leave the unconditional rows alone, so a UNet call that holds them (cfg > 1) is refused with
     the fix, instead of silently steering the negative half that hooks mode would not."""
 
@@ -154,7 +154,7 @@ def apply_to_clip(clip, tmap, strength=1.0):
 
         if tmap.architecture and not generic.is_generic(tmap.architecture):
             raise MapFileError(f"this map was fitted on {tmap.architecture!r} but the connected CLIP is "
-                               f"{cc.clip_classes(clip)[0]}, not that family's text encoders")
+                               f"{cc.stock_clip_class(clip)}, not that family's text encoders")
         naming = Naming(tmap.architecture or "", None, "ComfyUI text encoders")
     else:
         check_architecture(tmap, naming)

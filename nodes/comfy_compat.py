@@ -7,7 +7,7 @@ between versions are looked up with ``getattr``.
 Module trees used for names (see ``act_core.diffusion.families``): ``MODEL.model`` (a
 ``comfy.model_base.BaseModel``: names ``diffusion_model.<name>``) and ``CLIP.cond_stage_model``
 (names ``clip_l.transformer.text_model.<x>``, ``t5xxl.transformer.<x>`` ...). A model's family
-comes from its model config's class (:func:`model_classes`).
+comes from its model config's class (:func:`stock_model_class`).
 """
 
 from __future__ import annotations
@@ -37,28 +37,24 @@ MAPS_FOLDER = "act_maps"
 
 # -- model identity ---------------------------------------------------------------------------
 
-def _mro(cls) -> List[str]:
-    return [c.__name__ for c in cls.__mro__]
-
-
-def model_classes(model) -> List[str]:
-    """Class names of the MODEL's model config (``comfy.supported_models``: ``SDXL``, ``Flux``,
-    ``WAN21_T2V`` ...), most derived first: what identifies the model's family."""
-    return _mro(type(model.model.model_config))
+def _stock_class(obj, prefix: str) -> str:
+    """The most derived class of ``obj`` that ComfyUI itself defines (module ``prefix``...): a
+    custom pack's subclass reports its ComfyUI parent."""
+    for cls in type(obj).__mro__:
+        if cls.__module__.startswith(prefix):
+            return cls.__name__
+    return type(obj).__name__
 
 
 def stock_model_class(model) -> str:
-    """The ComfyUI model type of a MODEL: the most derived class of its model config that
-    ComfyUI itself defines (a test pack's tiny subclass reports its stock parent)."""
-    for cls in type(model.model.model_config).__mro__:
-        if cls.__module__ == "comfy.supported_models":
-            return cls.__name__
-    return type(model.model.model_config).__name__
+    """The ComfyUI model type of a MODEL: its model config's class in ``comfy.supported_models``
+    (``SDXL``, ``FluxSchnell``, ``WAN21_T2V`` ...): what identifies the model's family."""
+    return _stock_class(model.model.model_config, "comfy.supported_models")
 
 
-def clip_classes(clip) -> List[str]:
-    """Class names of the CLIP's text-encoder model (``SDXLClipModel``, ``FluxClipModel`` ...), most derived first."""
-    return _mro(type(clip.cond_stage_model))
+def stock_clip_class(clip) -> str:
+    """The CLIP's text-encoder model class as ComfyUI defines it (``SDXLClipModel``, ``FluxClipModel_`` ...)."""
+    return _stock_class(clip.cond_stage_model, "comfy.")
 
 
 def has_guidance_input(model) -> bool:
@@ -204,21 +200,23 @@ def percent_to_sigma(model, percent: float) -> float:
 
 
 def add_unet_wrapper(model, wrapper: Callable) -> Any:
-    """Clone ``model`` and wrap every UNet forward of the clone in ``wrapper``.
+    """Clone ``model`` and wrap every diffusion-model call of the clone in ``wrapper``.
 
-    ``wrapper(unet, call, transformer_options)`` must run ``call()`` (the real forward) and
-    return its result; it sees the ``UNetModel`` and ComfyUI's ``transformer_options``
-    (``cond_or_uncond``, ``sigmas``). The input MODEL is not changed.
+    ``wrapper(diffusion_model, call, transformer_options)`` must run ``call()`` (the real call)
+    and return its result; it sees the diffusion model (``UNetModel``, ``Flux``, ``MMDiT`` ...)
+    and ComfyUI's ``transformer_options`` (``cond_or_uncond``, ``sigmas``). Registered as an
+    APPLY_MODEL wrapper, which every model type runs through (in 0.3.75 some diffusion models,
+    SD3's MMDiT among them, do not run DIFFUSION_MODEL wrappers). The input MODEL is not changed.
     """
 
-    def diffusion_model_wrapper(executor, *args, **kwargs):
+    def apply_model_wrapper(executor, *args, **kwargs):
         transformer_options = kwargs.get("transformer_options")
         if transformer_options is None:
             transformer_options = args[5] if len(args) > 5 else {}
-        return wrapper(executor.class_obj, lambda: executor(*args, **kwargs), transformer_options)
+        return wrapper(executor.class_obj.diffusion_model, lambda: executor(*args, **kwargs), transformer_options)
 
     m = model.clone()
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model_wrapper)
     return m
 
 

@@ -73,6 +73,10 @@ def core_procedure(procedure: str, modules, naming: Naming) -> str:
     selected "causal" runs act_core's ``causal_reference`` (the same estimates, layer by layer).
     """
     core = PROCEDURES[procedure]
+    if core == "causal" and naming.generic:
+        log.info("ActFitTransportMap: on the generic path 'causal' runs layer by layer ('causal (low memory)'): prompts "
+                 "of different text lengths cannot share one batch of an unknown model")
+        return "causal_reference"
     if core == "causal" and any(naming.component(n) != "model" for n in modules):
         log.info("ActFitTransportMap: text-encoder layers are fitted layer by layer ('causal (low memory)'); "
                  "one-pass causal needs every prompt in one batch, and ComfyUI encodes one prompt at a time")

@@ -5,7 +5,8 @@ name them (a family's canonical names, or ComfyUI's own on the generic path; see
 ``steering.Naming``), so ``fit_map`` returns a map with those names directly.
 
 Each prompt is encoded with the CLIP, one prompt at a time (text-encoder hooks fire there).
-When diffusion-model modules are hooked, up to ``batch_size`` prompts are then sampled together with
+When diffusion-model modules are hooked, up to ``batch_size`` prompts (of the same text length,
+except on cross-attention UNets) are then sampled together with
 ComfyUI's own sampler at ``cfg = 1`` (ComfyUI then runs only the conditional batch): their
 conditionings are stacked into one batch (:func:`comfy_compat.concat_conditioning`) and every
 row starts from its prompt's own noise, :func:`act_core.diffusion.noise.prompt_noise` (seeded
@@ -72,7 +73,8 @@ class ComfyRunner:
                 cc.check_interrupted()
                 conds.append(self._encode(text))
             cc.check_interrupted()
-            run_until_stop(self._sample, cc.concat_conditioning(conds), chunk)
+            for texts, group in self._groups(chunk, conds):
+                run_until_stop(self._sample, cc.concat_conditioning(group), texts)
             self.on_prompts(len(chunk))
 
     def order(self, names: Sequence[str]) -> List[str]:
@@ -103,6 +105,24 @@ class ComfyRunner:
             for h in handles:
                 h.remove()
         return seen + [n for n in ordered(self.model, names) if n not in seen]
+
+    def _groups(self, texts, conds):
+        """The chunk as UNet batches: all of it for cross-attention UNets (prompts of other
+        token lengths are repeated up to a common one, which leaves cross-attention unchanged:
+        :func:`comfy_compat.concat_conditioning`); otherwise runs of consecutive prompts with the
+        same token length, since joint attention (SD3, FLUX, most DiTs) would weigh repeated
+        text tokens more."""
+        if self.naming.family is not None and self.naming.family.denoiser == "unet":
+            return [(texts, conds)]
+        groups = []
+        for text, cond in zip(texts, conds):
+            length = cond[0][0].shape[1]
+            if groups and groups[-1][2] == length:
+                groups[-1][0].append(text)
+                groups[-1][1].append(cond)
+            else:
+                groups.append(([text], [cond], length))
+        return [(t, c) for t, c, _ in groups]
 
     def _denoiser(self, name: str) -> bool:
         return self.naming.component(name) == "model"

@@ -1,4 +1,4 @@
-"""Pack-side glue between ComfyUI module trees and act_core (no ComfyUI imports, no math).
+"""Pack-side glue between ComfyUI module trees and act_core (no math; ComfyUI through comfy_compat only).
 
 Names: a map names modules either by a family's canonical names (SD1.5, SD2.x, SDXL, SD3.5,
 FLUX.1: ``act_core.diffusion.families``; one map file works in diffusers too) or, for any other
@@ -41,7 +41,7 @@ class Naming:
 
     @staticmethod
     def of_model(model) -> "Naming":
-        fam = families.for_comfy_model(cc.model_classes(model))
+        fam = families.for_comfy_model(cc.stock_model_class(model))
         if fam is not None:
             return Naming(fam.name, fam, fam.title)
         cls = cc.stock_model_class(model)
@@ -49,7 +49,7 @@ class Naming:
 
     @staticmethod
     def of_clip(clip) -> Optional["Naming"]:
-        fam = families.for_comfy_clip(cc.clip_classes(clip))
+        fam = families.for_comfy_clip(cc.stock_clip_class(clip))
         return Naming(fam.name, fam, fam.title) if fam is not None else None
 
     @property

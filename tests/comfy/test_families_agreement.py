@@ -1,9 +1,12 @@
 """The promise of canonical names, for every family: the same tiny weights in diffusers and in
-ComfyUI 0.3.75 (loaded by ComfyUI's own loaders), the same map applied in each framework
-through its own name translation, and the two steered outputs agree (float rounding).
+ComfyUI 0.3.75 (loaded by ComfyUI's own loaders); a map fitted in diffusers, saved and loaded by
+the Load map node, or fitted by the Fit node and loaded in diffusers, is applied in each
+framework through its own name translation (Apply to model / Apply to CLIP in ComfyUI), and the
+two steered outputs agree up to float rounding.
 
 Denoisers are compared on identical inputs (latent, timestep, text context, pooled vector,
-guidance) in each framework's calling convention; text encoders on identical token ids.
+guidance) through ComfyUI's ``apply_model`` (what a sampler step calls); text encoders on the
+token ids ComfyUI's own tokenizers give.
 """
 
 import pytest
@@ -47,39 +50,10 @@ def both(tiny_pack):
     return out
 
 
-def _close(a, b, scale):
-    return (a - b).abs().max().item() <= 1e-4 * max(1.0, scale)  # float32, different kernels and batching
-
-
-def steer_comfy_denoiser(model, tmap, strength):
-    """Steer ComfyUI's denoiser with a canonical map through the family's ComfyUI translation."""
-    fam = families.for_architecture(tmap.architecture)
-    local, names = fam.comfy_map(tmap)
-    return steer(model.model, local, strength=strength, name_map=names.__getitem__)
-
-
-@pytest.mark.parametrize("key", list(BUILD))
-def test_a_diffusers_map_steers_comfyui_identically(both, key):
-    pipe, model, _ = both[key]
-    fam = D.family_of(pipe)
-    inp = TF.inputs(pipe, seed=1, batch=2)
-    base_d, base_c = TF.denoise_diffusers(pipe, inp), TF.denoise_comfy(model, pipe, inp)
-    scale = base_d.abs().max().item()
-    assert _close(base_d, base_c, scale), (base_d - base_c).abs().max()
-    tmap = TransportMap.load(D.fit_style_map(pipe, "watercolor", n=4, batch_size=4, **SIZE).save(
-        __import__("tempfile").mkdtemp() + "/m.safetensors"))
-    assert tmap.architecture == fam.name
-    tree = fam.module_tree(pipe)
-    with steer(tree, tmap, strength=1.0):
-        steered_d = TF.denoise_diffusers(pipe, inp)
-    with steer_comfy_denoiser(model, tmap, 1.0):
-        steered_c = TF.denoise_comfy(model, pipe, inp)
-    effect = (steered_d - base_d).abs().max().item()
-    assert effect > 1e-2, "the map must change the output (well beyond the tolerance) for the comparison to mean anything"
-    assert _close(steered_d, steered_c, scale), ((steered_d - steered_c).abs().max(), effect)
-    # removal leaves both exactly as they were
-    assert count_hooks(model.model) == 0
-    assert torch.equal(TF.denoise_comfy(model, pipe, inp), base_c) and torch.equal(TF.denoise_diffusers(pipe, inp), base_d)
+def _close(a, b, scale, tol=1e-4):
+    """Equal up to float32 rounding of two implementations (different kernels and batching);
+    every caller also checks that the steering effect is 100x larger than ``tol``."""
+    return (a - b).abs().max().item() <= tol * max(1.0, scale)
 
 
 def _run_capturing(call, capture):
@@ -102,36 +76,144 @@ def _encode_diffusers(encoder, ids, capture):
     return _run_capturing(lambda: encoder(input_ids=ids), capture)
 
 
-def _encode_comfy(transformer, ids, capture):
-    return _run_capturing(lambda: transformer(ids, None), capture)
+# -- through the nodes: Load map / Fit / Apply to model / Apply to CLIP ----------------------------
+
+TOKENS = {"clip_l": "l", "clip_g": "g", "clip_h": "h", "t5xxl": "t5xxl"}
+
+
+@pytest.fixture(scope="module")
+def mods(pack):
+    from act_steering_pack.nodes import apply, comfy_compat, files, fit, prompts
+
+    return type("Mods", (), dict(apply=apply, cc=comfy_compat, files=files, fit=fit, prompts=prompts))
+
+
+def _continuous(tmap):
+    """The same maps with support "all": continuous in the activations. A band support (the
+    Linear-AcT default, q_0_100) switches a unit's map on or off at the band's edges, so two
+    implementations that differ by float rounding can land on different sides of an edge; the
+    name translation is compared on the continuous maps."""
+    from act_core.transport import UnitTransport
+
+    out = TransportMap(meta={**tmap.meta, "default_support": "all"})
+    for n, t in tmap.maps.items():
+        out.add(n, UnitTransport(t.omega, t.beta, t.bands, t.flags, t.method, "all"), tmap.layouts[n], tmap.output_index[n])
+    return out
+
+
+def _steered_both(pipe, model, tmap, mods, inp):
+    """(diffusers steered, ComfyUI steered through the Apply node) denoiser outputs on ``inp``."""
+    fam = D.family_of(pipe)
+    with steer(fam.module_tree(pipe), tmap, strength=1.0):
+        d = TF.denoise_diffusers(pipe, model, inp)
+    patched = mods.apply.apply_to_model(model, tmap, 1.0)
+    return d, TF.denoise_comfy(patched, pipe, inp)
 
 
 @pytest.mark.parametrize("key", list(BUILD))
-def test_text_encoder_maps_steer_comfyui_identically(both, key):
-    """CLIP-L, OpenCLIP-G/H and T5 layers: a map fitted in diffusers moves ComfyUI's encoder
-    exactly as it moves transformers' (the final norm's output, same token ids)."""
+def test_fit_in_diffusers_load_and_apply_in_comfyui_and_the_other_way(both, mods, key, comfy_env):
+    pipe, model, clip = both[key]
+    fam = D.family_of(pipe)
+    inp = TF.inputs(pipe, seed=2)
+    base_d, base_c = TF.denoise_diffusers(pipe, model, inp), TF.denoise_comfy(model, pipe, inp)
+    scale = base_d.abs().max().item()
+    # diffusers -> file -> ComfyUI's Load map -> Apply to model
+    fitted = D.fit_style_map(pipe, "watercolor", n=4, batch_size=4, **SIZE)
+    mods.files.save_map(fitted, f"from_diffusers_{key}")
+    loaded = mods.files.load_map(f"from_diffusers_{key}.safetensors")
+    banded = TF.denoise_comfy(mods.apply.apply_to_model(model, loaded, 1.0), pipe, inp)
+    assert (banded - base_c).abs().max().item() > 1e-2  # the map as fitted steers ComfyUI
+    d, c = _steered_both(pipe, model, _continuous(loaded), mods, inp)
+    assert (d - base_d).abs().max().item() > 1e-2 and _close(d, c, scale), (d - c).abs().max()
+    assert count_hooks(model.model) == 0 and torch.equal(TF.denoise_comfy(model, pipe, inp), base_c)
+    # ComfyUI's Fit node -> file -> diffusers
+    pairs = mods.prompts.build_pairs("style: watercolor", 4, 0)
+    with torch.inference_mode():
+        from_comfy = mods.fit.fit(model, clip, pairs, "Linear-AcT", "paper default", "", "method default",
+                                  "simultaneous", 0, 64, 64, 4)
+    assert from_comfy.architecture == fam.name and from_comfy.modules == fitted.modules  # canonical names
+    path = mods.files.save_map(from_comfy, f"from_comfyui_{key}")
+    reloaded = TransportMap.load(path)
+    d, c = _steered_both(pipe, model, _continuous(reloaded), mods, inp)
+    assert (d - base_d).abs().max().item() > 1e-2 and _close(d, c, scale), (d - c).abs().max()
+    img = D.generate(pipe, "a red bus", reloaded, seed=1, steps=2, output_type="np", **SIZE)
+    assert not (img == D.generate(pipe, "a red bus", seed=1, steps=2, output_type="np", **SIZE)).all()
+
+
+def _ids(clip, text, te):
+    tokens = clip.tokenize(text)[TOKENS[te.comfy]]
+    return torch.tensor([[t[0] for t in tokens[0]]])
+
+
+@pytest.mark.parametrize("key", list(BUILD))
+def test_text_encoder_maps_through_apply_to_clip(both, mods, key):
+    """Apply to CLIP reaches every text encoder (CLIP-L/G/H and T5): the ComfyUI encoding of a
+    prompt, steered by a diffusers-fitted map, equals transformers' on the same token ids."""
     pipe, _, clip = both[key]
     fam = D.family_of(pipe)
-    layers = {"clip": r"{}\.encoder\.layers\.[01]", "t5": r"{}\.encoder\.block\.0"}
+    layers = {"clip": r"{}\.encoder\.layers\.[01]", "t5": r"{}\.encoder\.block\.[01]"}
+    text = "a lighthouse on a cliff"
     for canon in TEXT[key]:
         te = fam.text_encoders[canon]
         tmap = D.fit_style_map(pipe, "anime", n=4, layers=[layers[te.kind].format(canon)], batch_size=4, **SIZE)
-        assert tmap.modules and all(n.startswith(canon + ".") for n in tmap.modules)
-        encoder, comfy_enc = getattr(pipe, canon), getattr(clip.cond_stage_model, te.comfy)
-        length = 77 if te.kind == "clip" else 12  # ComfyUI's CLIP takes its full 77 positions
-        ids = torch.randint(2, 1000, (2, length), generator=torch.Generator().manual_seed(3))
+        steered_clip = mods.apply.apply_to_clip(clip, tmap, 1.0)
         final = f"{canon}.final_layer_norm" if te.kind == "clip" else f"{canon}.encoder.final_layer_norm"
-        d_final = fam.module(pipe, final)
         c_final = clip.cond_stage_model.get_submodule(fam.to_comfy(final))
-        base_d, base_c = _encode_diffusers(encoder, ids, d_final), _encode_comfy(comfy_enc.transformer, ids, c_final)
-        scale = base_d.abs().max().item()
-        assert _close(base_d, base_c, scale), (canon, (base_d - base_c).abs().max())
+        ids = _ids(clip, text, te)
+        base_c = _run_capturing(lambda: mods.cc.encode(clip, text), c_final)
+        steered_c = _run_capturing(lambda: mods.cc.encode(steered_clip, text), c_final)
+        d_final = fam.module(pipe, final)
+        encoder = getattr(pipe, canon)
+        base_d = _encode_diffusers(encoder, ids, d_final)
         with steer(fam.module_tree(pipe), tmap, strength=1.0):
             steered_d = _encode_diffusers(encoder, ids, d_final)
-        local, names = fam.comfy_map(tmap)
-        with steer(clip.cond_stage_model, local, strength=1.0, name_map=names.__getitem__):
-            steered_c = _encode_comfy(comfy_enc.transformer, ids, c_final)
-        effect = (steered_d - base_d).abs().max().item()
-        assert effect > 1e-2, canon
-        assert _close(steered_d, steered_c, scale), (canon, (steered_d - steered_c).abs().max(), effect)
-        assert torch.equal(_encode_comfy(comfy_enc.transformer, ids, c_final), base_c)
+        scale = base_d.abs().max().item()
+        assert _close(base_c, base_d, scale), (canon, (base_c - base_d).abs().max())
+        assert (steered_d - base_d).abs().max().item() > 1e-2, canon
+        assert _close(steered_c, steered_d, scale), (canon, (steered_c - steered_d).abs().max())
+        assert torch.equal(_run_capturing(lambda: mods.cc.encode(clip, text), c_final), base_c)  # input CLIP untouched
+
+
+def test_sd3_shift_and_flux_guidance_inputs(both, mods, comfy_env):
+    """SD3's shift (ModelSamplingSD3) leaves the collection step at sigma 1, so the fit is the
+    same; FLUX.1-dev's guidance input reaches the collection pass (schnell has none)."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    pairs = mods.prompts.build_pairs("style: watercolor", 4, 0)
+    args = ("Linear-AcT", "paper default", "", "method default", "simultaneous", 0, 64, 64, 4)
+    _, sd3_model, sd3_clip = both["sd3"]
+    shifted = ModelSamplingSD3().patch(sd3_model, 6.0)[0]
+    with torch.inference_mode():
+        a = mods.fit.fit(sd3_model, sd3_clip, pairs, *args)
+        b = mods.fit.fit(shifted, sd3_clip, pairs, *args)
+    assert all(torch.allclose(a[n].beta, b[n].beta, atol=1e-5) for n in a.maps)
+    _, dev, dev_clip = both["flux-dev"]
+    _, schnell, schnell_clip = both["flux"]
+    with torch.inference_mode():
+        g1 = mods.fit.fit(dev, dev_clip, pairs, *args, guidance=1.0)
+        g4 = mods.fit.fit(dev, dev_clip, pairs, *args, guidance=4.0)
+        s1 = mods.fit.fit(schnell, schnell_clip, pairs, *args, guidance=1.0)
+        s4 = mods.fit.fit(schnell, schnell_clip, pairs, *args, guidance=4.0)
+    assert g1.meta["collection"]["guidance"] == 1.0 and s1.meta["collection"]["guidance"] is None
+    assert any(not torch.allclose(g1[n].beta, g4[n].beta, atol=1e-5) for n in g1.maps)
+    assert all(torch.equal(s1[n].beta, s4[n].beta) for n in s1.maps)
+
+
+def test_maps_of_another_family_are_refused_by_the_nodes(both, mods):
+    from act_core.mapfile import MapFileError
+
+    flux_map = D.fit_style_map(both["flux"][0], "anime", n=4, batch_size=4, **SIZE)
+    for key in ("sd3", "sdxl", "sd15"):
+        with pytest.raises(MapFileError, match=r"fitted on FLUX\.1 .* but the connected model is"):
+            mods.apply.apply_to_model(both[key][1], flux_map, 1.0)
+    t5 = D.fit_style_map(both["flux"][0], "anime", n=4, layers="t5_blocks", batch_size=4, **SIZE)
+    with pytest.raises(MapFileError, match="only text-encoder layers"):
+        mods.apply.apply_to_model(both["flux"][1], t5, 1.0)
+    with pytest.raises(MapFileError, match=r"fitted on FLUX\.1"):
+        mods.apply.apply_to_clip(both["sd3"][2], t5, 1.0)
+    with pytest.raises(ValueError, match="CLIP is SD3.5's but the model is FLUX.1"):
+        mods.fit.fit(both["flux"][1], both["sd3"][2], mods.prompts.build_pairs("style: anime", 2, 0), "Linear-AcT",
+                     "paper default", "", "method default", "simultaneous", 0, 64, 64)
+    with pytest.raises(ValueError, match="SDXL has no 't5' layers"):
+        mods.fit.fit(both["sdxl"][1], both["sdxl"][2], mods.prompts.build_pairs("style: anime", 2, 0), "Linear-AcT",
+                     "T5 blocks", "", "method default", "simultaneous", 0, 64, 64)

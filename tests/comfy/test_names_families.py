@@ -209,25 +209,29 @@ def test_text_encoders_t5_clip_h_and_projected_clip_l(comfy_env):
             flux.FAMILY.to_comfy(bad)
 
 
-def test_detection_from_comfyui_classes(comfy_env):
+def test_detection_from_comfyui_classes(comfy_env, pack):
+    import comfy.model_patcher
     import comfy.sd1_clip
     import comfy.sdxl_clip
     import comfy.supported_models as sm
     import comfy.text_encoders.flux
+    import comfy.text_encoders.pixart_t5
     import comfy.text_encoders.sd2_clip
     import comfy.text_encoders.sd3_clip
-
-    def mro(cls):
-        return [c.__name__ for c in cls.__mro__]
+    from act_steering_pack.nodes import comfy_compat as cc
 
     expect = {sm.SD15: "sd15", sm.SD20: "sd2", sm.SDXL: "sdxl", sm.SSD1B: "sdxl", sm.SD3: "sd3", sm.Flux: "flux",
               sm.FluxSchnell: "flux", sm.KOALA_700M: None, sm.Flux2: None, sm.SDXLRefiner: None, sm.WAN21_T2V: None,
               sm.Lumina2: None, sm.Chroma: None, sm.HunyuanVideo: None}
     for cls, name in expect.items():
-        fam = families.for_comfy_model(mro(cls))
+        model = type("M", (), {"model": type("B", (), {"model_config": cls.__new__(cls)})()})()
+        fam = families.for_comfy_model(cc.stock_model_class(model))
         assert (fam.name if fam else None) == name, cls.__name__
     clips = {comfy.sd1_clip.SD1ClipModel: "sd15", comfy.text_encoders.sd2_clip.SD2ClipModel: "sd2",
              comfy.sdxl_clip.SDXLClipModel: "sdxl", comfy.text_encoders.sd3_clip.sd3_clip(): "sd3",
-             comfy.text_encoders.flux.flux_clip(): "flux"}
+             comfy.text_encoders.flux.flux_clip(): "flux", comfy.text_encoders.pixart_t5.pixart_te(): None}
     for cls, name in clips.items():
-        assert families.for_comfy_clip(mro(cls)).name == name, cls.__name__
+        sub = type("PackSubclass", (cls,), {"__module__": "some_pack"})  # a custom pack's subclass
+        clip = type("C", (), {"cond_stage_model": sub.__new__(sub)})()
+        fam = families.for_comfy_clip(cc.stock_clip_class(clip))
+        assert (fam.name if fam else None) == name, cls.__name__

@@ -96,30 +96,39 @@ def inputs(pipe, seed: int = 0, batch: int = 1, tokens: int = 7):
             "pooled": torch.randn(batch, p, generator=g) if p else None, "guidance": 3.5}
 
 
+def _conventions(model, inp):
+    """(input the denoiser sees, its timestep) for ``inp`` in ComfyUI's convention, from the
+    MODEL's own model_sampling (EPS models scale the input by 1/sqrt(sigma^2 + 1) and use the
+    discrete timestep; SD3 sigma x 1000; FLUX sigma)."""
+    ms = model.get_model_object("model_sampling")
+    sigma = torch.full((inp["x"].shape[0],), inp["sigma"])
+    return ms.calculate_input(sigma, inp["x"]), ms.timestep(sigma).float()
+
+
 @torch.no_grad()
-def denoise_diffusers(pipe, inp) -> torch.Tensor:
-    """The diffusers denoiser's raw output on ``inp`` (FLUX: unpacked to ``(B, C, h, w)``)."""
+def denoise_diffusers(pipe, model, inp) -> torch.Tensor:
+    """The diffusers denoiser's raw output on ``inp`` (input and timestep as ComfyUI's ``model``
+    feeds its own; FLUX unpacked to ``(B, C, h, w)``)."""
     from act_core.diffusion.families.flux import pack
 
     fam = families.for_pipeline(pipe)
     den = fam.denoiser_module(pipe)
-    x, ctx, b = inp["x"], inp["context"], inp["x"].shape[0]
+    x, t = _conventions(model, inp)
+    ctx, b = inp["context"], x.shape[0]
     if fam.denoiser == "unet":
-        t = torch.full((b,), 999.0 * inp["sigma"])
         kw = {}
         if fam.name == "sdxl":
             ids = torch.tensor([[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]).repeat(b, 1)
             kw["added_cond_kwargs"] = {"text_embeds": inp["pooled"], "time_ids": ids}
         return den(x, t, encoder_hidden_states=ctx, **kw).sample
     if fam.name == "sd3":
-        return den(hidden_states=x, timestep=torch.full((b,), 1000.0 * inp["sigma"]), encoder_hidden_states=ctx,
-                   pooled_projections=inp["pooled"]).sample
+        return den(hidden_states=x, timestep=t, encoder_hidden_states=ctx, pooled_projections=inp["pooled"]).sample
     h, w = x.shape[-2:]
     rows = torch.arange(h // 2)[:, None].expand(h // 2, w // 2)
     cols = torch.arange(w // 2)[None, :].expand(h // 2, w // 2)
     img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).float()
     guidance = torch.full((b,), inp["guidance"]) if den.config.guidance_embeds else None
-    out = den(hidden_states=pack(x), timestep=torch.full((b,), inp["sigma"]), guidance=guidance, encoder_hidden_states=ctx,
+    out = den(hidden_states=pack(x), timestep=t, guidance=guidance, encoder_hidden_states=ctx,
               pooled_projections=inp["pooled"], txt_ids=torch.zeros(ctx.shape[1], 3), img_ids=img_ids).sample
     c = x.shape[1]
     return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
@@ -127,19 +136,21 @@ def denoise_diffusers(pipe, inp) -> torch.Tensor:
 
 @torch.no_grad()
 def denoise_comfy(model, pipe, inp) -> torch.Tensor:
-    """ComfyUI's diffusion model on ``inp`` through the MODEL's own wrappers (what a sampler
-    step calls), in ComfyUI's convention (t: discrete timestep / sigma x 1000 / sigma)."""
+    """ComfyUI's raw denoiser output on ``inp`` through ``MODEL.model.apply_model`` with the
+    MODEL's own transformer options and wrappers (what a sampler step calls): ``(x - denoised) / sigma``."""
     fam = families.for_pipeline(pipe)
     x, ctx, b = inp["x"], inp["context"], inp["x"].shape[0]
-    options = model.model_options.get("transformer_options", {})
-    dm = model.model.diffusion_model
-    if fam.denoiser == "unet":
-        y = None
-        if fam.name == "sdxl":
-            ids = torch.tensor([[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]).repeat(b, 1)
-            y = torch.cat([inp["pooled"], pipe.unet.add_time_proj(ids.flatten()).reshape(b, -1)], -1)
-        return dm(x, torch.full((b,), 999.0 * inp["sigma"]), context=ctx, y=y, transformer_options=options)
-    if fam.name == "sd3":
-        return dm(x, torch.full((b,), 1000.0 * inp["sigma"]), context=ctx, y=inp["pooled"], transformer_options=options)
-    guidance = torch.full((b,), inp["guidance"])
-    return dm(x, torch.full((b,), inp["sigma"]), context=ctx, y=inp["pooled"], guidance=guidance, transformer_options=options)
+    # what a sampler passes: the MODEL's transformer options with its wrappers merged in (as
+    # comfy.sampler_helpers does); a fresh dict, since the forward writes into it
+    options = {**model.model_options.get("transformer_options", {}), "wrappers": model.wrappers}
+    sigma = torch.full((b,), inp["sigma"])
+    kw = {}
+    if fam.name == "sdxl":
+        ids = torch.tensor([[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]).repeat(b, 1)
+        kw["y"] = torch.cat([inp["pooled"], pipe.unet.add_time_proj(ids.flatten()).reshape(b, -1)], -1)
+    elif fam.name in ("sd3", "flux"):
+        kw["y"] = inp["pooled"]
+    if fam.name == "flux":
+        kw["guidance"] = torch.full((b,), inp["guidance"])
+    denoised = model.model.apply_model(x, sigma, c_crossattn=ctx, transformer_options=options, **kw)
+    return (x - denoised) / sigma.view(-1, 1, 1, 1)

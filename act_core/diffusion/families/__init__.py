@@ -18,14 +18,12 @@ steered in ComfyUI through the generic path (ComfyUI's own module names; ``nodes
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional
+from typing import Dict, Optional
 
 from . import flux, sd3, sd15, sdxl
 from .base import CanonicalTree, Family, NameTranslationError
 
 FAMILIES: Dict[str, Family] = {f.name: f for f in (sd15.FAMILY, sd15.SD2, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY)}
-#: ComfyUI model configs that subclass a family's config but lay blocks out differently
-COMFY_OTHER = ("KOALA_700M", "KOALA_1B", "Flux2", "SDXLRefiner")
 
 
 def get(name: str) -> Family:
@@ -57,27 +55,26 @@ def pipeline_tree(pipe):
     return fam.module_tree(pipe)
 
 
-def _by_class(class_names: Iterable[str], attr: str) -> Optional[Family]:
-    """The first class name (most derived first) that a family lists in ``attr``; None when an
-    excluded or unknown class comes first."""
-    for cls in class_names:
-        if cls in COMFY_OTHER:
-            return None
-        for f in FAMILIES.values():
-            if cls in getattr(f, attr):
-                return f
+def _by_class(class_name: str, attr: str) -> Optional[Family]:
+    name = class_name.rstrip("_")  # ComfyUI builds some classes at load time: SD3ClipModel_, FluxClipModel_
+    for f in FAMILIES.values():
+        if name in getattr(f, attr):
+            return f
     return None
 
 
-def for_comfy_model(class_names: Iterable[str]) -> Optional[Family]:
-    """The family of a ComfyUI model from its model config's class names (MRO, most derived
-    first: ``["TinySDXL", "SDXL", "BASE", "object"]``); None for models without a family module."""
-    return _by_class(class_names, "comfy_models")
+def for_comfy_model(class_name: str) -> Optional[Family]:
+    """The family of a ComfyUI model from its model type: the most derived class of its model
+    config that ComfyUI defines (``comfy.supported_models``: ``SDXL``, ``FluxSchnell``, ``SSD1B``
+    ...); None for model types without a family module (``WAN21_T2V``, ``Chroma``, ``KOALA_700M``
+    whose blocks are laid out differently, ...)."""
+    return _by_class(class_name, "comfy_models")
 
 
-def for_comfy_clip(class_names: Iterable[str]) -> Optional[Family]:
-    """The family of a ComfyUI text-encoder model (``CLIP.cond_stage_model``) from its class names (MRO)."""
-    return _by_class(class_names, "comfy_clips")
+def for_comfy_clip(class_name: str) -> Optional[Family]:
+    """The family of a ComfyUI text-encoder model (``CLIP.cond_stage_model``) from the most
+    derived class ComfyUI defines (``SDXLClipModel``, ``FluxClipModel_`` ...)."""
+    return _by_class(class_name, "comfy_clips")
 
 
 def for_architecture(architecture: Optional[str]) -> Optional[Family]:

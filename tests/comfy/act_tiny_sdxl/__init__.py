@@ -185,4 +185,21 @@ def save_tiny_checkpoint(path, seed=0):
     return path
 
 
+CHROMA_CONFIG = {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": 32, "hidden_size": 32,
+                 "mlp_ratio": 4.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 2, "axes_dim": [4, 6, 6],
+                 "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64, "out_dim": 32, "hidden_dim": 32,
+                 "n_layers": 1}
+
+
+def build_chroma(seed=0):
+    """(MODEL, CLIP) of the tiny Chroma (a model type without an act-steering family module)."""
+    config = TinyChroma(dict(CHROMA_CONFIG))
+    base = config.get_model({})
+    init_weights(base, seed)
+    model = comfy.model_patcher.ModelPatcher(base, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    clip = comfy.sd.CLIP(config.clip_target())
+    init_weights(clip.cond_stage_model, seed + 1)
+    return model, clip
+
+
 NODE_CLASS_MAPPINGS = {}
