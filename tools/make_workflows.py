@@ -17,21 +17,49 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
-CKPT = ("CheckpointLoaderSimple", {"ckpt_name": "sd_xl_base_1.0.safetensors"})
 NEG = "blurry, low quality, watermark"
 
 
-def _latent(w=1024, h=1024):
-    return ("EmptyLatentImage", {"width": w, "height": h, "batch_size": 1})
+# -- per-family settings: the loader's file, the latent node, size and the sampler (one place) -----
+# Every template records its family in extra.act_steering.family; the server tests swap in the
+# tiny checkpoint of that family. To add a family: a row here and a spec below.
+FAMILIES = {
+    "sdxl": dict(ckpt="sd_xl_base_1.0.safetensors", latent="EmptyLatentImage", size=1024, steps=25, cfg=7.0,
+                 sampler="euler", scheduler="normal"),
+    "sd15": dict(ckpt="v1-5-pruned-emaonly.safetensors", latent="EmptyLatentImage", size=512, steps=25, cfg=7.0,
+                 sampler="euler", scheduler="normal"),
+    "sd3": dict(ckpt="sd3.5_large_fp8_scaled.safetensors", latent="EmptySD3LatentImage", size=1024, steps=28, cfg=4.5,
+                sampler="euler", scheduler="sgm_uniform"),
+    # the paper's FLUX setting: schnell, 4 steps, no classifier-free guidance (cfg 1)
+    "flux": dict(ckpt="flux1-schnell-fp8.safetensors", latent="EmptySD3LatentImage", size=1024, steps=4, cfg=1.0,
+                 sampler="euler", scheduler="simple"),
+    # any other model ComfyUI loads (the generic path): here a checkpoint of your choice
+    "generic": dict(ckpt="your_model.safetensors", latent="EmptySD3LatentImage", size=1024, steps=20, cfg=4.0,
+                    sampler="euler", scheduler="simple"),
+}
+CKPT = ("CheckpointLoaderSimple", {"ckpt_name": FAMILIES["sdxl"]["ckpt"]})
 
 
-def _ksampler(seed=42):
-    return ("KSampler", {"seed": seed, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0})
+def _ckpt(family="sdxl"):
+    return ("CheckpointLoaderSimple", {"ckpt_name": FAMILIES[family]["ckpt"]})
 
 
-def _fit(layers="UNet norms"):
+def _latent(family="sdxl"):
+    f = FAMILIES[family]
+    return (f["latent"], {"width": f["size"], "height": f["size"], "batch_size": 1})
+
+
+def _ksampler(seed=42, family="sdxl"):
+    f = FAMILIES[family]
+    return ("KSampler", {"seed": seed, "steps": f["steps"], "cfg": f["cfg"], "sampler_name": f["sampler"],
+                         "scheduler": f["scheduler"], "denoise": 1.0})
+
+
+def _fit(layers="paper default", family="sdxl"):
+    size = FAMILIES[family]["size"]
     return ("ActFitTransportMap", {"method": "Linear-AcT", "layers": layers, "custom_pattern": "", "support": "method default",
-                                   "procedure": "simultaneous", "seed": 0, "width": 1024, "height": 1024, "batch_size": 8})
+                                   "procedure": "simultaneous", "seed": 0, "width": size, "height": size, "batch_size": 8,
+                                   "guidance": 3.5})
 
 
 def _pairs(goal, count=32):
@@ -44,14 +72,14 @@ def _apply(strength=1.0):
                                "mode": "hooks", "window": "percent of denoising"})
 
 
-def _sampling_tail(nodes, links, model_src, clip_src, positive_text, first_id, seed=42, prefix="act"):
+def _sampling_tail(nodes, links, model_src, clip_src, positive_text, first_id, seed=42, prefix="act", family="sdxl"):
     """CLIP Text Encode x2 -> KSampler -> VAE Decode -> Save Image, fed by model_src / clip_src."""
     i = first_id
     nodes += [
         (i, ("CLIPTextEncode", {"text": positive_text})),
         (i + 1, ("CLIPTextEncode", {"text": NEG})),
-        (i + 2, _latent()),
-        (i + 3, _ksampler(seed)),
+        (i + 2, _latent(family)),
+        (i + 3, _ksampler(seed, family)),
         (i + 4, ("VAEDecode", {})),
         (i + 5, ("SaveImage", {"filename_prefix": prefix})),
     ]
@@ -60,12 +88,19 @@ def _sampling_tail(nodes, links, model_src, clip_src, positive_text, first_id, s
               ((1, 2), i + 4, "vae"), ((i + 4, 0), i + 5, "images")]
 
 
-def spec_style_control():
-    nodes = [(1, CKPT), (2, _pairs("style: watercolor")), (3, _fit()), (4, _apply(1.0)), (5, ("ActMapInfo", {}))]
+def _style_control(family, style, prompt, prefix, layers="paper default"):
+    """Load Checkpoint -> Prompt pairs -> Fit -> Apply to model -> sample: one family's first template."""
+    nodes = [(1, _ckpt(family)), (2, _pairs(f"style: {style}")), (3, _fit(layers, family)), (4, _apply(1.0)),
+             (5, ("ActMapInfo", {}))]
     links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 0), 4, "model"),
              ((3, 0), 4, "transport_map"), ((3, 0), 5, "transport_map")]
-    _sampling_tail(nodes, links, (4, 0), (1, 1), "a lighthouse on a cliff above the sea", 6, prefix="act_style")
-    return "Style control: fit a watercolor map on UNet norms, sample with it", nodes, links
+    _sampling_tail(nodes, links, (4, 0), (1, 1), prompt, 6, prefix=prefix, family=family)
+    return nodes, links
+
+
+def spec_style_control():
+    nodes, links = _style_control("sdxl", "watercolor", "a lighthouse on a cliff above the sea", "act_style")
+    return "SDXL style control: fit a watercolor map on the UNet norms (paper default), sample with it", nodes, links
 
 
 def spec_concept_negation():
@@ -104,6 +139,37 @@ def spec_sweep():
     return "Strength sweep: the same seed at several strengths, as one labelled grid", nodes, links
 
 
+def spec_sd15_style_control():
+    nodes, links = _style_control("sd15", "watercolor", "a lighthouse on a cliff above the sea", "act_sd15_style")
+    return ("SD1.5 (and SD2.x) style control: fit a watercolor map on the UNet norms, sample with it", nodes, links,
+            "sd15")
+
+
+def spec_sd3_style_control():
+    nodes, links = _style_control("sd3", "watercolor", "a lighthouse on a cliff above the sea", "act_sd3_style")
+    return ("SD3.5 style control: fit on both streams of every joint block, sample with it", nodes, links, "sd3")
+
+
+def spec_flux_schnell_style_control():
+    nodes, links = _style_control("flux", "watercolor", "a lighthouse on a cliff above the sea", "act_flux_style")
+    return ("FLUX.1-schnell style control as in the paper: both outputs of every double-stream block and the first "
+            "15 single-stream blocks, 4 steps, CFG 1", nodes, links, "flux")
+
+
+def spec_flux_t5_style():
+    nodes = [(1, _ckpt("flux")), (2, _pairs("style: anime")), (3, _fit("T5 blocks", "flux")),
+             (4, ("ActApplyToClip", {"strength": 1.0}))]
+    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 1), 4, "clip"), ((3, 0), 4, "transport_map")]
+    _sampling_tail(nodes, links, (1, 0), (4, 0), "a cat sleeping on a windowsill", 5, prefix="act_flux_t5_style", family="flux")
+    return "FLUX.1-schnell text-encoder steering: fit on the T5-XXL blocks, apply to CLIP", nodes, links, "flux"
+
+
+def spec_generic_style_control():
+    nodes, links = _style_control("generic", "watercolor", "a lighthouse on a cliff above the sea", "act_generic_style")
+    return ("Any other model (Wan, Chroma, Lumina, HiDream ...): the generic path fits every block output by ComfyUI's "
+            "own layer names; such a map fits that model type only", nodes, links, "generic")
+
+
 def spec_text_encoder_style():
     nodes = [(1, CKPT), (2, _pairs("style: anime")), (3, _fit("text encoder layers")),
              (4, ("ActApplyToClip", {"strength": 1.0}))]
@@ -119,10 +185,15 @@ SPECS = {
     "act_load_and_apply": spec_load_and_apply,
     "act_strength_sweep": spec_sweep,
     "act_text_encoder_style": spec_text_encoder_style,
+    "act_sd15_style_control": spec_sd15_style_control,
+    "act_sd3_style_control": spec_sd3_style_control,
+    "act_flux_schnell_style_control": spec_flux_schnell_style_control,
+    "act_flux_t5_style": spec_flux_t5_style,
+    "act_generic_style_control": spec_generic_style_control,
 }
 
 
-def build(title, nodes, links, object_info):
+def build(title, nodes, links, object_info, family="sdxl"):
     by_id = {}
     ui_links = []
     column_y = [60]
@@ -168,7 +239,8 @@ def build(title, nodes, links, object_info):
         ui_links.append([k, sid, slot, dst, d["inputs"].index(inp), s["outputs"][slot]["type"]])
     return {
         "last_node_id": max(by_id), "last_link_id": len(ui_links), "nodes": list(by_id.values()), "links": ui_links,
-        "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "act_steering": {"title": title}},
+        "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]},
+                                              "act_steering": {"title": title, "family": family}},
         "version": 0.4,
     }
 
@@ -200,8 +272,9 @@ def main(argv=None):
     out = ROOT / "workflows"
     out.mkdir(exist_ok=True)
     for name, spec in SPECS.items():
-        title, nodes, links = spec()
-        (out / f"{name}.json").write_text(json.dumps(build(title, nodes, links, object_info), indent=1) + "\n")
+        title, nodes, links, *family = spec()  # a spec may name its family (default SDXL)
+        workflow = build(title, nodes, links, object_info, *family)
+        (out / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
         print(out / f"{name}.json")
 
 
