@@ -217,3 +217,28 @@ def test_maps_of_another_family_are_refused_by_the_nodes(both, mods):
     with pytest.raises(ValueError, match="SDXL has no 't5' layers"):
         mods.fit.fit(both["sdxl"][1], both["sdxl"][2], mods.prompts.build_pairs("style: anime", 2, 0), "Linear-AcT",
                      "T5 blocks", "", "method default", "simultaneous", 0, 64, 64)
+
+
+@pytest.mark.parametrize("key", ["sd3", "flux"])
+def test_strength_sweep_and_info_on_transformer_families(both, mods, key, pack, tiny_pack):
+    """The Strength sweep node on SD3 and FLUX (16-channel latents, flow models): λ = 0 is
+    KSampler's image bit for bit, λ = 1 differs; the Info node names the family."""
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    from act_steering_pack.nodes import info, sweep
+
+    pipe, model, clip = both[key]
+    cc = mods.cc
+    taesd = comfy.taesd.taesd.TAESD(latent_channels=16)
+    tiny_pack.init_weights(taesd, 3)  # ComfyUI's layers skip initialisation
+    vae = comfy.sd.VAE(sd=taesd.state_dict())
+    tmap = D.fit_style_map(pipe, "anime", n=4, batch_size=4, **SIZE)
+    pos, neg = cc.encode(clip, "a cat"), cc.encode(clip, "")
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    with torch.inference_mode():
+        out = sweep.StrengthSweep.execute(model, tmap, pos, neg, latent, vae, "0, 1", 5, 2, 1.0, "euler", "simple", 2)
+        plain = cc.decode(vae, cc.sample(model, pos, neg, latent["samples"], 5, 2, 1.0, "euler", "simple"))
+    _, imgs = out.result
+    assert torch.equal(imgs[0:1], plain) and not torch.equal(imgs[1:2], plain)
+    assert f"architecture: {D.family_of(pipe).title}" in info.describe(tmap)
