@@ -136,8 +136,6 @@ def test_fit_in_diffusers_load_and_apply_in_comfyui_and_the_other_way(both, mods
     reloaded = TransportMap.load(path)
     d, c = _steered_both(pipe, model, _continuous(reloaded), mods, inp)
     assert (d - base_d).abs().max().item() > 1e-2 and _close(d, c, scale), (d - c).abs().max()
-    img = D.generate(pipe, "a red bus", reloaded, seed=1, steps=2, output_type="np", **SIZE)
-    assert not (img == D.generate(pipe, "a red bus", seed=1, steps=2, output_type="np", **SIZE)).all()
 
 
 def _ids(clip, text, te):
