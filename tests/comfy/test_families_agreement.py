@@ -240,3 +240,24 @@ def test_strength_sweep_and_info_on_transformer_families(both, mods, key, pack, 
     _, imgs = out.result
     assert torch.equal(imgs[0:1], plain) and not torch.equal(imgs[1:2], plain)
     assert f"architecture: {D.family_of(pipe).title}" in info.describe(tmap)
+
+
+def test_fused_mode_on_flux_equals_hooks(both, mods):
+    """Fused mode (weight patches) on FLUX: the attention output projections fold into their
+    weights, the stream outputs and the affine-free LayerNorms keep hooks; the result equals
+    hooks mode (both steer both CFG halves here)."""
+    import comfy.model_management
+
+    pipe, model, _ = both["flux"]
+    tmap = _continuous(D.fit_style_map(pipe, "anime", n=4, layers=["transformer_attention_outputs", "transformer_norms",
+                                                                   "transformer_paper"], batch_size=4, **SIZE))
+    inp = TF.inputs(pipe)
+    base = TF.denoise_comfy(model, pipe, inp)
+    hooked = TF.denoise_comfy(mods.apply.apply_to_model(model, tmap, 1.0, steer_negative=True), pipe, inp)
+    fused_model = mods.apply.apply_to_model(model, tmap, 1.0, steer_negative=True, mode=mods.apply.FUSED)
+    assert len(fused_model.patches) == 2 * 2  # to_out.0 and to_add_out of the one double block: weight + bias
+    comfy.model_management.load_models_gpu([fused_model])
+    fused = TF.denoise_comfy(fused_model, pipe, inp)
+    assert (hooked - base).abs().max() > 1e-2 and (fused - hooked).abs().max() < 1e-4 * max(1.0, hooked.abs().max().item())
+    comfy.model_management.load_models_gpu([model])
+    assert torch.equal(TF.denoise_comfy(model, pipe, inp), base)

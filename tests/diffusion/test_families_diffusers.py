@@ -246,6 +246,15 @@ def test_cli_family_detection(pipes, tmp_path, capsys):
     rc = main(["sweep", "--model", str(folder), "--map", str(out), "--prompt", "a cat", "--strengths", "0,1", "--size", "32",
                "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "grid.png")])
     assert rc == 0 and (tmp_path / "grid.png").is_file()
+    from diffusers_helpers import build_tiny_clip
+
+    clip_dir = tmp_path / "clip"
+    for part in build_tiny_clip():
+        part.save_pretrained(clip_dir)
+    rc = main(["evaluate", "--model", str(folder), "--map", str(out), "--clip", str(clip_dir), "-n", "1",
+               "--strengths", "0,1", "--size", "32", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "eval")])
+    assert rc == 0 and (tmp_path / "eval" / "results.json").is_file()
+    capsys.readouterr()
     rc = main(["fit-style", "--list-presets", "--family", "flux"])
     listing = capsys.readouterr().out
     assert rc == 0 and "transformer_paper" in listing and "unet_norms" not in listing
