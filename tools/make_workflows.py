@@ -19,10 +19,9 @@ WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 NEG = "blurry, low quality, watermark"
 
-
 # -- per-family settings: the loader's file, the latent node, size and the sampler (one place) -----
 # Every template records its family in extra.act_steering.family; the server tests swap in the
-# tiny checkpoint of that family. To add a family: a row here and a spec below.
+# tiny checkpoint of that family. To add a family: a row here, a spec and a note below.
 FAMILIES = {
     "sdxl": dict(ckpt="sd_xl_base_1.0.safetensors", latent="EmptyLatentImage", size=1024, steps=25, cfg=7.0,
                  sampler="euler", scheduler="normal"),
@@ -100,7 +99,7 @@ def _style_control(family, style, prompt, prefix, layers="paper default"):
 
 def spec_style_control():
     nodes, links = _style_control("sdxl", "watercolor", "a lighthouse on a cliff above the sea", "act_style")
-    return "SDXL style control: fit a watercolor map on the UNet norms (paper default), sample with it", nodes, links
+    return "Style control: fit a watercolor map on UNet norms, sample with it", nodes, links
 
 
 def spec_concept_negation():
@@ -139,21 +138,27 @@ def spec_sweep():
     return "Strength sweep: the same seed at several strengths, as one labelled grid", nodes, links
 
 
+def spec_text_encoder_style():
+    nodes = [(1, CKPT), (2, _pairs("style: anime")), (3, _fit("text encoder layers")),
+             (4, ("ActApplyToClip", {"strength": 1.0}))]
+    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 1), 4, "clip"), ((3, 0), 4, "transport_map")]
+    _sampling_tail(nodes, links, (1, 0), (4, 0), "a cat sleeping on a windowsill", 5, prefix="act_clip_style")
+    return "Text-encoder steering: fit on CLIP-L/CLIP-G layers, apply to CLIP", nodes, links
+
+
 def spec_sd15_style_control():
     nodes, links = _style_control("sd15", "watercolor", "a lighthouse on a cliff above the sea", "act_sd15_style")
-    return ("SD1.5 (and SD2.x) style control: fit a watercolor map on the UNet norms, sample with it", nodes, links,
-            "sd15")
+    return "SD1.5 style control: fit a watercolor map on the UNet norms, sample with it", nodes, links, "sd15"
 
 
 def spec_sd3_style_control():
     nodes, links = _style_control("sd3", "watercolor", "a lighthouse on a cliff above the sea", "act_sd3_style")
-    return ("SD3.5 style control: fit on both streams of every joint block, sample with it", nodes, links, "sd3")
+    return "SD3.5 style control: fit on both streams of every joint block, sample with it", nodes, links, "sd3"
 
 
 def spec_flux_schnell_style_control():
     nodes, links = _style_control("flux", "watercolor", "a lighthouse on a cliff above the sea", "act_flux_style")
-    return ("FLUX.1-schnell style control as in the paper: both outputs of every double-stream block and the first "
-            "15 single-stream blocks, 4 steps, CFG 1", nodes, links, "flux")
+    return "FLUX.1-schnell style control as in the paper (4 steps, CFG 1)", nodes, links, "flux"
 
 
 def spec_flux_t5_style():
@@ -166,17 +171,69 @@ def spec_flux_t5_style():
 
 def spec_generic_style_control():
     nodes, links = _style_control("generic", "watercolor", "a lighthouse on a cliff above the sea", "act_generic_style")
-    return ("Any other model (Wan, Chroma, Lumina, HiDream ...): the generic path fits every block output by ComfyUI's "
-            "own layer names; such a map fits that model type only", nodes, links, "generic")
+    return "Any other model: the generic path (ComfyUI's own layer names)", nodes, links, "generic"
 
 
-def spec_text_encoder_style():
-    nodes = [(1, CKPT), (2, _pairs("style: anime")), (3, _fit("text encoder layers")),
-             (4, ("ActApplyToClip", {"strength": 1.0}))]
-    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 1), 4, "clip"), ((3, 0), 4, "transport_map")]
-    _sampling_tail(nodes, links, (1, 0), (4, 0), "a cat sleeping on a windowsill", 5, prefix="act_clip_style")
-    return "Text-encoder steering: fit on CLIP-L/CLIP-G layers, apply to CLIP", nodes, links
-
+#: The note at the top left of every template: which model family and settings it expects, what
+#: each group does and what to change first (Markdown, shown by the frontend's Markdown Note).
+_SDXL_BASE = ("**Expects** an SDXL checkpoint (base 1.0 or a fine-tune with the same keys) in *Load Checkpoint*; "
+              "KSampler at 25 steps, cfg 7, 1024×1024. For SDXL-Lightning/Turbo use their settings (4 or 1 steps, "
+              "cfg 1): the map works the same.")
+_GROUPS = ("**1 · Fit** runs each source and target prompt through the model once (first denoising step) and fits "
+           "one transport per layer. **2 · Apply** steers a copy of the model with strength λ (0 = off, 1 = the "
+           "full transport). **3 · Sample** is the usual text-to-image graph.")
+NOTES = {
+    "act_style_control": f"{_SDXL_BASE}\n\n{_GROUPS}\n\n**Change first:** the style in *Prompt pairs* and your "
+                         "prompt in the first *CLIP Text Encode*; then λ in *Apply* (try 0.5–1.5).",
+    "act_concept_negation": f"{_SDXL_BASE}\n\n{_GROUPS}\n\n**Change first:** the concept in *Prompt pairs* "
+                            "(negate: …), then λ. The prompt names the concept on purpose: λ = 0 draws it.",
+    "act_fit_then_save": f"{_SDXL_BASE}\n\n**1 · Fit** a map from 64 prompt pairs and save it to "
+                         "`models/act_maps` (*Save map* numbers the files, never overwrites). Run it once; "
+                         "then use *Load and apply*.\n\n**Change first:** the goal in *Prompt pairs* and the file "
+                         "name prefix.",
+    "act_load_and_apply": f"{_SDXL_BASE}\n\n**2 · Apply** a map saved in `models/act_maps` (from *Fit then "
+                          "save*, the CLI or diffusers: the same file) and **3 · Sample** with it.\n\n**Change "
+                          "first:** the map in *Load map*, then λ.",
+    "act_strength_sweep": f"{_SDXL_BASE}\n\n**1 · Fit** a map, then **3 · Sample** the same seed at several "
+                          "strengths as one labelled grid (*Strength sweep* takes the *Apply* options).\n\n"
+                          "**Change first:** the strengths list and the prompt.",
+    "act_text_encoder_style": f"{_SDXL_BASE}\n\n{_GROUPS} Here the map is fitted on the text encoders' layers "
+                              "and applied to the CLIP (not the UNet), which moves style the way the prompt "
+                              "would.\n\n**Change first:** the style in *Prompt pairs*, then λ in *Apply to CLIP*.",
+    "act_sd15_style_control": "**Expects** an SD1.5 checkpoint (or a fine-tune with the same keys; an SD2.x checkpoint "
+                              "works the same) in *Load Checkpoint*; KSampler at 25 steps, cfg 7, 512×512.\n\n"
+                              f"{_GROUPS}\n\n*paper default* fits every UNet normalisation, as the paper does for "
+                              "SDXL.\n\n**Change first:** the style in *Prompt pairs* and your prompt; then λ in *Apply*.",
+    "act_sd3_style_control": "**Expects** an SD3.5 (or SD3) checkpoint that holds its text encoders, e.g. "
+                             "`sd3.5_large_fp8_scaled`; KSampler at 28 steps, cfg 4.5, *sgm_uniform*, 1024×1024 "
+                             "(*EmptySD3LatentImage*).\n\n"
+                             f"{_GROUPS}\n\n*paper default* fits both streams (image and text) of every joint "
+                             "block. The shift comes with the model (add *ModelSamplingSD3* before the nodes to "
+                             "change it; the fit does not depend on it).\n\n**Change first:** the style in "
+                             "*Prompt pairs* and your prompt; then λ in *Apply*.",
+    "act_flux_schnell_style_control": "**Expects** FLUX.1-schnell as one checkpoint (`flux1-schnell-fp8`, with CLIP-L, "
+                                      "T5-XXL and the VAE inside) in *Load Checkpoint*; KSampler at **4 steps, cfg 1** "
+                                      "(no classifier-free guidance), *simple*, 1024×1024: the paper's setting.\n\n"
+                                      f"{_GROUPS}\n\n*paper default* fits both outputs of every double-stream block "
+                                      "and the first 15 single-stream blocks (paper App. M.8). For FLUX.1-dev use "
+                                      "its settings (20–28 steps, cfg 1, a *FluxGuidance* node); the Fit node's "
+                                      "*guidance* is dev's embedded guidance during the fit.\n\n**Change first:** "
+                                      "the style in *Prompt pairs* and your prompt; then λ in *Apply*.",
+    "act_flux_t5_style": "**Expects** FLUX.1-schnell as one checkpoint (`flux1-schnell-fp8`); KSampler at 4 steps, "
+                         "cfg 1.\n\n"
+                         f"{_GROUPS} Here the map is fitted on the T5-XXL encoder's blocks and applied to the "
+                         "CLIP (*Apply to CLIP* reaches T5 as well as CLIP-L).\n\n**Change first:** the style "
+                         "in *Prompt pairs*, then λ in *Apply to CLIP*.",
+    "act_generic_style_control": "**Expects** any model ComfyUI loads that has no family of its own in act-steering "
+                                 "(Wan, Chroma, Lumina, HiDream, Qwen-Image ...; SD1.5, SDXL, SD3 and FLUX have their "
+                                 "own templates): pick it in *Load Checkpoint* (or "
+                                 "swap in *Load Diffusion Model* and its text-encoder loader) and use its usual "
+                                 "KSampler settings and latent node.\n\n"
+                                 f"{_GROUPS}\n\n*paper default* here fits every block output, named by ComfyUI's "
+                                 "own module names (the generic path); such a map works on that model type only, "
+                                 "and *Map info* says so.\n\n**Change first:** the checkpoint and the sampler "
+                                 "settings, the style in *Prompt pairs*; then λ in *Apply*.",
+}
 
 SPECS = {
     "act_style_control": spec_style_control,
@@ -193,10 +250,62 @@ SPECS = {
 }
 
 
-def build(title, nodes, links, object_info, family="sdxl"):
+#: Which group a node type is laid out in (left to right); types not listed go to "sample".
+GROUP_OF = {
+    "ActPromptPairs": "fit", "ActFitTransportMap": "fit", "ActSaveMap": "fit", "ActMapInfo": "fit",
+    "ActLoadMap": "apply", "ActCombineMaps": "apply", "ActApplyToModel": "apply", "ActApplyToClip": "apply",
+    "CheckpointLoaderSimple": "load",
+}
+GROUPS = {"load": None, "fit": "1 · Fit a transport map", "apply": "2 · Apply it", "sample": "3 · Sample"}
+GROUP_COLORS = {"fit": "#3f789e", "apply": "#8a5e9e", "sample": "#5e8a4a"}
+#: Layout in canvas pixels. The frontend draws a node's title bar above ``pos`` (LiteGraph's
+#: NODE_TITLE_HEIGHT) and a group's title inside the top of its bounding box.
+WIDTH, TITLE, GAP, PAD, GROUP_TITLE, COLUMN_HEIGHT = 400, 30, 36, 24, 46, 1050
+NOTE_SIZE = (440, 330)
+
+
+def node_height(ntype, specs, order, widgets, inputs, outputs) -> int:
+    """A body height at least what the frontend computes for the node (checked in the browser test):
+    20 px per slot row, 24 per widget, room for multiline text boxes and image previews."""
+    multiline = sum(1 for n in order if len(specs[n]) > 1 and isinstance(specs[n][1], dict) and specs[n][1].get("multiline"))
+    height = 26 + 20 * max(len(inputs), len(outputs)) + 24 * widgets + 96 * multiline
+    if ntype in ("SaveImage", "PreviewImage", "ActStrengthSweep"):
+        height += 240
+    return height
+
+
+def _layout(placed):
+    """Positions for ``[(nid, group, height)]``: groups left to right (load, fit, apply, sample),
+    nodes stacked top to bottom inside a group, a new column when one grows past COLUMN_HEIGHT.
+    Returns ``{nid: (x, y)}`` and ``{group: [x, y, w, h]}`` bounding boxes (group titles inside)."""
+    pos, boxes = {}, {}
+    x = PAD + NOTE_SIZE[0] + 2 * GAP
+    top = 60 + GROUP_TITLE + TITLE
+    for group in GROUPS:
+        members = [(nid, h) for nid, g, h in placed if g == group]
+        if not members:
+            continue
+        x0, y, col_x, bottom = x, top, x, top
+        for nid, h in members:
+            if y > top and y + h > top + COLUMN_HEIGHT:
+                col_x += WIDTH + GAP
+                y = top
+            pos[nid] = (col_x, y)
+            y += h + TITLE + GAP
+            bottom = max(bottom, y - GAP)
+        right = col_x + WIDTH
+        if GROUPS[group]:
+            boxes[group] = [x0 - PAD, 60, right - x0 + 2 * PAD, bottom - 60 + PAD]
+        x = right + 2 * PAD + GAP
+    return pos, boxes
+
+
+def build(title, nodes, links, object_info, note="", family="sdxl"):
+    """One UI-format workflow: nodes with their widget values in the server's order, laid out in
+    groups (fit / apply / sample) with a Markdown note at the top left."""
     by_id = {}
     ui_links = []
-    column_y = [60]
+    placed = []
     for nid, (ntype, widgets) in nodes:
         info = object_info[ntype]
         specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
@@ -219,17 +328,14 @@ def build(title, nodes, links, object_info, family="sdxl"):
             raise KeyError(f"{ntype}: unknown widgets {unknown}")
         outputs = [{"name": n, "type": t, "links": [], "slot_index": k}
                    for k, (n, t) in enumerate(zip(info["output_name"], info["output"]))]
-        multiline = sum(1 for n in order if len(specs[n]) > 1 and isinstance(specs[n][1], dict) and specs[n][1].get("multiline"))
-        height = 60 + 24 * (len(values) + len(inputs) + len(outputs)) + 110 * multiline
-        if ntype in ("SaveImage", "PreviewImage", "ActStrengthSweep"):
-            height += 220
-        if column_y[-1] + height > 1400:
-            column_y.append(60)
-        x, y = 60 + 440 * (len(column_y) - 1), column_y[-1]
-        column_y[-1] += height + 40
-        by_id[nid] = {"id": nid, "type": ntype, "pos": [x, y], "size": [400, height],
+        height = node_height(ntype, specs, order, len(values), inputs, outputs)
+        placed.append((nid, GROUP_OF.get(ntype, "sample"), height))
+        by_id[nid] = {"id": nid, "type": ntype, "pos": [0, 0], "size": [WIDTH, height],
                       "flags": {}, "order": len(by_id), "mode": 0, "inputs": inputs, "outputs": outputs,
                       "properties": {"Node name for S&R": ntype}, "widgets_values": values}
+    pos, boxes = _layout(placed)
+    for nid, (x, y) in pos.items():
+        by_id[nid]["pos"] = [x, y]
     for k, (src, dst, name) in enumerate(links, start=1):
         (sid, slot) = src
         s, d = by_id[sid], by_id[dst]
@@ -237,10 +343,17 @@ def build(title, nodes, links, object_info, family="sdxl"):
         inp["link"] = k
         s["outputs"][slot]["links"].append(k)
         ui_links.append([k, sid, slot, dst, d["inputs"].index(inp), s["outputs"][slot]["type"]])
+    note_id = max(by_id) + 1
+    text = f"## {title}\n\n{note.strip()}\n"
+    by_id[note_id] = {"id": note_id, "type": "MarkdownNote", "pos": [PAD, 60 + TITLE], "size": list(NOTE_SIZE),
+                      "flags": {}, "order": len(by_id), "mode": 0, "inputs": [], "outputs": [],
+                      "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653"}
+    groups = [{"title": GROUPS[g], "bounding": box, "color": GROUP_COLORS[g], "font_size": 24, "flags": {}}
+              for g, box in boxes.items()]
     return {
-        "last_node_id": max(by_id), "last_link_id": len(ui_links), "nodes": list(by_id.values()), "links": ui_links,
-        "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]},
-                                              "act_steering": {"title": title, "family": family}},
+        "last_node_id": note_id, "last_link_id": len(ui_links), "nodes": list(by_id.values()), "links": ui_links,
+        "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]},
+                                                  "act_steering": {"title": title, "family": family}},
         "version": 0.4,
     }
 
@@ -273,8 +386,10 @@ def main(argv=None):
     out.mkdir(exist_ok=True)
     for name, spec in SPECS.items():
         title, nodes, links, *family = spec()  # a spec may name its family (default SDXL)
-        workflow = build(title, nodes, links, object_info, *family)
-        (out / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+        if name not in NOTES:
+            raise KeyError(f"template {name!r} has no note: add what it expects and what to change first to NOTES")
+        wf = build(title, nodes, links, object_info, NOTES[name], *family)
+        (out / f"{name}.json").write_text(json.dumps(wf, indent=1) + "\n")
         print(out / f"{name}.json")
 
 
