@@ -83,6 +83,13 @@ def _folder_class(folder: Path) -> Optional[str]:
     return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
 
 
+def _absent(folder: Path) -> Dict[str, None]:
+    """Components a folder's model_index.json records as absent (``[null, null]``, e.g. SD3 saved
+    without its T5): diffusers' ``from_pretrained`` wants them passed as None."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    return {k: None for k, v in index.items() if isinstance(v, list) and v and v[0] is None}
+
+
 def _family_for_class(class_name: Optional[str]) -> Optional[Family]:
     """The family a pipeline class belongs to (StableDiffusionPipeline: SD1.5 until loaded)."""
     for f in families.FAMILIES.values():
@@ -136,8 +143,9 @@ def load_pipeline(
         unet: optional diffusers-format UNet weights to put on ``path`` (SDXL-Lightning's
             ``sdxl_lightning_{1,2,4,8}step_unet.safetensors`` on the SDXL base).
         config: for single files: a local diffusers folder of the same family providing the
-            component configs and tokenizers (and, for files that hold only the denoiser, the
-            other components' weights). Required offline: without it diffusers would fetch them.
+            component configs and tokenizers; for files that hold only the denoiser (FLUX.1's and
+            SD3.5's original releases) the pipeline comes from this folder, weights included, with
+            the denoiser read from the file. Required offline: without it diffusers would fetch them.
         dtype: ``float32`` (default on CPU) | ``float16`` (default on CUDA) | ``bfloat16``.
     """
     path = Path(path).expanduser()
@@ -162,7 +170,8 @@ def load_pipeline(
         if guess is None:
             raise ValueError(f"{path} holds a {class_name}; supported: "
                              + ", ".join(sorted({f.pipeline_class for f in families.FAMILIES.values()})))
-        pipe = _pipeline_class(guess.pipeline_class).from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True)
+        pipe = _pipeline_class(guess.pipeline_class).from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True,
+                                                                     **_absent(path))
     else:
         pipe = _from_single_file(path, config, torch_dtype, chosen)
     found = families.for_pipeline(pipe)
@@ -211,7 +220,11 @@ def _from_single_file(path: Path, config, torch_dtype, family: Optional[Family])
                          "of the same family, so the single file can be read offline")
     try:
         return _pipeline_class(family.pipeline_class).from_single_file(str(path), **kwargs)
-    except (OSError, EnvironmentError, ValueError) as e:
+    except Exception as e:
+        if type(e).__name__ == "SingleFileComponentError" and config is not None:  # the file holds the denoiser only
+            return _denoiser_file(path, Path(config).expanduser(), torch_dtype, family)
+        if not isinstance(e, (OSError, ValueError)) and type(e).__name__ != "SingleFileComponentError":
+            raise
         if config is None:
             raise ValueError(
                 f"could not load single-file checkpoint {path} offline: diffusers needs the {family.title} component "
@@ -219,6 +232,19 @@ def _from_single_file(path: Path, config, torch_dtype, family: Optional[Family])
                 f"a download of the model's diffusers repository without weights. ({type(e).__name__}: {str(e)[:200]})"
             ) from None
         raise
+
+
+def _denoiser_file(path: Path, cfg: Path, torch_dtype, family: Family):
+    """A file that holds only the denoiser (FLUX.1's and SD3.5's original releases): the pipeline
+    from the local folder ``cfg`` (weights included), its denoiser read from ``path``."""
+    pipe = _pipeline_class(family.pipeline_class).from_pretrained(cfg, torch_dtype=torch_dtype, local_files_only=True,
+                                                                 **_absent(cfg))
+    cls = type(getattr(pipe, family.denoiser))
+    denoiser = cls.from_single_file(str(path), config=str(cfg), subfolder=family.denoiser, torch_dtype=torch_dtype,
+                                    local_files_only=True)
+    setattr(pipe, family.denoiser, denoiser)
+    pipe.register_modules(**{family.denoiser: denoiser})
+    return pipe
 
 
 def family_of(pipe) -> Family:

@@ -261,3 +261,20 @@ def test_fused_mode_on_flux_equals_hooks(both, mods):
     assert (hooked - base).abs().max() > 1e-2 and (fused - hooked).abs().max() < 1e-4 * max(1.0, hooked.abs().max().item())
     comfy.model_management.load_models_gpu([model])
     assert torch.equal(TF.denoise_comfy(model, pipe, inp), base)
+
+
+def test_sd3_denoiser_file_loads_in_diffusers(both, tmp_path):
+    """An original-layout file that holds only the denoiser (as SD3.5's and FLUX.1's releases),
+    here written from ComfyUI's MMDiT, loads in diffusers with a local folder for the rest and
+    equals the pipeline's own transformer. (diffusers' FLUX converter assumes the real widths,
+    so the tiny FLUX cannot take this path.)"""
+    from safetensors.torch import save_file
+
+    pipe, model, _ = both["sd3"]
+    pipe.save_pretrained(tmp_path / "sd3")
+    sd = {f"model.diffusion_model.{k}": v.contiguous() for k, v in model.model.diffusion_model.state_dict().items()}
+    save_file(sd, str(tmp_path / "sd3_transformer.safetensors"))
+    single = D.load_pipeline(tmp_path / "sd3_transformer.safetensors", config=tmp_path / "sd3", device="cpu")
+    assert single.act_defaults["family"] == "sd3"
+    a, b = pipe.transformer.state_dict(), single.transformer.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
