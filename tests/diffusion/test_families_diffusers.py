@@ -258,3 +258,17 @@ def test_cli_family_detection(pipes, tmp_path, capsys):
     rc = main(["fit-style", "--list-presets", "--family", "flux"])
     listing = capsys.readouterr().out
     assert rc == 0 and "transformer_paper" in listing and "unet_norms" not in listing
+
+
+def test_act_core_steer_takes_the_pipeline_itself(pipes):
+    """``act_core.steer(pipe, tmap)`` resolves any family's pipeline to its canonical tree, stream
+    names included, and steers as :func:`generate` does."""
+    import act_core
+
+    pipe = pipes["flux"]
+    tmap = D.fit_style_map(pipe, "anime", n=4, batch_size=4, **SIZE)
+    assert any(n.endswith(".img") for n in tmap.modules)
+    with act_core.steer(pipe, tmap, strength=1.0):
+        direct = pipe(prompt=["a cat on a sofa"], num_inference_steps=2, guidance_scale=0.0, output_type="np",
+                      generator=torch.Generator("cpu").manual_seed(3), **SIZE).images
+    assert np.array_equal(direct, _img(pipe, tmap)) and _hooks(pipe) == 0
