@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from act_core import count_hooks
-from act_core.diffusion import families
 from act_core.diffusion import pipeline as D
 from act_core.hooks import steer
 from act_core.mapfile import TransportMap

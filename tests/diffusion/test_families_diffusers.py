@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from act_core import count_hooks
 from act_core.diffusion import families
 from act_core.diffusion import pipeline as D
-from act_core.hooks import ActivationCollector, run_until_stop
+from act_core.hooks import ActivationCollector
 from act_core.mapfile import MapFileError, TransportMap
 
 from diffusers_helpers import save_single_file, tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd15_pipeline
@@ -113,7 +112,6 @@ def test_streams_read_the_right_tuple_elements(pipes):
     for key, block_name, single in (("flux", "transformer_blocks.0", "single_transformer_blocks.1"),
                                     ("sd3", "transformer_blocks.0", None)):
         pipe = pipes[key]
-        fam = D.family_of(pipe)
         runner = D.PipelineRunner(pipe, **SIZE)
         raw = {}
         block = pipe.transformer.get_submodule(block_name)

@@ -22,24 +22,20 @@ A family (one module of this package, one :class:`Family` instance) answers for 
 
 Nothing here imports diffusers, transformers or ComfyUI: families see ``torch.nn.Module`` trees.
 """
-
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from ...mapfile import TransportMap
 from ..noise import batch_noise
 from ..presets import Preset
-
-Index = Union[int, Tuple[int, ...], None]
-
-
-class NameTranslationError(ValueError):
-    """A module name has no counterpart in the other naming scheme."""
+from .ldm_unet import LdmUNet
+from .names import Index, NameTable, NameTranslationError, StreamRule, split_prefix
+from .text_encoders import (CLIP_G, CLIP_H, CLIP_L, CLIP_L_PROJ, T5_XXL, TextEncoder, _text_inner, text_from_comfy,
+                            text_to_comfy)
 
 
 # -- a naming view -------------------------------------------------------------------------------
@@ -85,245 +81,6 @@ class CanonicalTree(torch.nn.Module):
 
     def forward(self, *a, **k):  # pragma: no cover - a view, never called
         raise RuntimeError("this is a naming view over a model's modules; call the model instead")
-
-
-# -- name tables ---------------------------------------------------------------------------------
-
-
-def _template_regex(template: str) -> re.Pattern:
-    out, pos = [], 0
-    for m in re.finditer(r"\{(\w+)\}", template):
-        out.append(re.escape(template[pos:m.start()]))
-        out.append(f"(?P<{m.group(1)}>\\d+)")
-        pos = m.end()
-    out.append(re.escape(template[pos:]))
-    return re.compile("".join(out))
-
-
-class NameTable:
-    """Leaf-name pairs ``(diffusers template, ComfyUI template)`` with ``{i}``-style block
-    numbers, translated both ways by full match (``"transformer_blocks.{i}.norm2"`` <->
-    ``"double_blocks.{i}.img_norm2"``). Names in neither column have no counterpart."""
-
-    def __init__(self, pairs: Sequence[Tuple[str, str]]):
-        self.pairs = [(a, b, _template_regex(a), _template_regex(b)) for a, b in pairs]
-
-    def to_comfy(self, name: str) -> Optional[str]:
-        for a, b, ra, _ in self.pairs:
-            m = ra.fullmatch(name)
-            if m:
-                return b.format(**m.groupdict())
-        return None
-
-    def from_comfy(self, name: str) -> Optional[str]:
-        for a, b, _, rb in self.pairs:
-            m = rb.fullmatch(name)
-            if m:
-                return a.format(**m.groupdict())
-        return None
-
-
-@dataclass(frozen=True)
-class StreamRule:
-    """A block with several outputs, or one output that a framework returns in pieces.
-
-    ``streams`` maps a suffix to ``(diffusers index, ComfyUI index)``; the suffix ``""`` means
-    the block itself (one canonical output)."""
-
-    diffusers: str
-    comfy: str
-    streams: Mapping[str, Tuple[Index, Index]]
-
-    def __post_init__(self):
-        object.__setattr__(self, "_rd", _template_regex(self.diffusers))
-        object.__setattr__(self, "_rc", _template_regex(self.comfy))
-
-
-def split_prefix(name: str, table: Mapping[str, object]) -> Optional[Tuple[str, str]]:
-    """Longest ``prefix`` in ``table`` with ``name == prefix`` or ``name`` starting with ``prefix.``."""
-    parts = name.split(".")
-    for n in range(len(parts), 0, -1):
-        head = ".".join(parts[:n])
-        if head in table:
-            return head, ".".join(parts[n:])
-    return None
-
-
-# -- the LDM UNet layout (SD1.x, SD2.x, SDXL) ------------------------------------------------------
-
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-           "norm2": "out_layers.0", "dropout": "out_layers.2", "conv2": "out_layers.3",
-           "conv_shortcut": "skip_connection"}
-_EMBED = {"linear_1": "0", "act": "1", "linear_2": "2"}
-# kind -> inner table (diffusers child -> ComfyUI child); None = identical names
-_INNER = {"resnet": _RESNET, "embed": _EMBED, "down": {"conv": "op"}, "up": {"conv": "conv"},
-          "attention": None, "leaf": {}}
-
-
-class LdmUNet:
-    """diffusers ``UNet2DConditionModel`` names <-> ComfyUI ``UNetModel`` names for the LDM layout.
-
-    ``levels`` resolution levels with ``layers`` resnets per down level (``layers + 1`` per up
-    level); attention on the down levels in ``down_attention`` and up levels in ``up_attention``.
-    ComfyUI numbers blocks ``input_blocks.k.j`` / ``output_blocks.k.j`` where diffusers groups
-    them per level (``L = layers``)::
-
-        down_blocks.d.resnets.i       <-> input_blocks.(1+(L+1)d+i).0
-        down_blocks.d.attentions.i    <-> input_blocks.(1+(L+1)d+i).1
-        down_blocks.d.downsamplers.0  <-> input_blocks.((L+1)(d+1)).0     (.conv <-> .op)
-        mid_block.resnets.0 / attentions.0 / resnets.1 <-> middle_block.0 / 1 / 2
-        up_blocks.u.resnets.i         <-> output_blocks.((L+1)u+i).0
-        up_blocks.u.attentions.i      <-> output_blocks.((L+1)u+i).1
-        up_blocks.u.upsamplers.0      <-> output_blocks.((L+1)u+L).(2 with attention, else 1)
-        conv_in <-> input_blocks.0.0;  conv_norm_out / conv_act / conv_out <-> out.0 / out.1 / out.2
-        time_embedding.{linear_1,act,linear_2} <-> time_embed.{0,1,2}
-        add_embedding.{linear_1,act,linear_2}  <-> label_emb.0.{0,1,2}   (SDXL)
-
-    Inside a resnet: ``norm1<->in_layers.0``, ``conv1<->in_layers.2``, ``time_emb_proj<->emb_layers.1``,
-    ``norm2<->out_layers.0``, ``dropout<->out_layers.2``, ``conv2<->out_layers.3``,
-    ``conv_shortcut<->skip_connection``. Inside attention blocks (``Transformer2DModel`` <->
-    ``SpatialTransformer``) the names are identical.
-    """
-
-    def __init__(self, levels: int, down_attention: Iterable[int], up_attention: Iterable[int], layers: int = 2):
-        down_attention, up_attention = set(down_attention), set(up_attention)
-        step = layers + 1
-        rows = [("conv_in", "input_blocks.0.0", "leaf"),
-                ("time_embedding", "time_embed", "embed"),
-                ("add_embedding", "label_emb.0", "embed"),
-                ("conv_norm_out", "out.0", "leaf"), ("conv_act", "out.1", "leaf"), ("conv_out", "out.2", "leaf"),
-                ("mid_block.resnets.0", "middle_block.0", "resnet"),
-                ("mid_block.attentions.0", "middle_block.1", "attention"),
-                ("mid_block.resnets.1", "middle_block.2", "resnet")]
-        for d in range(levels):
-            for i in range(layers):
-                rows.append((f"down_blocks.{d}.resnets.{i}", f"input_blocks.{1 + step * d + i}.0", "resnet"))
-                if d in down_attention:
-                    rows.append((f"down_blocks.{d}.attentions.{i}", f"input_blocks.{1 + step * d + i}.1", "attention"))
-            if d < levels - 1:
-                rows.append((f"down_blocks.{d}.downsamplers.0", f"input_blocks.{step * (d + 1)}.0", "down"))
-        for u in range(levels):
-            for i in range(step):
-                rows.append((f"up_blocks.{u}.resnets.{i}", f"output_blocks.{step * u + i}.0", "resnet"))
-                if u in up_attention:
-                    rows.append((f"up_blocks.{u}.attentions.{i}", f"output_blocks.{step * u + i}.1", "attention"))
-            if u < levels - 1:
-                rows.append((f"up_blocks.{u}.upsamplers.0",
-                             f"output_blocks.{step * u + layers}.{2 if u in up_attention else 1}", "up"))
-        self.rows = rows
-        self._d2c = {d: (c, k) for d, c, k in rows}
-        self._c2d = {c: (d, k) for d, c, k in rows}
-
-    @staticmethod
-    def _inner(rest: str, kind: str, forward: bool, full: str) -> str:
-        if not rest:
-            return ""
-        table = _INNER[kind]
-        if table is None:
-            return "." + rest
-        if not forward:
-            table = {v: k for k, v in table.items()}
-        hit = split_prefix(rest, table)
-        if hit is None:
-            side = "ComfyUI" if forward else "diffusers"
-            raise NameTranslationError(
-                f"{full!r} has no {side} counterpart: below a {kind} block only {', '.join(sorted(table))} translate"
-            )
-        head, tail = hit
-        return "." + table[head] + ("." + tail if tail else "")
-
-    def to_comfy(self, local: str) -> str:
-        """diffusers UNet name (no ``unet.`` prefix) -> ComfyUI ``UNetModel`` name (no root prefix)."""
-        hit = split_prefix(local, self._d2c)
-        if hit is None:
-            raise NameTranslationError(
-                f"diffusers UNet module {local!r} has no ComfyUI counterpart; translatable modules live under "
-                "conv_in, time_embedding, add_embedding, down_blocks.D.{resnets,attentions,downsamplers}.I, "
-                "mid_block.{resnets,attentions}.I, up_blocks.U.{resnets,attentions,upsamplers}.I, conv_norm_out, "
-                "conv_act, conv_out"
-            )
-        head, rest = hit
-        comfy, kind = self._d2c[head]
-        return comfy + self._inner(rest, kind, True, local)
-
-    def from_comfy(self, local: str) -> str:
-        """ComfyUI ``UNetModel`` name (no root prefix) -> diffusers UNet name (no ``unet.`` prefix)."""
-        hit = split_prefix(local, self._c2d)
-        if hit is None:
-            raise NameTranslationError(
-                f"ComfyUI UNet module {local!r} has no diffusers counterpart; translatable modules are the blocks "
-                "input_blocks.K.J, middle_block.K, output_blocks.K.J, time_embed, label_emb.0, out.K and their insides"
-            )
-        head, rest = hit
-        diff, kind = self._c2d[head]
-        return diff + self._inner(rest, kind, False, local)
-
-
-# -- text encoders -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TextEncoder:
-    """A text encoder of a family: ``kind`` "clip" (transformers ``CLIPTextModel``, canonical
-    names below ``text_model``) or "t5" (``T5EncoderModel`` names), and the attribute of
-    ComfyUI's ``CLIP.cond_stage_model`` that holds it (``clip_l``, ``clip_g``, ``clip_h``, ``t5xxl``)."""
-
-    kind: str
-    comfy: str
-    projection: bool = False  # has a text_projection (CLIPTextModelWithProjection)
-    title: str = ""
-
-
-CLIP_L = TextEncoder("clip", "clip_l", title="CLIP-L")
-CLIP_L_PROJ = TextEncoder("clip", "clip_l", projection=True, title="CLIP-L")
-CLIP_G = TextEncoder("clip", "clip_g", projection=True, title="OpenCLIP-G")
-CLIP_H = TextEncoder("clip", "clip_h", title="OpenCLIP-H")
-T5_XXL = TextEncoder("t5", "t5xxl", title="T5-XXL")
-
-_T5_NONE = re.compile(r"(.*\.)?dropout|encoder\.embed_tokens|.*\.DenseReluDense\.act")
-
-
-def text_to_comfy(te: TextEncoder, canonical: str, rest: str) -> str:
-    if te.kind == "clip":
-        if rest == "text_projection" or rest.startswith("text_projection."):
-            if not te.projection:
-                raise NameTranslationError(f"{canonical!r}: this text encoder ({te.title}) has no text_projection")
-            return f"{te.comfy}.transformer.{rest}"
-        return f"{te.comfy}.transformer.text_model.{rest}"
-    if not (rest == "shared" or rest.startswith("encoder.")) or _T5_NONE.fullmatch(rest):
-        raise NameTranslationError(
-            f"{canonical!r} has no ComfyUI counterpart: T5 modules below 'encoder.' (blocks, layer norms, "
-            "attention and feed-forward projections) or 'shared' translate; dropouts and activations do not"
-        )
-    return f"{te.comfy}.transformer.{rest}"
-
-
-def text_from_comfy(te: TextEncoder, canon: str, local: str, rest: str) -> str:
-    if te.kind == "clip":
-        if rest.startswith("transformer.text_model.") and len(rest) > len("transformer.text_model."):
-            return f"{canon}.{rest[len('transformer.text_model.'):]}"
-        if te.projection and (rest == "transformer.text_projection" or rest.startswith("transformer.text_projection.")):
-            return f"{canon}.{rest[len('transformer.'):]}"
-        raise NameTranslationError(
-            f"ComfyUI CLIP module {local!r} has no canonical name: use modules below {te.comfy}.transformer.text_model."
-        )
-    if rest.startswith("transformer.") and len(rest) > len("transformer."):
-        inner = rest[len("transformer."):]
-        if inner == "shared" or inner.startswith("encoder."):
-            return f"{canon}.{inner}"
-    raise NameTranslationError(
-        f"ComfyUI T5 module {local!r} has no canonical name: use modules below {te.comfy}.transformer.encoder."
-    )
-
-
-def _text_inner(encoder: torch.nn.Module) -> Tuple[torch.nn.Module, str]:
-    """(the module holding embeddings/encoder/final_layer_norm, its path inside ``encoder``).
-
-    transformers 5 ``CLIPTextModel`` holds them directly; ``CLIPTextModelWithProjection`` (and
-    both classes in transformers 4) keep them under ``text_model``. T5 has no wrapper.
-    """
-    inner = getattr(encoder, "text_model", None)
-    return (inner, "text_model") if isinstance(inner, torch.nn.Module) else (encoder, "")
 
 
 # -- the family ----------------------------------------------------------------------------------
