@@ -258,6 +258,9 @@ class SteerHandle(_HookSet):
     in it use ``tmap.default_strength``). ``support`` overrides every map's default support.
     ``gate(name, output)`` may return True (steer the whole batch), False (leave this call
     alone) or a ``(B,)`` bool tensor of batch rows to steer (e.g. the conditional half).
+    ``mask(name, output)`` may return None (steer everywhere) or a weight tensor broadcastable to
+    the output with values in [0, 1]: the result is ``lerp(x, T(x), w)``, exactly ``x`` where
+    ``w = 0`` and exactly ``T(x)`` where ``w = 1`` (e.g. a spatial mask resized to the layer).
     ``inplace`` lets hooks write into a module's fresh output tensor instead of allocating
     a new one (never for views, autograd tensors, or outputs that alias an input).
     ``fuse`` (default True): a plain ``torch.nn.LayerNorm``/``GroupNorm`` whose map folds
@@ -278,11 +281,12 @@ class SteerHandle(_HookSet):
         layout: Optional[str] = None,
         inplace: bool = True,
         fuse: bool = True,
+        mask: Optional[Gate] = None,
     ):
         if not isinstance(tmap, TransportMap):
             raise TypeError(f"expected a TransportMap, got {type(tmap).__name__} (load one with TransportMap.load(path))")
         self.model, self.tmap, self.support, self.gate, self.layout = module_tree(model), tmap, support, gate, layout
-        self.inplace, self.fuse = inplace, fuse
+        self.inplace, self.fuse, self.mask = inplace, fuse, mask
         self.name_map = name_map
         self.set_strength(strength)
         self._handles: List[Any] = []
@@ -331,17 +335,20 @@ class SteerHandle(_HookSet):
             if rows is False:
                 return None
             lay = layout if layout != "auto" else ("spatial_mean" if x.ndim == 4 else "tokens")
+            w = None if self.mask is None else self.mask(name, x)
             if rows is not True:
                 y = x.clone()
                 y[rows] = t.apply(x[rows], lam, support, lay)
-                return _replace(output, index, y)
+                return _replace(output, index, y if w is None else torch.lerp(x, y, w.to(x.dtype)))
             key = (lam, x.dtype, x.device, x.ndim)
             kernel = kernels.get(key)
             if kernel is None:
                 if x.shape[1 if lay != "tokens" else -1] != t.units:
                     t.apply(x, lam, support, lay)  # raises the explanatory unit-count error
                 kernel = kernels[key] = t.kernel(lam, support, lay, x.dtype, x.device)
-            y = kernel(x, inplace_allowed and _owns(x, args))
+            y = kernel(x, inplace_allowed and w is None and _owns(x, args))
+            if w is not None:
+                y = torch.lerp(x, y, w.to(y.dtype))
             return y if output is x else _replace(output, index, y)
 
         return hook
@@ -392,7 +399,7 @@ class SteerHandle(_HookSet):
             if lam == 0 or not on[0]:
                 return plain(module, input)
             params = None
-            if self.gate is None and norm.takes(input) and not (torch.is_grad_enabled() and norm.trains):
+            if self.gate is None and self.mask is None and norm.takes(input) and not (torch.is_grad_enabled() and norm.trains):
                 params = norm.params(lam, input)
             if params is None:  # gated rows, another shape, gradients to the layer, float16 overflow: the hook path
                 out = plain(module, input)

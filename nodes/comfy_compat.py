@@ -199,24 +199,70 @@ def percent_to_sigma(model, percent: float) -> float:
     return float(model.get_model_object("model_sampling").percent_to_sigma(float(percent)))
 
 
+_RUNS_DIFFUSION_MODEL_WRAPPERS: Dict[type, bool] = {}
+COMPILE_WRAPPER_KEY = "torch.compile"  # comfy_api.torch_helpers (TorchCompileModel)
+
+
+def runs_diffusion_model_wrappers(diffusion_model) -> bool:
+    """Whether this diffusion model's forward runs DIFFUSION_MODEL wrappers. In ComfyUI 0.3.75
+    UNetModel, Flux, Chroma, Wan, Lumina ... do; SD3's MMDiT (and a few others) do not. Read once
+    per class from its source; True when the source cannot be read."""
+    import inspect
+
+    cls = type(diffusion_model)
+    known = _RUNS_DIFFUSION_MODEL_WRAPPERS.get(cls)
+    if known is None:
+        try:
+            known = "DIFFUSION_MODEL" in inspect.getsource(cls.forward)
+        except (OSError, TypeError):  # pragma: no cover - no source (frozen builds)
+            known = True
+        _RUNS_DIFFUSION_MODEL_WRAPPERS[cls] = known
+    return known
+
+
 def add_unet_wrapper(model, wrapper: Callable) -> Any:
     """Clone ``model`` and wrap every diffusion-model call of the clone in ``wrapper``.
 
     ``wrapper(diffusion_model, call, transformer_options)`` must run ``call()`` (the real call)
     and return its result; it sees the diffusion model (``UNetModel``, ``Flux``, ``MMDiT`` ...)
-    and ComfyUI's ``transformer_options`` (``cond_or_uncond``, ``sigmas``). Registered as an
-    APPLY_MODEL wrapper, which every model type runs through (in 0.3.75 some diffusion models,
-    SD3's MMDiT among them, do not run DIFFUSION_MODEL wrappers). The input MODEL is not changed.
+    and ComfyUI's ``transformer_options`` (``cond_or_uncond``, ``sigmas``). The input MODEL is
+    not changed.
+
+    Registered as a DIFFUSION_MODEL wrapper, which runs inside the diffusion model's forward (a
+    whole-model torch.compile then breaks its graph there: see :func:`outside_torch_compile`).
+    Diffusion models that run no DIFFUSION_MODEL wrappers (SD3's MMDiT in 0.3.75) get an
+    APPLY_MODEL wrapper instead; with TorchCompileModel on such a model the steered call is
+    refused (its compiled graph would keep or ignore hooks) with the fix.
     """
+    m = model.clone()
+    if runs_diffusion_model_wrappers(model.model.diffusion_model):
+        def diffusion_model_wrapper(executor, *args, **kwargs):
+            transformer_options = kwargs.get("transformer_options")
+            if transformer_options is None:
+                transformer_options = args[5] if len(args) > 5 else {}
+            return wrapper(executor.class_obj, lambda: executor(*args, **kwargs), transformer_options)
+
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
+                               outside_torch_compile(diffusion_model_wrapper))
+        return m
 
     def apply_model_wrapper(executor, *args, **kwargs):
         transformer_options = kwargs.get("transformer_options")
         if transformer_options is None:
             transformer_options = args[5] if len(args) > 5 else {}
+        wrappers = (transformer_options.get("wrappers") or {}).get(comfy.patcher_extension.WrappersMP.APPLY_MODEL) or {}
+        dm = executor.class_obj.diffusion_model
+        if COMPILE_WRAPPER_KEY in wrappers:
+            raise RuntimeError(
+                f"{type(getattr(dm, '_orig_mod', dm)).__name__} is compiled with torch.compile (TorchCompileModel) and "
+                "runs no DIFFUSION_MODEL wrappers in this ComfyUI, so steering hooks cannot run outside the compiled "
+                "graph: use mode 'fused (weight patches)' with a map that folds completely (support 'all'), or remove "
+                "the compile node"
+            )
         return wrapper(executor.class_obj.diffusion_model, lambda: executor(*args, **kwargs), transformer_options)
 
-    m = model.clone()
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, apply_model_wrapper)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                           outside_torch_compile(apply_model_wrapper))
     return m
 
 
@@ -350,3 +396,104 @@ def comfy_version() -> str:
         return str(comfyui_version.__version__)
     except Exception:  # pragma: no cover - very old or very new layouts
         return "unknown"
+
+
+# -- torch.compile (TorchCompileModel) ---------------------------------------------------------
+
+def outside_torch_compile(fn: Callable) -> Callable:
+    """``fn`` (and everything it calls: the whole steered UNet forward) runs eagerly, never traced
+    by torch.compile.
+
+    ComfyUI's TorchCompileModel compiles the UNet. TorchDynamo does not guard on forward hooks
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``, True by default): a graph traced while
+    steering hooks were attached would keep running them after they were removed (steering the
+    input MODEL), and a graph traced without them would ignore them. Steered UNet calls
+    therefore run uncompiled; unsteered calls of the same model (another clone, the input
+    MODEL) stay compiled, and fused mode with every layer folded adds no wrapper at all, so it
+    keeps the compiled speed. Outside torch.compile the only cost is one context switch per
+    UNet call.
+    """
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    if disable is None:  # pragma: no cover - torch < 2.1 has no torch.compiler
+        return fn
+    return disable(fn, recursive=True)
+
+
+def torch_compiled(model) -> bool:
+    """True when ComfyUI's TorchCompileModel (``comfy_api.torch_helpers``) is set on ``model``."""
+    return bool(getattr(model, "model_options", {}).get("torch_compile_kwargs"))
+
+
+class CompiledPartCheck:
+    """Finds a steered module inside a torch.compile'd part of a model tree.
+
+    Nodes that compile single blocks put a TorchDynamo ``OptimizedModule`` in place of the block
+    (an object patch). Its compiled graph keeps whichever forward hooks existed when it was
+    traced (TorchDynamo does not guard on hooks), so steering hooks below it would be lost or,
+    worse, kept after removal. Built once from the hooked module paths; calling it walks only
+    their ancestors (a few hundred dictionary look-ups for a full SDXL map).
+    """
+
+    def __init__(self, names: Sequence[str]):
+        self.trie: Dict[str, dict] = {}
+        for name in names:
+            node = self.trie
+            for part in name.split("."):
+                node = node.setdefault(part, {})
+
+    def __call__(self, root) -> Optional[str]:
+        """The path of the first compiled module above (or at) a steered module, else None."""
+        import sys
+
+        eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+        compiled = getattr(eval_frame, "OptimizedModule", None)
+        if compiled is None:  # TorchDynamo never imported: nothing can be compiled
+            return None
+        stack = [(root, self.trie, "")]
+        while stack:
+            module, node, path = stack.pop()
+            for part, below in node.items():
+                child = module._modules.get(part) if isinstance(module, torch.nn.Module) else None
+                if child is None:
+                    child = getattr(module, part, None)
+                here = f"{path}.{part}" if path else part
+                if isinstance(child, compiled):
+                    return here
+                if child is not None and below:
+                    stack.append((child, below, here))
+        return None
+
+
+# -- low-precision weights -----------------------------------------------------------------------
+
+def coarse_weight_dtype(model, key: str) -> Optional[str]:
+    """The dtype name of parameter ``key`` (e.g. ``diffusion_model.out.0.weight``) when its storage
+    is too coarse to hold a folded weight, else None.
+
+    Float8 weights (``weight_dtype`` fp8_e4m3fn / fp8_e5m2 of the diffusion model loader, fp8
+    checkpoints) keep 3 or 2 mantissa bits, and ComfyUI rounds a patched float8 weight
+    stochastically: ``a·w`` would carry up to 6–12 % noise per unit, far more than the weights' own
+    rounding. float16 / bfloat16 / float32 weights fold at their own precision.
+    """
+    import comfy.model_patcher
+
+    weight, _, _ = comfy.model_patcher.get_key_weight(model.model, key)
+    dtype = weight.dtype
+    if dtype.is_floating_point and dtype.itemsize == 1:
+        return str(dtype).replace("torch.", "")
+    return None
+
+
+# -- masks ---------------------------------------------------------------------------------------
+
+def latent_hw(transformer_options) -> Optional[tuple]:
+    """``(H, W)`` of the latent the UNet is denoising in this call (ComfyUI records the input's
+    shape as ``original_shape`` when the UNet starts), or None when unknown."""
+    shape = transformer_options.get("original_shape") if transformer_options else None
+    return (int(shape[-2]), int(shape[-1])) if shape is not None and len(shape) >= 4 else None
+
+
+def cond_chunks(transformer_options) -> int:
+    """How many conditioning chunks (cond / uncond) this UNet call stacks in its batch."""
+    cu = transformer_options.get("cond_or_uncond") if transformer_options else None
+    return len(cu) if cu else 1

@@ -279,3 +279,16 @@ def rows_gate(rows_fn):
         return memo[key]
 
     return gate
+
+
+def local_name_map(tmap: TransportMap, strip: str) -> Mapping[str, str]:
+    """``{map name: ComfyUI name with the leading ``strip.`` removed}`` for every module of
+    ``tmap``, by the family its architecture names (SDXL when it records none; a generic map's
+    names are ComfyUI's already)."""
+    arch = tmap.architecture
+    if generic.is_generic(arch):
+        naming = Naming(arch, None, f"ComfyUI {generic.model_class(arch)}")
+    else:
+        fam = families.for_architecture(arch) or families.sdxl.FAMILY
+        naming = Naming(fam.name, fam, fam.title)
+    return naming.localize(tmap, strip)[1]

@@ -35,6 +35,11 @@ if [ "${ACT_SKIP_COMFYUI:-}" != "1" ]; then
     if [ "${CI:-}" = "true" ]; then echo "ComfyUI setup failed (see above)" >&2; exit 1; fi
     echo "warning: ComfyUI setup failed (no network?): the tests in tests/comfy will be skipped" >&2
   fi
+  # the oldest ComfyUI pyproject.toml declares (requires-comfyui): tests/comfy/test_versions.py runs the pack on it
+  if ! .venv/bin/python tools/comfyui_setup.py --version oldest >/dev/null; then
+    if [ "${CI:-}" = "true" ]; then echo "setup of the oldest supported ComfyUI failed (see above)" >&2; exit 1; fi
+    echo "warning: setup of the oldest supported ComfyUI failed: its test will be skipped" >&2
+  fi
 fi
 # Headless Chromium for tests/comfy/test_browser.py: Debian's package, installed in CI or on request.
 if ! command -v chromium >/dev/null 2>&1 && { [ "${CI:-}" = "true" ] || [ "${ACT_INSTALL_BROWSER:-}" = "1" ]; }; then

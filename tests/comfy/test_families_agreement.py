@@ -277,3 +277,21 @@ def test_sd3_denoiser_file_loads_in_diffusers(both, tmp_path):
     assert single.act_defaults["family"] == "sd3"
     a, b = pipe.transformer.state_dict(), single.transformer.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sd3_with_torch_compile_is_refused_with_the_fix(both, mods):
+    """SD3's MMDiT runs no DIFFUSION_MODEL wrappers in 0.3.75, so its steering wraps apply_model,
+    outside which a TorchCompileModel graph would run: refused in either node order, nothing compiled."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    pipe, model, _ = both["sd3"]
+    tmap = D.fit_style_map(pipe, "anime", n=4, batch_size=4, **SIZE)
+    inp = TF.inputs(pipe)
+    compiled = model.clone()
+    set_torch_compile_wrapper(compiled, backend="eager")
+    steered_then_compiled = mods.apply.apply_to_model(model, tmap, 1.0)
+    set_torch_compile_wrapper(steered_then_compiled, backend="eager")
+    for m in (mods.apply.apply_to_model(compiled, tmap, 1.0), steered_then_compiled):
+        with pytest.raises(RuntimeError, match="MMDITWrapper is compiled with torch.compile.*fused"):
+            TF.denoise_comfy(m, pipe, inp)
+    assert count_hooks(model.model) == 0

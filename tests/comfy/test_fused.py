@@ -60,7 +60,7 @@ def _apply(mods, model, tmap, strength=1.0, **kw):
 def _hooked(m):
     import comfy.patcher_extension
 
-    return bool(m.get_all_wrappers(comfy.patcher_extension.WrappersMP.APPLY_MODEL))
+    return bool(m.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL))
 
 
 def _close(a, b, ref):
