@@ -110,14 +110,14 @@ def spec_concept_negation():
 
 
 def spec_fit_then_save():
-    nodes = [(1, CKPT), (2, _pairs("style: watercolor", 64)), (3, _fit()), (4, ("ActSaveMap", {"name": "watercolor_sdxl"})),
+    nodes = [(1, CKPT), (2, _pairs("style: watercolor", 64)), (3, _fit()), (4, ("ActSaveMap", {"filename_prefix": "watercolor_sdxl"})),
              (5, ("ActMapInfo", {}))]
     links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((3, 0), 4, "transport_map"), ((3, 0), 5, "transport_map")]
     return "Fit a map and save it to models/act_maps", nodes, links
 
 
 def spec_load_and_apply():
-    nodes = [(1, CKPT), (2, ("ActLoadMap", {"map_name": "watercolor_sdxl.safetensors"})), (3, _apply(0.8))]
+    nodes = [(1, CKPT), (2, ("ActLoadMap", {"map_name": "watercolor_sdxl_00001_.safetensors"})), (3, _apply(0.8))]
     links = [((1, 0), 3, "model"), ((2, 0), 3, "transport_map")]
     _sampling_tail(nodes, links, (3, 0), (1, 1), "a bowl of fruit on a wooden table", 4, prefix="act_loaded")
     return "Load a saved map (models/act_maps) and sample with it", nodes, links

@@ -9,6 +9,8 @@ guidance) through ComfyUI's ``apply_model`` (what a sampler step calls); text en
 token ids ComfyUI's own tokenizers give.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -118,8 +120,8 @@ def test_fit_in_diffusers_load_and_apply_in_comfyui_and_the_other_way(both, mods
     scale = base_d.abs().max().item()
     # diffusers -> file -> ComfyUI's Load map -> Apply to model
     fitted = D.fit_style_map(pipe, "watercolor", n=4, batch_size=4, **SIZE)
-    mods.files.save_map(fitted, f"from_diffusers_{key}")
-    loaded = mods.files.load_map(f"from_diffusers_{key}.safetensors")
+    saved = Path(mods.files.save_map(fitted, f"from_diffusers_{key}"))
+    loaded = mods.files.load_map(saved.name)
     banded = TF.denoise_comfy(mods.apply.apply_to_model(model, loaded, 1.0), pipe, inp)
     assert (banded - base_c).abs().max().item() > 1e-2  # the map as fitted steers ComfyUI
     d, c = _steered_both(pipe, model, _continuous(loaded), mods, inp)
