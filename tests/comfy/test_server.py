@@ -92,6 +92,18 @@ def test_shipped_workflow_runs(comfy_server, object_info, name):
         assert any(expected in t for t in texts), texts
 
 
+@pytest.mark.slow
+def test_the_sd15_template_runs_on_an_sd2_checkpoint(comfy_server, object_info):
+    """SD2.x shares SD1.5's template (same nodes, same layer choices); ComfyUI detects the
+    checkpoint as SD2 and the map records that family."""
+    ui = _workflow("act_sd15_style_control.json")
+    prompt = ui2api.convert(ui, object_info, overrides={**SMALL, "ckpt_name": TINY_BY_FAMILY["sd2"]})
+    entry = comfy_server.run(prompt, timeout=300, workflow=ui)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
+    assert any("architecture: SD2.x" in t for t in texts), texts
+
+
 def test_saved_map_is_listed_and_offered_by_the_loader(comfy_server):
     assert "watercolor_sdxl_00001_.safetensors" in comfy_server.get("/models/act_maps")
     info = comfy_server.get("/object_info/ActLoadMap")["ActLoadMap"]
