@@ -23,7 +23,7 @@ import torch
 from .fold import effective_support
 from .fused_norms import FusedNorm, fusible
 from .hookguard import GuardedHooks, exit_hooks, mark, remove_hooks
-from .mapfile import MapFileError, TransportMap, find_module, output_problem
+from .mapfile import Index, MapFileError, TransportMap, find_module, output_problem, tree_index
 from .pooling import POOLINGS, pool
 from .transport import check_strength, normalize_support
 from .trees import module_tree
@@ -33,17 +33,24 @@ class StopForward(Exception):
     """Raised by a collector after the last hooked module, to end a forward pass early."""
 
 
-def _pick(output: Any, index: Optional[int]) -> Any:
-    """The steered tensor of a module output (None when there is none: see output_problem)."""
+def _pick(output: Any, index: Index) -> Any:
+    """The steered tensor of a module output: the output itself, element ``index`` of a tuple
+    (element 0 for None), or, for a tuple ``index``, those elements joined along dim 1 (one
+    token sequence, e.g. the text and image halves a block returns separately). None when
+    there is none (see output_problem)."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)):
+        if isinstance(index, tuple):
+            if output_problem("", None, output, None, "tokens", index):
+                return None
+            return torch.cat([output[i] for i in index], dim=1)
         k = 0 if index is None else index
         return output[k] if k < len(output) else None
     return None
 
 
-def _picked(output: Any, index: Optional[int], name: str, module, units: int, layout: str) -> torch.Tensor:
+def _picked(output: Any, index: Index, name: str, module, units: int, layout: str) -> torch.Tensor:
     x = _pick(output, index)
     if not isinstance(x, torch.Tensor):
         problem = output_problem(name, module, output, units, layout, index)
@@ -51,11 +58,16 @@ def _picked(output: Any, index: Optional[int], name: str, module, units: int, la
     return x
 
 
-def _replace(output: Any, index: Optional[int], value: torch.Tensor) -> Any:
+def _replace(output: Any, index: Index, value: torch.Tensor) -> Any:
     if isinstance(output, torch.Tensor):
         return value
     items = list(output)
-    items[0 if index is None else index] = value
+    if isinstance(index, tuple):  # split the joined sequence back into its elements
+        parts = value.split([output[i].shape[1] for i in index], dim=1)
+        for i, part in zip(index, parts):
+            items[i] = part
+    else:
+        items[0 if index is None else index] = value
     if isinstance(output, list):
         return items
     if hasattr(output, "_fields"):  # namedtuple
@@ -207,8 +219,8 @@ class ActivationCollector(_HookSet):
         return mark(hook)
 
     def attach(self) -> "ActivationCollector":
-        self._attach_all([(find_module(self.model, n), self._make_hook(n, idx)) for n, idx in self.modules.items()],
-                         self.model)
+        self._attach_all([(find_module(self.model, n), self._make_hook(n, tree_index(self.model, n, idx)))
+                          for n, idx in self.modules.items()], self.model)
         return self
 
     def _after_remove(self) -> None:
@@ -310,9 +322,13 @@ class SteerHandle(_HookSet):
                 raise ValueError(f"{e} (module {n!r})") from None
         self.strengths = strengths
 
+    def _index(self, name: str) -> Index:
+        local = self.name_map(name) if self.name_map else name
+        return tree_index(self.model, local, self.tmap.output_index.get(name))
+
     def _make_hook(self, name: str):
         t = self.tmap.maps[name]
-        index = self.tmap.output_index.get(name)
+        index = self._index(name)
         layout = self.layout or self.tmap.layouts.get(name, "auto")
         support = effective_support(t, self.support)
         inplace_allowed = self.inplace
@@ -377,7 +393,7 @@ class SteerHandle(_HookSet):
         """A replacement ``forward`` running the transported norm, or None (use the hook)."""
         t = self.tmap.maps[name]
         layout = self.layout or self.tmap.layouts.get(name, "auto")
-        if self.tmap.output_index.get(name) is not None or not fusible(module, t, self.support, layout):
+        if self._index(name) is not None or not fusible(module, t, self.support, layout):
             return None
         norm = self._norms.get(name)
         if norm is None or norm.module is not module:

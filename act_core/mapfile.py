@@ -19,7 +19,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -30,6 +30,11 @@ from .mapformat import (FORMAT, FORMAT_VERSION, MAX_FILE_BYTES, MAX_HEADER_BYTES
                         canonical_header, check_module_name, check_values, data_bytes, metadata_text, no_gc,
                         read_metadata)
 from .transport import BAND_NAMES, FLAG_CONSTANT_SOURCE, LAYOUTS, UnitTransport, normalize_support
+
+#: which part of a module output a hook reads: None (the tensor, or item 0 of a tuple), item k
+#: of a tuple, or a tuple of items joined along dim 1 (one token sequence; only in memory, fixed
+#: by a naming view: a map file stores None or an int)
+Index = Union[int, Tuple[int, ...], None]
 
 def _library_version() -> str:
     from ._version import __version__
@@ -164,11 +169,12 @@ class TransportMap:
             except AttributeError as e:
                 problems.append(f"module {local!r} not found in the model ({e})")
                 continue
-            problem = module_problem(local, module, t.units, self.layouts.get(name, "auto"), self.output_index.get(name))
+            index = tree_index(model, local, self.output_index.get(name))
+            problem = module_problem(local, module, t.units, self.layouts.get(name, "auto"), index)
             if problem:
                 problems.append(problem)
             else:
-                found[name] = (local, module)
+                found[name] = (local, module, index)
         if not problems and probe is not None:
             problems = self._probe(found, probe)
         if problems:
@@ -182,8 +188,8 @@ class TransportMap:
         """Run ``probe`` once with recording hooks on the mapped modules; the problems found."""
         seen: Dict[str, Optional[str]] = {}
 
-        def recorder(name, local):
-            t, layout, index = self.maps[name], self.layouts.get(name, "auto"), self.output_index.get(name)
+        def recorder(name, local, index):
+            t, layout = self.maps[name], self.layouts.get(name, "auto")
 
             def hook(module, args, output):
                 if name not in seen:
@@ -193,7 +199,7 @@ class TransportMap:
 
         owner = _ProbeOwner()
         guard = GuardedHooks(owner, "checked")
-        guard.attach([(m, recorder(n, local)) for n, (local, m) in found.items()], None, None)
+        guard.attach([(m, recorder(n, local, i)) for n, (local, m, i) in found.items()], None, None)
         try:
             with torch.no_grad():
                 probe()
@@ -379,6 +385,14 @@ def find_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
     naming the path, as does a missing name or an attribute that is not a module."""
     if path == "":
         return root
+    if type(root).get_submodule is not torch.nn.Module.get_submodule:  # a naming view resolves its own names
+        try:
+            mod = root.get_submodule(path)
+        except AttributeError as e:
+            raise AttributeError(str(e)) from None
+        if not isinstance(mod, torch.nn.Module):
+            raise AttributeError(f"{path!r} is a {type(mod).__name__}, not a module")
+        return mod
     mod = root
     atoms = path.split(".")
     for i, atom in enumerate(atoms):
@@ -408,7 +422,17 @@ def _channel_first(module: torch.nn.Module) -> bool:
     return isinstance(module, _CHANNEL_FIRST)
 
 
-def module_problem(name: str, module: torch.nn.Module, units: int, layout: str, index: Optional[int]) -> Optional[str]:
+def tree_index(model: torch.nn.Module, name: str, index: Index) -> Index:
+    """The tuple index a hook on ``name`` reads: ``index`` when given, else the one the tree
+    fixes for that name, else None. A naming view may name one tuple element of a module
+    (e.g. a block's image stream) by providing ``act_output_index(name) -> index``."""
+    if index is not None:
+        return index
+    fixed = getattr(model, "act_output_index", None)
+    return fixed(name) if callable(fixed) else None
+
+
+def module_problem(name: str, module: torch.nn.Module, units: int, layout: str, index: Index) -> Optional[str]:
     """What the module's type alone shows does not fit the map (unit count, layout vs the
     module's unit axis, a tuple index on a tensor output), or None."""
     have = module_units(module)
@@ -426,25 +450,37 @@ def module_problem(name: str, module: torch.nn.Module, units: int, layout: str, 
     return None
 
 
-def output_problem(name: str, module: torch.nn.Module, output: Any, units: int, layout: str,
-                   index: Optional[int]) -> Optional[str]:
+def output_problem(name: str, module: Optional[torch.nn.Module], output: Any, units: Optional[int], layout: str,
+                   index: Index) -> Optional[str]:
     """What does not fit between a module's real ``output`` and its map, or None: the tuple
-    index (past the end, or an item that is not a tensor), a tensor output with an index
-    above 0, the layout vs the output's rank and vs the module's unit axis, the unit count."""
+    index (past the end, or an item that is not a tensor; for a tuple index, items that cannot
+    be joined along dim 1), a tensor output with an index above 0, the layout vs the output's
+    rank and vs the module's unit axis, the unit count (``units`` None: not checked)."""
     if isinstance(output, torch.Tensor):
         if index not in (None, 0):
             return f"module {name!r} returns a tensor but the map steers item {index} of a tuple output"
         x = output
     elif isinstance(output, (tuple, list)):
-        k = 0 if index is None else index
-        if k >= len(output):
-            return (f"module {name!r} returns a {type(output).__name__} of {len(output)} items but the map steers item "
-                    f"{k}")
-        x = output[k]
-        if not isinstance(x, torch.Tensor):
-            return f"module {name!r}: item {k} of its output is {type(x).__name__}, not a tensor to steer"
+        ks = index if isinstance(index, tuple) else (0 if index is None else index,)
+        if not ks or any(not isinstance(k, int) or isinstance(k, bool) or k < 0 for k in ks):
+            return f"module {name!r}: output index {index!r} is not an item number or a tuple of them"
+        for k in ks:
+            if k >= len(output):
+                return (f"module {name!r} returns a {type(output).__name__} of {len(output)} items but the map steers "
+                        f"item {k}")
+            if not isinstance(output[k], torch.Tensor):
+                return f"module {name!r}: item {k} of its output is {type(output[k]).__name__}, not a tensor to steer"
+        x = output[ks[0]]
+        if len(ks) > 1:
+            shapes = [tuple(output[k].shape) for k in ks]
+            if any(len(s) < 2 or len(s) != len(shapes[0]) or s[:1] + s[2:] != shapes[0][:1] + shapes[0][2:]
+                   for s in shapes):
+                return (f"module {name!r}: items {index} of its output have shapes {shapes}, which do not join into "
+                        "one token sequence (dim 1)")
     else:
         return f"module {name!r} returns a {type(output).__name__}; steering needs a tensor or a tuple of tensors"
+    if units is None:
+        return None
     if not x.is_floating_point():
         return f"module {name!r}: its output is {x.dtype}, not floating point"
     lay = layout if layout != "auto" else ("spatial_mean" if x.ndim == 4 else "tokens")

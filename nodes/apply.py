@@ -1,6 +1,6 @@
 """Apply a transport map to a MODEL (UNet) or a CLIP (text encoders); both return patched clones.
 
-MODEL: a ComfyUI DIFFUSION_MODEL wrapper on a clone attaches act_core steering hooks around
+MODEL: a ComfyUI model wrapper on a clone (comfy_compat.add_unet_wrapper) attaches act_core steering hooks around
 each UNet call and removes them in ``finally``; between calls (and for the input MODEL,
 which shares the same modules) no hook exists. With cfg > 1 only the conditional rows
 (``transformer_options["cond_or_uncond"] == 0``) are steered unless ``steer_negative`` is on.
@@ -29,8 +29,8 @@ from act_core.mapfile import MapFileError
 from . import comfy_compat as cc
 from .comfy_compat import TransportMapType, io
 from .masks import LayerMask, as_mask_batch
-from .steering import (block_strengths, check_architecture, component_subset, local_name_map, rows_gate,
-                       split_foldable, step_in_window)
+from .steering import (Naming, block_strengths, check_architecture, component_subset, rows_gate, split_foldable,
+                       step_in_window)
 
 CATEGORY = "steering/act"
 STRENGTH = dict(default=1.0, min=-10.0, max=10.0, step=0.05)
@@ -48,8 +48,9 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(repr(m) for m in MODES)}")
     if window not in WINDOWS:
         raise ValueError(f"unknown window {window!r}: choose one of {', '.join(repr(w) for w in WINDOWS)}")
-    check_architecture(tmap, cc.architecture(model))
-    sub = component_subset(tmap, "unet", "'Apply transport map to CLIP'")
+    naming = Naming.of_model(model)
+    check_architecture(tmap, naming)
+    sub = component_subset(tmap, naming, "model", "'Apply transport map to CLIP'")
     if not 0.0 <= start_percent <= end_percent <= 1.0:
         raise ValueError(f"start_percent ({start_percent}) and end_percent ({end_percent}) must satisfy 0 <= start <= end <= 1")
     fused = mode == FUSED
@@ -64,7 +65,7 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
             raise ValueError(f"a mask steers only part of the image, which weight patches cannot: choose mode {HOOKS!r} "
                              "with a mask, or disconnect the mask")
         mask = as_mask_batch(mask)
-    local = local_name_map(sub, "diffusion_model")
+    sub, local = naming.localize(sub, "diffusion_model")  # ComfyUI names and tuple indices
     unet = model.model.diffusion_model
     try:
         sub.check_model(unet, name_map=local.__getitem__)
@@ -116,7 +117,7 @@ def _keep_coarse_weights_hooked(model, folds, reasons, local):
 
 
 def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, steer_negative, window=PERCENT, mask=None):
-    """DIFFUSION_MODEL wrapper: act_core hooks for ``sub`` around each UNet call inside the window
+    """Model wrapper: act_core hooks for ``sub`` around each diffusion-model call inside the window
     (``PERCENT``: ComfyUI's percent of denoising, as ConditioningSetTimestepRange; ``STEPS``: the
     fraction of the sampler's steps, see :func:`step_in_window`)."""
     sigma_start = cc.percent_to_sigma(model, start_percent)
@@ -164,7 +165,7 @@ def _refuse_compiled_part(path):
 
 
 def _cond_only_guard(inner=None):
-    """DIFFUSION_MODEL wrapper for fused mode without ``steer_negative``: weight patches cannot
+    """Model wrapper for fused mode without ``steer_negative``: weight patches cannot
     leave the unconditional rows alone, so a UNet call that holds them (cfg > 1) is refused with
     the fix, instead of silently steering the negative half that hooks mode would not."""
 
@@ -181,9 +182,19 @@ def _cond_only_guard(inner=None):
 
 
 def apply_to_clip(clip, tmap, strength=1.0):
-    check_architecture(tmap, cc.clip_architecture(clip))
-    sub = component_subset(tmap, "clip", "'Apply transport map to model'")
-    local = local_name_map(sub, "")
+    naming = Naming.of_clip(clip)
+    if naming is None:  # a text encoder without a family: the map must be a generic one
+        check_architecture(tmap)
+        from act_core.diffusion.families import generic
+
+        if tmap.architecture and not generic.is_generic(tmap.architecture):
+            raise MapFileError(f"this map was fitted on {tmap.architecture!r} but the connected CLIP is "
+                               f"{cc.stock_clip_class(clip)}, not that family's text encoders")
+        naming = Naming(tmap.architecture or "", None, "ComfyUI text encoders")
+    else:
+        check_architecture(tmap, naming)
+    sub = component_subset(tmap, naming, "clip", "'Apply transport map to model'")
+    sub, local = naming.localize(sub)
     try:
         sub.check_model(clip.cond_stage_model, name_map=local.__getitem__)
     except MapFileError as e:
@@ -204,7 +215,8 @@ class ApplyToModel(io.ComfyNode):
             display_name="Apply transport map to model (AcT)",
             category=CATEGORY,
             description=(
-                "Returns a steered copy of MODEL: while it samples, each mapped UNet layer's output x becomes "
+                "Returns a steered copy of MODEL (SD1.5, SD2.x, SDXL, SD3.5, FLUX.1, or any model on the generic path): "
+                "while it samples, each mapped diffusion-model layer's output x becomes "
                 "(1-λ)x + λ(ωx+β). The input MODEL is never changed and no hook stays after sampling. With cfg > 1 "
                 "only the positive (conditional) half is steered unless 'steer negative' is on. Mode 'fused (weight "
                 "patches)' folds every layer whose map is affine per unit (support 'all'; no spatial-mean GroupNorm "
@@ -214,7 +226,7 @@ class ApplyToModel(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to steer (a patched clone is returned)."),
-                TransportMapType.Input("transport_map", tooltip="A fitted, loaded or combined map with UNet layers."),
+                TransportMapType.Input("transport_map", tooltip="A fitted, loaded or combined map with diffusion-model (UNet / transformer) layers."),
                 io.Float.Input("strength", **STRENGTH, tooltip="λ: 0 = off, 1 = full transport, >1 extrapolates, <0 reverses."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Start steering at this fraction of the schedule (0 = first step); see 'window'."),
@@ -223,7 +235,8 @@ class ApplyToModel(io.ComfyNode):
                 io.Boolean.Input("steer_negative", default=False,
                                  tooltip="Also steer the negative (unconditional) half when cfg > 1."),
                 io.String.Input("per_block", default="", optional=True,
-                                tooltip="Optional per-block factors on λ, e.g. 'down=0, mid=1, up=1.5' or 'regex=factor'."),
+                                tooltip="Optional per-block factors on λ, e.g. 'down=0, mid=1, up=1.5' (UNets), 'double=1, "
+                                        "single=0.5' (FLUX) or 'regex=factor'."),
                 io.Combo.Input("mode", options=list(MODES), default=HOOKS, optional=True,
                                tooltip="hooks: steer layer outputs at every UNet call (any map, window, cond-only). "
                                        "fused (weight patches): fold the map into the weights that ComfyUI patches in "
@@ -259,8 +272,8 @@ class ApplyToClip(io.ComfyNode):
             display_name="Apply transport map to CLIP (AcT)",
             category=CATEGORY,
             description=(
-                "Returns a steered copy of CLIP for maps fitted on text-encoder layers: prompts encoded with it are "
-                "transported; the input CLIP keeps encoding exactly as before."
+                "Returns a steered copy of CLIP for maps fitted on text-encoder layers (CLIP-L, CLIP-G, OpenCLIP-H, "
+                "T5-XXL): prompts encoded with it are transported; the input CLIP keeps encoding exactly as before."
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip="The CLIP to steer (a patched clone is returned)."),

@@ -4,13 +4,10 @@ Everything else in ``nodes/`` talks to ComfyUI through the names below, and all 
 ``act_core``. Written against ComfyUI 0.3.75 (the version the tests run); features that moved
 between versions are looked up with ``getattr``.
 
-Module trees used for names (see ``act_core.diffusion.families.sdxl``):
-
-- UNet: ``MODEL.model`` (``comfy.model_base.SDXL``), names ``diffusion_model.<UNetModel name>``;
-- text encoders: ``CLIP.cond_stage_model`` (``SDXLClipModel``), names ``clip_l.transformer.text_model.<x>``.
-
-:func:`model_tree` joins both in one read-only naming view (``model.`` + UNet names,
-``cond_stage_model.`` + CLIP names) so a single fit can hook either or both.
+Module trees used for names (see ``act_core.diffusion.families``): ``MODEL.model`` (a
+``comfy.model_base.BaseModel``: names ``diffusion_model.<name>``) and ``CLIP.cond_stage_model``
+(names ``clip_l.transformer.text_model.<x>``, ``t5xxl.transformer.<x>`` ...). A model's family
+comes from its model config's class (:func:`stock_model_class`).
 """
 
 from __future__ import annotations
@@ -34,56 +31,41 @@ log = logging.getLogger("act_steering")
 TransportMapType = io.Custom("TRANSPORT_MAP")
 PromptPairsType = io.Custom("ACT_PROMPT_PAIRS")
 
-UNET_ROOT = "model"
-CLIP_ROOT = "cond_stage_model"
 WRAPPER_KEY = "act_steering"
 MAPS_FOLDER = "act_maps"
 
 
 # -- model identity ---------------------------------------------------------------------------
 
-def architecture(model) -> str:
-    """``"sdxl"`` for SDXL-family MODELs (base, Turbo, Lightning, ...), else a lower-case class name."""
-    import comfy.model_base
-
-    base = model.model
-    if isinstance(base, comfy.model_base.SDXL):
-        return "sdxl"
-    return type(base).__name__.lower()
-
-
-def clip_architecture(clip) -> str:
-    import comfy.sdxl_clip
-
-    cm = clip.cond_stage_model
-    if isinstance(cm, comfy.sdxl_clip.SDXLClipModel):
-        return "sdxl"
-    return type(cm).__name__.lower()
+def _stock_class(obj, prefix: str) -> str:
+    """The most derived class of ``obj`` that ComfyUI itself defines (module ``prefix``...): a
+    custom pack's subclass reports its ComfyUI parent."""
+    for cls in type(obj).__mro__:
+        if cls.__module__.startswith(prefix):
+            return cls.__name__
+    return type(obj).__name__
 
 
-class _View(torch.nn.Module):
-    """A naming view: children are shared modules (not copied); never called."""
-
-    def __init__(self, children: Dict[str, torch.nn.Module]):
-        super().__init__()
-        for k, v in children.items():
-            self.add_module(k, v)
-
-    def forward(self, *a, **k):  # pragma: no cover
-        raise RuntimeError("naming view only")
+def stock_model_class(model) -> str:
+    """The ComfyUI model type of a MODEL: its model config's class in ``comfy.supported_models``
+    (``SDXL``, ``FluxSchnell``, ``WAN21_T2V`` ...): what identifies the model's family."""
+    return _stock_class(model.model.model_config, "comfy.supported_models")
 
 
-def model_tree(model=None, clip=None) -> torch.nn.Module:
-    """``nn.Module`` whose names are ``model.<UNet names>`` and ``cond_stage_model.<CLIP names>``.
+def stock_clip_class(clip) -> str:
+    """The CLIP's text-encoder model class as ComfyUI defines it (``SDXLClipModel``, ``FluxClipModel_`` ...)."""
+    return _stock_class(clip.cond_stage_model, "comfy.")
 
-    CLIP first: ``named_modules()`` order is then forward order (text encoders run first).
-    """
-    kids: Dict[str, torch.nn.Module] = {}
-    if clip is not None:
-        kids[CLIP_ROOT] = clip.cond_stage_model
-    if model is not None:
-        kids[UNET_ROOT] = model.model
-    return _View(kids)
+
+def has_guidance_input(model) -> bool:
+    """Whether the diffusion model takes an embedded guidance value (FLUX.1-dev; not schnell)."""
+    return bool(getattr(model.model, "model_config", None) is not None
+                and model.model.model_config.unet_config.get("guidance_embed", False))
+
+
+def with_guidance(conditioning, guidance: float):
+    """``conditioning`` with ``guidance`` set on every entry (what the FluxGuidance node does)."""
+    return [[c[0], {**c[1], "guidance": float(guidance)}] for c in conditioning]
 
 
 # -- progress and cancellation -----------------------------------------------------------------
@@ -217,23 +199,70 @@ def percent_to_sigma(model, percent: float) -> float:
     return float(model.get_model_object("model_sampling").percent_to_sigma(float(percent)))
 
 
+_RUNS_DIFFUSION_MODEL_WRAPPERS: Dict[type, bool] = {}
+COMPILE_WRAPPER_KEY = "torch.compile"  # comfy_api.torch_helpers (TorchCompileModel)
+
+
+def runs_diffusion_model_wrappers(diffusion_model) -> bool:
+    """Whether this diffusion model's forward runs DIFFUSION_MODEL wrappers. In ComfyUI 0.3.75
+    UNetModel, Flux, Chroma, Wan, Lumina ... do; SD3's MMDiT (and a few others) do not. Read once
+    per class from its source; True when the source cannot be read."""
+    import inspect
+
+    cls = type(diffusion_model)
+    known = _RUNS_DIFFUSION_MODEL_WRAPPERS.get(cls)
+    if known is None:
+        try:
+            known = "DIFFUSION_MODEL" in inspect.getsource(cls.forward)
+        except (OSError, TypeError):  # pragma: no cover - no source (frozen builds)
+            known = True
+        _RUNS_DIFFUSION_MODEL_WRAPPERS[cls] = known
+    return known
+
+
 def add_unet_wrapper(model, wrapper: Callable) -> Any:
-    """Clone ``model`` and wrap every UNet forward of the clone in ``wrapper``.
+    """Clone ``model`` and wrap every diffusion-model call of the clone in ``wrapper``.
 
-    ``wrapper(unet, call, transformer_options)`` must run ``call()`` (the real forward) and
-    return its result; it sees the ``UNetModel`` and ComfyUI's ``transformer_options``
-    (``cond_or_uncond``, ``sigmas``). The input MODEL is not changed.
+    ``wrapper(diffusion_model, call, transformer_options)`` must run ``call()`` (the real call)
+    and return its result; it sees the diffusion model (``UNetModel``, ``Flux``, ``MMDiT`` ...)
+    and ComfyUI's ``transformer_options`` (``cond_or_uncond``, ``sigmas``). The input MODEL is
+    not changed.
+
+    Registered as a DIFFUSION_MODEL wrapper, which runs inside the diffusion model's forward (a
+    whole-model torch.compile then breaks its graph there: see :func:`outside_torch_compile`).
+    Diffusion models that run no DIFFUSION_MODEL wrappers (SD3's MMDiT in 0.3.75) get an
+    APPLY_MODEL wrapper instead; with TorchCompileModel on such a model the steered call is
+    refused (its compiled graph would keep or ignore hooks) with the fix.
     """
+    m = model.clone()
+    if runs_diffusion_model_wrappers(model.model.diffusion_model):
+        def diffusion_model_wrapper(executor, *args, **kwargs):
+            transformer_options = kwargs.get("transformer_options")
+            if transformer_options is None:
+                transformer_options = args[5] if len(args) > 5 else {}
+            return wrapper(executor.class_obj, lambda: executor(*args, **kwargs), transformer_options)
 
-    def diffusion_model_wrapper(executor, *args, **kwargs):
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
+                               outside_torch_compile(diffusion_model_wrapper))
+        return m
+
+    def apply_model_wrapper(executor, *args, **kwargs):
         transformer_options = kwargs.get("transformer_options")
         if transformer_options is None:
             transformer_options = args[5] if len(args) > 5 else {}
-        return wrapper(executor.class_obj, lambda: executor(*args, **kwargs), transformer_options)
+        wrappers = (transformer_options.get("wrappers") or {}).get(comfy.patcher_extension.WrappersMP.APPLY_MODEL) or {}
+        dm = executor.class_obj.diffusion_model
+        if COMPILE_WRAPPER_KEY in wrappers:
+            raise RuntimeError(
+                f"{type(getattr(dm, '_orig_mod', dm)).__name__} is compiled with torch.compile (TorchCompileModel) and "
+                "runs no DIFFUSION_MODEL wrappers in this ComfyUI, so steering hooks cannot run outside the compiled "
+                "graph: use mode 'fused (weight patches)' with a map that folds completely (support 'all'), or remove "
+                "the compile node"
+            )
+        return wrapper(executor.class_obj.diffusion_model, lambda: executor(*args, **kwargs), transformer_options)
 
-    m = model.clone()
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                           outside_torch_compile(diffusion_model_wrapper))
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                           outside_torch_compile(apply_model_wrapper))
     return m
 
 

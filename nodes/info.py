@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from act_core.diffusion import families
+from act_core.diffusion.families import generic
 from act_core.mapfile import TransportMap
 
 from .comfy_compat import TransportMapType, io, ui
@@ -15,11 +17,20 @@ def describe(tmap: TransportMap) -> str:
     """Human-readable summary: layers, units, method, prompts, recommended strength."""
     s = tmap.summary()
     meta = tmap.meta
-    groups = Counter(n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("unet.") else "") for n in tmap.maps)
+    groups = Counter(".".join(n.split(".")[:2]) if n.startswith(("unet.", "transformer.", "diffusion_model.")) else n.split(".")[0]
+                     for n in tmap.maps)
     prompts = meta.get("prompts") or {}
     goal = meta.get("style") or meta.get("concept") or meta.get("goal") or "-"
+    arch = meta.get("architecture")
+    fam = families.for_architecture(arch)
+    if fam is not None:
+        kind = f"{fam.title} (canonical layer names; works in ComfyUI and diffusers)"
+    elif generic.is_generic(arch):
+        kind = f"ComfyUI {generic.model_class(arch)} (generic path: ComfyUI's module names; this model type only)"
+    else:
+        kind = arch or "unknown"
     lines = [
-        f"architecture: {meta.get('architecture') or 'unknown'}",
+        f"architecture: {kind}",
         f"method: {meta.get('method')}  procedure: {meta.get('procedure', '-')}  support: {meta.get('default_support')}",
         f"layers: {s['modules']}  units: {s['units']}  (degenerate units: {s['degenerate_units']})",
         "by block: " + ", ".join(f"{k} {v}" for k, v in groups.items()),

@@ -1,7 +1,12 @@
 """A ComfyUI Runner for ``act_core.fit_map``: prompts in, hooked activations out.
 
+The runner's ``model`` is a view of ``MODEL.model`` and ``CLIP.cond_stage_model`` named as maps
+name them (a family's canonical names, or ComfyUI's own on the generic path; see
+``steering.Naming``), so ``fit_map`` returns a map with those names directly.
+
 Each prompt is encoded with the CLIP, one prompt at a time (text-encoder hooks fire there).
-When UNet modules are hooked, up to ``batch_size`` prompts are then sampled together with
+When diffusion-model modules are hooked, up to ``batch_size`` prompts (of the same text length,
+except on cross-attention UNets) are then sampled together with
 ComfyUI's own sampler at ``cfg = 1`` (ComfyUI then runs only the conditional batch): their
 conditionings are stacked into one batch (:func:`comfy_compat.concat_conditioning`) and every
 row starts from its prompt's own noise, :func:`act_core.diffusion.noise.prompt_noise` (seeded
@@ -23,7 +28,7 @@ from act_core.hooks import ActivationCollector, StopForward, run_until_stop
 from act_core.selection import ordered
 
 from . import comfy_compat as cc
-from .steering import UNET_ROOT
+from .steering import Naming
 
 
 def check_batch_size(batch_size) -> int:
@@ -36,10 +41,13 @@ def check_batch_size(batch_size) -> int:
 class ComfyRunner:
     def __init__(self, model, clip, seed: int, width: int, height: int,
                  on_prompts: Optional[Callable[[int], None]] = None, sampler_name: str = "euler",
-                 scheduler: str = "normal", batch_size: int = 1):
+                 scheduler: str = "normal", batch_size: int = 1, naming: Optional[Naming] = None,
+                 guidance: Optional[float] = None):
         self.comfy_model, self.clip = model, clip
-        self.model = cc.model_tree(model, clip)
-        self.architecture = cc.architecture(model)
+        self.naming = naming or Naming.of_model(model)
+        self.model = self.naming.tree(model.model, clip.cond_stage_model)
+        self.architecture = self.naming.architecture
+        self.guidance = guidance if guidance is not None and cc.has_guidance_input(model) else None
         self.seed = int(seed)
         self.batch_size = check_batch_size(batch_size)
         self.sampler_name, self.scheduler = sampler_name, scheduler
@@ -51,7 +59,7 @@ class ComfyRunner:
     def run(self, inputs: Sequence[str], collector: ActivationCollector) -> None:
         inputs = list(inputs)
         collector.attention_mask = None
-        if not any(n.startswith(UNET_ROOT + ".") for n in collector.modules):
+        if not any(self._denoiser(n) for n in collector.modules):
             for text in inputs:  # text-encoder modules only: no sampling at all
                 cc.check_interrupted()
                 run_until_stop(cc.encode, self.clip, text)
@@ -63,9 +71,10 @@ class ComfyRunner:
             conds = []
             for text in chunk:
                 cc.check_interrupted()
-                conds.append(cc.encode(self.clip, text))
+                conds.append(self._encode(text))
             cc.check_interrupted()
-            run_until_stop(self._sample, cc.concat_conditioning(conds), chunk)
+            for texts, group in self._groups(chunk, conds):
+                run_until_stop(self._sample, cc.concat_conditioning(group), texts)
             self.on_prompts(len(chunk))
 
     def order(self, names: Sequence[str]) -> List[str]:
@@ -89,13 +98,38 @@ class ComfyRunner:
 
         handles = [self.model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
         try:
-            cond = run_until_stop(cc.encode, self.clip, "")
-            if cond is not None and any(n.startswith(UNET_ROOT + ".") for n in names):
+            cond = run_until_stop(self._encode, "")
+            if cond is not None and any(self._denoiser(n) for n in names):
                 run_until_stop(self._sample, cond, [""])
         finally:
             for h in handles:
                 h.remove()
         return seen + [n for n in ordered(self.model, names) if n not in seen]
+
+    def _groups(self, texts, conds):
+        """The chunk as UNet batches: all of it for cross-attention UNets (prompts of other
+        token lengths are repeated up to a common one, which leaves cross-attention unchanged:
+        :func:`comfy_compat.concat_conditioning`); otherwise runs of consecutive prompts with the
+        same token length, since joint attention (SD3, FLUX, most DiTs) would weigh repeated
+        text tokens more."""
+        if self.naming.family is not None and self.naming.family.denoiser == "unet":
+            return [(texts, conds)]
+        groups = []
+        for text, cond in zip(texts, conds):
+            length = cond[0][0].shape[1]
+            if groups and groups[-1][2] == length:
+                groups[-1][0].append(text)
+                groups[-1][1].append(cond)
+            else:
+                groups.append(([text], [cond], length))
+        return [(t, c) for t, c, _ in groups]
+
+    def _denoiser(self, name: str) -> bool:
+        return self.naming.component(name) == "model"
+
+    def _encode(self, text: str):
+        cond = cc.encode(self.clip, text)
+        return cond if self.guidance is None else cc.with_guidance(cond, self.guidance)
 
     def _sample(self, positive, texts: Sequence[str]):
         latent = self.latent.repeat(len(texts), 1, 1, 1)

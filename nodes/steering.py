@@ -1,7 +1,9 @@
-"""Pack-side glue between ComfyUI module trees and act_core (no ComfyUI imports, no math).
+"""Pack-side glue between ComfyUI module trees and act_core (no math; ComfyUI through comfy_compat only).
 
-Names: :func:`comfy_compat.model_tree` exposes ``model.<UNet names>`` and
-``cond_stage_model.<CLIP names>``; maps store canonical names (``act_core.diffusion.families.sdxl``).
+Names: a map names modules either by a family's canonical names (SD1.5, SD2.x, SDXL, SD3.5,
+FLUX.1: ``act_core.diffusion.families``; one map file works in diffusers too) or, for any other
+model ComfyUI loads, by ComfyUI's own names (the generic path:
+``act_core.diffusion.families.generic``). :class:`Naming` is that choice for a connected model.
 """
 
 from __future__ import annotations
@@ -9,74 +11,147 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Dict, Iterable, Mapping, Optional
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from act_core.diffusion.families import sdxl as act_names
+from act_core.diffusion import families
+from act_core.diffusion.families import generic
+from act_core.diffusion.families.base import Family, NameTranslationError
+from act_core.diffusion.presets import resolve_modules
 from act_core.fold import FoldError, fold_factors
 from act_core.mapfile import MapFileError, TransportMap
 
+from . import comfy_compat as cc
+
 log = logging.getLogger("act_steering")
 
-UNET_ROOT = "model"
-CLIP_ROOT = "cond_stage_model"
-SUPPORTED_ARCHITECTURES = ("sdxl",)
+#: family-neutral layer choices (the Fit node's) -> a family's role (act_core.diffusion.families.base.Family.role)
+ROLES = {"default": "the family's paper setting", "norms": "every normalisation", "blocks": "every block output",
+         "attention": "attention outputs", "text": "text encoder layers", "t5": "T5 blocks"}
 
 
-def tree_to_canonical(tree_name: str) -> str:
-    root, _, rest = tree_name.partition(".")
-    if root not in (UNET_ROOT, CLIP_ROOT) or not rest:
-        raise act_names.NameTranslationError(f"{tree_name!r} is not below model. or cond_stage_model.")
-    return act_names.from_comfy(rest)
+@dataclass(frozen=True)
+class Naming:
+    """How maps name the modules of a connected model: a family's canonical names, or ComfyUI's
+    own (``family`` None: the generic path, ``architecture`` ``"comfyui:<model class>"``)."""
+
+    architecture: str
+    family: Optional[Family]
+    title: str
+
+    @staticmethod
+    def of_model(model) -> "Naming":
+        fam = families.for_comfy_model(cc.stock_model_class(model))
+        if fam is not None:
+            return Naming(fam.name, fam, fam.title)
+        cls = cc.stock_model_class(model)
+        return Naming(generic.architecture(cls), None, f"ComfyUI {cls}")
+
+    @staticmethod
+    def of_clip(clip) -> Optional["Naming"]:
+        fam = families.for_comfy_clip(cc.stock_clip_class(clip))
+        return Naming(fam.name, fam, fam.title) if fam is not None else None
+
+    @property
+    def generic(self) -> bool:
+        return self.family is None
+
+    def component(self, name: str) -> str:
+        """``"model"`` (the denoiser, ComfyUI's MODEL) or ``"clip"`` (a text encoder)."""
+        if self.family is None:
+            return generic.component(name)
+        return self.family.component(name)
+
+    def tree(self, model=None, clip=None):
+        """A view of ``MODEL.model`` / ``CLIP.cond_stage_model`` (nn.Modules) named as maps name them."""
+        if self.family is None:
+            return generic.tree(model, clip)
+        return self.family.comfy_tree(model, clip)
+
+    def localize(self, tmap: TransportMap, strip: str = "") -> Tuple[TransportMap, Dict[str, str]]:
+        """(``tmap`` with the tuple indices ComfyUI reads, ``{map name: ComfyUI name}`` with the
+        leading ``strip.`` removed): what steering ComfyUI's own module trees takes."""
+        if self.family is None:
+            local, names = tmap, {n: n for n in tmap.maps}
+        else:
+            try:
+                local, names = self.family.comfy_map(tmap)
+            except NameTranslationError as e:
+                raise MapFileError(f"this map has a layer ComfyUI's {self.title} has no counterpart for: {e}") from None
+        if strip:
+            names = {n: (v[len(strip) + 1:] if v.startswith(strip + ".") else v) for n, v in names.items()}
+        return local, names
+
+    def layers(self, tree, role: str) -> List[str]:
+        """The names of a family-neutral layer role on ``tree`` (a view from :meth:`tree`)."""
+        names = [n for n, _ in tree.named_modules() if n]
+        if self.family is None:
+            fn = generic.PRESETS.get("blocks" if role == "default" else role)
+            if fn is None:
+                raise ValueError(f"{ROLES[role]!r} needs a model family; {self.title} has none in act-steering "
+                                 "(the generic path offers every normalisation, every block output and text encoder "
+                                 "layers, or a custom pattern over ComfyUI's module names)")
+            chosen = fn(tree)
+            if not chosen:
+                raise ValueError(f"{self.title} has no {ROLES[role]} that the generic path can find; use a custom pattern "
+                                 "over ComfyUI's module names")
+            return chosen
+        return list(resolve_modules(list(self.family.role(role)), names, self.family.presets))
+
+    def patterns(self, tree, items: Sequence[str]) -> Dict[str, Optional[int]]:
+        """``{name: output index}`` for full-match regexes (and, with a family, preset names)."""
+        names = [n for n, _ in tree.named_modules() if n]
+        presets = self.family.presets if self.family is not None else {}
+        return resolve_modules(list(items), names, presets)
 
 
-def canonical_to_tree(canonical: str) -> str:
-    root = UNET_ROOT if act_names.component(canonical) == "unet" else CLIP_ROOT
-    return f"{root}.{act_names.to_comfy(canonical)}"
-
-
-def canonical_index(tree_names: Iterable[str]) -> Dict[str, str]:
-    """``{canonical: tree name}`` for every module of the tree that has a canonical name (tree order)."""
-    out: Dict[str, str] = {}
-    for n in tree_names:
-        try:
-            c = tree_to_canonical(n)
-        except act_names.NameTranslationError:
-            continue
-        out.setdefault(c, n)
-    return out
-
-
-def check_architecture(tmap: TransportMap, model_architecture: Optional[str] = None) -> None:
-    """Clear errors for maps this pack cannot apply (an LLM map, an SD1.5 model, ...)."""
+def check_architecture(tmap: TransportMap, naming: Optional[Naming] = None) -> None:
+    """Clear errors for maps this pack cannot apply (an LLM map, another family's map, a generic
+    map of another ComfyUI model type)."""
     arch = tmap.architecture
-    if arch and arch not in SUPPORTED_ARCHITECTURES:
+    fam = families.for_architecture(arch)
+    if arch and fam is None and not generic.is_generic(arch):
         raise MapFileError(
-            f"this map was fitted on a {arch!r} model; the ComfyUI nodes steer SDXL-family models "
-            f"({', '.join(SUPPORTED_ARCHITECTURES)}). Fit a map on an SDXL checkpoint (Fit transport map node)."
+            f"this map was fitted on a {arch!r} model, not a diffusion model these nodes steer "
+            f"({', '.join(f.title for f in families.FAMILIES.values())}, or any model through the generic path). "
+            "Fit a map on your checkpoint (Fit transport map node)."
         )
-    if model_architecture and model_architecture not in SUPPORTED_ARCHITECTURES:
-        raise MapFileError(
-            f"the connected model is {model_architecture!r}; activation-transport maps here work on SDXL-family "
-            "checkpoints (SDXL base, Turbo, Lightning, ...). Load an SDXL checkpoint."
-        )
-    if arch and model_architecture and arch != model_architecture:
-        raise MapFileError(f"this map was fitted on {arch!r} but the model is {model_architecture!r}")
+    if naming is None or not arch or arch == naming.architecture:
+        return
+    if generic.is_generic(arch):
+        what = (f"with ComfyUI's own module names on a {generic.model_class(arch)!r} model (the generic path for "
+                "models without a family module)")
+    else:
+        what = f"on {fam.title} (canonical {fam.title} layer names)"
+    raise MapFileError(
+        f"this map was fitted {what}, but the connected model is {naming.title}"
+        + (" (generic path)" if naming.generic else "")
+        + f". Fit a map on this model type, or connect a {generic.model_class(arch) if generic.is_generic(arch) else fam.title} model."
+    )
 
 
-def component_subset(tmap: TransportMap, component: str, node_hint: str) -> TransportMap:
-    """The part of ``tmap`` that lives in ``component`` ("unet" or "clip"), or a clear error."""
+def check_clip(naming: Naming, clip) -> None:
+    """The CLIP must belong to the model's family (a generic model's CLIP is not checked)."""
+    clip_naming = Naming.of_clip(clip)
+    if naming.family is not None and clip_naming is not None and clip_naming.family is not naming.family:
+        raise ValueError(f"the CLIP is {clip_naming.title}'s but the model is {naming.title}: connect the CLIP "
+                         "output of the same checkpoint loader (or the text encoders of this model)")
+
+
+def component_subset(tmap: TransportMap, naming: Naming, component: str, node_hint: str) -> TransportMap:
+    """The part of ``tmap`` that lives in ``component`` ("model" or "clip"), or a clear error."""
     keep = []
     for n in tmap.maps:
         try:
-            if act_names.component(n) == component:
+            if naming.component(n) == component:
                 keep.append(n)
-        except act_names.NameTranslationError as e:
-            raise MapFileError(f"map module {n!r} is not an SDXL module name ({e})") from None
+        except NameTranslationError as e:
+            raise MapFileError(f"map module {n!r} is not a {naming.title} module name ({e})") from None
+    label = {"model": "diffusion-model", "clip": "text-encoder"}
+    other = label["clip" if component == "model" else "model"]
     if not keep:
-        other = "text-encoder" if component == "unet" else "UNet"
-        raise MapFileError(f"this map has only {other} modules; connect it to {node_hint} instead")
+        raise MapFileError(f"this map has only {other} layers; connect it to {node_hint} instead")
     if len(keep) < len(tmap):
-        other = "text-encoder" if component == "unet" else "UNet"
         log.warning("AcT: this map also has %d %s layers, not applied by this node; connect the same map to %s too",
                     len(tmap) - len(keep), other, node_hint)
     return tmap.subset(keep)
@@ -85,6 +160,8 @@ def component_subset(tmap: TransportMap, component: str, node_hint: str) -> Tran
 _ALIASES = {
     "unet": r"unet\..*", "down": r"unet\.down_blocks\..*", "mid": r"unet\.mid_block\..*",
     "up": r"unet\.up_blocks\..*", "text_encoder": r"text_encoder\..*", "text_encoder_2": r"text_encoder_2\..*",
+    "transformer": r"transformer\..*", "double": r"transformer\.transformer_blocks\..*",
+    "single": r"transformer\.single_transformer_blocks\..*",
 }
 
 
@@ -92,8 +169,9 @@ def block_strengths(spec: str, modules: Iterable[str], strength: float) -> Dict[
     """Per-module strengths from ``strength`` and a per-block spec.
 
     ``spec`` holds lines or comma-separated items ``key=factor``; ``key`` is ``down``, ``mid``,
-    ``up``, ``unet``, ``text_encoder``, ``text_encoder_2`` or a full-match regex over canonical
-    names. A module gets ``strength * factor`` of the *first* item that matches it, else
+    ``up``, ``unet`` (UNet families), ``transformer``, ``double``, ``single`` (FLUX: double- and
+    single-stream blocks), ``text_encoder``, ``text_encoder_2`` or a full-match regex over the
+    map's names. A module gets ``strength * factor`` of the *first* item that matches it, else
     ``strength``. Example: ``down=0, mid=1, up=1.5``.
     """
     modules = list(modules)
@@ -115,12 +193,12 @@ def block_strengths(spec: str, modules: Iterable[str], strength: float) -> Dict[
         try:
             rx = re.compile(pattern)
         except re.error as e:
-            raise ValueError(f"per-block key {key!r} is neither down/mid/up/unet/text_encoder(_2) nor a valid regex: {e}") from None
+            raise ValueError(f"per-block key {key!r} is neither a block alias ({', '.join(_ALIASES)}) nor a valid regex: {e}") from None
         hits = [n for n in modules if rx.fullmatch(n)]
         if not hits:
             raise ValueError(
-                f"per-block key {key!r} matches no module of this map; use down, mid, up, unet, text_encoder, "
-                f"text_encoder_2 or a regex over names such as {modules[0]!r}"
+                f"per-block key {key!r} matches no module of this map; use {', '.join(_ALIASES)} (those the map has) "
+                f"or a regex over names such as {modules[0]!r}"
             )
         for n in hits:
             if n not in taken:
@@ -204,9 +282,13 @@ def rows_gate(rows_fn):
 
 
 def local_name_map(tmap: TransportMap, strip: str) -> Mapping[str, str]:
-    """``{canonical: ComfyUI name with the leading ``strip.`` removed}`` for every module of ``tmap``."""
-    out = {}
-    for n in tmap.maps:
-        local = act_names.to_comfy(n)
-        out[n] = local[len(strip) + 1:] if strip and local.startswith(strip + ".") else local
-    return out
+    """``{map name: ComfyUI name with the leading ``strip.`` removed}`` for every module of
+    ``tmap``, by the family its architecture names (SDXL when it records none; a generic map's
+    names are ComfyUI's already)."""
+    arch = tmap.architecture
+    if generic.is_generic(arch):
+        naming = Naming(arch, None, f"ComfyUI {generic.model_class(arch)}")
+    else:
+        fam = families.for_architecture(arch) or families.sdxl.FAMILY
+        naming = Naming(fam.name, fam, fam.title)
+    return naming.localize(tmap, strip)[1]

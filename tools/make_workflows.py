@@ -17,21 +17,48 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
-CKPT = ("CheckpointLoaderSimple", {"ckpt_name": "sd_xl_base_1.0.safetensors"})
 NEG = "blurry, low quality, watermark"
 
+# -- per-family settings: the loader's file, the latent node, size and the sampler (one place) -----
+# Every template records its family in extra.act_steering.family; the server tests swap in the
+# tiny checkpoint of that family. To add a family: a row here, a spec and a note below.
+FAMILIES = {
+    "sdxl": dict(ckpt="sd_xl_base_1.0.safetensors", latent="EmptyLatentImage", size=1024, steps=25, cfg=7.0,
+                 sampler="euler", scheduler="normal"),
+    "sd15": dict(ckpt="v1-5-pruned-emaonly.safetensors", latent="EmptyLatentImage", size=512, steps=25, cfg=7.0,
+                 sampler="euler", scheduler="normal"),
+    "sd3": dict(ckpt="sd3.5_large_fp8_scaled.safetensors", latent="EmptySD3LatentImage", size=1024, steps=28, cfg=4.5,
+                sampler="euler", scheduler="sgm_uniform"),
+    # the paper's FLUX setting: schnell, 4 steps, no classifier-free guidance (cfg 1)
+    "flux": dict(ckpt="flux1-schnell-fp8.safetensors", latent="EmptySD3LatentImage", size=1024, steps=4, cfg=1.0,
+                 sampler="euler", scheduler="simple"),
+    # any other model ComfyUI loads (the generic path): here a checkpoint of your choice
+    "generic": dict(ckpt="your_model.safetensors", latent="EmptySD3LatentImage", size=1024, steps=20, cfg=4.0,
+                    sampler="euler", scheduler="simple"),
+}
+CKPT = ("CheckpointLoaderSimple", {"ckpt_name": FAMILIES["sdxl"]["ckpt"]})
 
-def _latent(w=1024, h=1024):
-    return ("EmptyLatentImage", {"width": w, "height": h, "batch_size": 1})
+
+def _ckpt(family="sdxl"):
+    return ("CheckpointLoaderSimple", {"ckpt_name": FAMILIES[family]["ckpt"]})
 
 
-def _ksampler(seed=42):
-    return ("KSampler", {"seed": seed, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0})
+def _latent(family="sdxl"):
+    f = FAMILIES[family]
+    return (f["latent"], {"width": f["size"], "height": f["size"], "batch_size": 1})
 
 
-def _fit(layers="UNet norms"):
+def _ksampler(seed=42, family="sdxl"):
+    f = FAMILIES[family]
+    return ("KSampler", {"seed": seed, "steps": f["steps"], "cfg": f["cfg"], "sampler_name": f["sampler"],
+                         "scheduler": f["scheduler"], "denoise": 1.0})
+
+
+def _fit(layers="paper default", family="sdxl"):
+    size = FAMILIES[family]["size"]
     return ("ActFitTransportMap", {"method": "Linear-AcT", "layers": layers, "custom_pattern": "", "support": "method default",
-                                   "procedure": "simultaneous", "seed": 0, "width": 1024, "height": 1024, "batch_size": 8})
+                                   "procedure": "simultaneous", "seed": 0, "width": size, "height": size, "batch_size": 8,
+                                   "guidance": 3.5})
 
 
 def _pairs(goal, count=32):
@@ -44,14 +71,14 @@ def _apply(strength=1.0):
                                "mode": "hooks", "window": "percent of denoising"})
 
 
-def _sampling_tail(nodes, links, model_src, clip_src, positive_text, first_id, seed=42, prefix="act"):
+def _sampling_tail(nodes, links, model_src, clip_src, positive_text, first_id, seed=42, prefix="act", family="sdxl"):
     """CLIP Text Encode x2 -> KSampler -> VAE Decode -> Save Image, fed by model_src / clip_src."""
     i = first_id
     nodes += [
         (i, ("CLIPTextEncode", {"text": positive_text})),
         (i + 1, ("CLIPTextEncode", {"text": NEG})),
-        (i + 2, _latent()),
-        (i + 3, _ksampler(seed)),
+        (i + 2, _latent(family)),
+        (i + 3, _ksampler(seed, family)),
         (i + 4, ("VAEDecode", {})),
         (i + 5, ("SaveImage", {"filename_prefix": prefix})),
     ]
@@ -60,11 +87,18 @@ def _sampling_tail(nodes, links, model_src, clip_src, positive_text, first_id, s
               ((1, 2), i + 4, "vae"), ((i + 4, 0), i + 5, "images")]
 
 
-def spec_style_control():
-    nodes = [(1, CKPT), (2, _pairs("style: watercolor")), (3, _fit()), (4, _apply(1.0)), (5, ("ActMapInfo", {}))]
+def _style_control(family, style, prompt, prefix, layers="paper default"):
+    """Load Checkpoint -> Prompt pairs -> Fit -> Apply to model -> sample: one family's first template."""
+    nodes = [(1, _ckpt(family)), (2, _pairs(f"style: {style}")), (3, _fit(layers, family)), (4, _apply(1.0)),
+             (5, ("ActMapInfo", {}))]
     links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 0), 4, "model"),
              ((3, 0), 4, "transport_map"), ((3, 0), 5, "transport_map")]
-    _sampling_tail(nodes, links, (4, 0), (1, 1), "a lighthouse on a cliff above the sea", 6, prefix="act_style")
+    _sampling_tail(nodes, links, (4, 0), (1, 1), prompt, 6, prefix=prefix, family=family)
+    return nodes, links
+
+
+def spec_style_control():
+    nodes, links = _style_control("sdxl", "watercolor", "a lighthouse on a cliff above the sea", "act_style")
     return "Style control: fit a watercolor map on UNet norms, sample with it", nodes, links
 
 
@@ -112,6 +146,34 @@ def spec_text_encoder_style():
     return "Text-encoder steering: fit on CLIP-L/CLIP-G layers, apply to CLIP", nodes, links
 
 
+def spec_sd15_style_control():
+    nodes, links = _style_control("sd15", "watercolor", "a lighthouse on a cliff above the sea", "act_sd15_style")
+    return "SD1.5 style control: fit a watercolor map on the UNet norms, sample with it", nodes, links, "sd15"
+
+
+def spec_sd3_style_control():
+    nodes, links = _style_control("sd3", "watercolor", "a lighthouse on a cliff above the sea", "act_sd3_style")
+    return "SD3.5 style control: fit on both streams of every joint block, sample with it", nodes, links, "sd3"
+
+
+def spec_flux_schnell_style_control():
+    nodes, links = _style_control("flux", "watercolor", "a lighthouse on a cliff above the sea", "act_flux_style")
+    return "FLUX.1-schnell style control as in the paper (4 steps, CFG 1)", nodes, links, "flux"
+
+
+def spec_flux_t5_style():
+    nodes = [(1, _ckpt("flux")), (2, _pairs("style: anime")), (3, _fit("T5 blocks", "flux")),
+             (4, ("ActApplyToClip", {"strength": 1.0}))]
+    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 1), 4, "clip"), ((3, 0), 4, "transport_map")]
+    _sampling_tail(nodes, links, (1, 0), (4, 0), "a cat sleeping on a windowsill", 5, prefix="act_flux_t5_style", family="flux")
+    return "FLUX.1-schnell text-encoder steering: fit on the T5-XXL blocks, apply to CLIP", nodes, links, "flux"
+
+
+def spec_generic_style_control():
+    nodes, links = _style_control("generic", "watercolor", "a lighthouse on a cliff above the sea", "act_generic_style")
+    return "Any other model: the generic path (ComfyUI's own layer names)", nodes, links, "generic"
+
+
 def spec_masked_style():
     nodes = [(1, CKPT), (2, _pairs("style: watercolor")), (3, _fit()),
              (4, ("SolidMask", {"value": 0.0, "width": 1024, "height": 1024})),
@@ -156,6 +218,39 @@ NOTES = {
     "act_text_encoder_style": f"{_SDXL_BASE}\n\n{_GROUPS} Here the map is fitted on the text encoders' layers "
                               "and applied to the CLIP (not the UNet), which moves style the way the prompt "
                               "would.\n\n**Change first:** the style in *Prompt pairs*, then λ in *Apply to CLIP*.",
+    "act_sd15_style_control": "**Expects** an SD1.5 checkpoint (or a fine-tune with the same keys; an SD2.x checkpoint "
+                              "works the same) in *Load Checkpoint*; KSampler at 25 steps, cfg 7, 512×512.\n\n"
+                              f"{_GROUPS}\n\n*paper default* fits every UNet normalisation, as the paper does for "
+                              "SDXL.\n\n**Change first:** the style in *Prompt pairs* and your prompt; then λ in *Apply*.",
+    "act_sd3_style_control": "**Expects** an SD3.5 (or SD3) checkpoint that holds its text encoders, e.g. "
+                             "`sd3.5_large_fp8_scaled`; KSampler at 28 steps, cfg 4.5, *sgm_uniform*, 1024×1024 "
+                             "(*EmptySD3LatentImage*).\n\n"
+                             f"{_GROUPS}\n\n*paper default* fits both streams (image and text) of every joint "
+                             "block. The shift comes with the model (add *ModelSamplingSD3* before the nodes to "
+                             "change it; the fit does not depend on it).\n\n**Change first:** the style in "
+                             "*Prompt pairs* and your prompt; then λ in *Apply*.",
+    "act_flux_schnell_style_control": "**Expects** FLUX.1-schnell as one checkpoint (`flux1-schnell-fp8`, with CLIP-L, "
+                                      "T5-XXL and the VAE inside) in *Load Checkpoint*; KSampler at **4 steps, cfg 1** "
+                                      "(no classifier-free guidance), *simple*, 1024×1024: the paper's setting.\n\n"
+                                      f"{_GROUPS}\n\n*paper default* fits both outputs of every double-stream block "
+                                      "and the first 15 single-stream blocks (paper App. M.8). For FLUX.1-dev use "
+                                      "its settings (20–28 steps, cfg 1, a *FluxGuidance* node); the Fit node's "
+                                      "*guidance* is dev's embedded guidance during the fit.\n\n**Change first:** "
+                                      "the style in *Prompt pairs* and your prompt; then λ in *Apply*.",
+    "act_flux_t5_style": "**Expects** FLUX.1-schnell as one checkpoint (`flux1-schnell-fp8`); KSampler at 4 steps, "
+                         "cfg 1.\n\n"
+                         f"{_GROUPS} Here the map is fitted on the T5-XXL encoder's blocks and applied to the "
+                         "CLIP (*Apply to CLIP* reaches T5 as well as CLIP-L).\n\n**Change first:** the style "
+                         "in *Prompt pairs*, then λ in *Apply to CLIP*.",
+    "act_generic_style_control": "**Expects** any model ComfyUI loads that has no family of its own in act-steering "
+                                 "(Wan, Chroma, Lumina, HiDream, Qwen-Image ...; SD1.5, SDXL, SD3 and FLUX have their "
+                                 "own templates): pick it in *Load Checkpoint* (or "
+                                 "swap in *Load Diffusion Model* and its text-encoder loader) and use its usual "
+                                 "KSampler settings and latent node.\n\n"
+                                 f"{_GROUPS}\n\n*paper default* here fits every block output, named by ComfyUI's "
+                                 "own module names (the generic path); such a map works on that model type only, "
+                                 "and *Map info* says so.\n\n**Change first:** the checkpoint and the sampler "
+                                 "settings, the style in *Prompt pairs*; then λ in *Apply*.",
 }
 
 SPECS = {
@@ -165,6 +260,11 @@ SPECS = {
     "act_load_and_apply": spec_load_and_apply,
     "act_strength_sweep": spec_sweep,
     "act_text_encoder_style": spec_text_encoder_style,
+    "act_sd15_style_control": spec_sd15_style_control,
+    "act_sd3_style_control": spec_sd3_style_control,
+    "act_flux_schnell_style_control": spec_flux_schnell_style_control,
+    "act_flux_t5_style": spec_flux_t5_style,
+    "act_generic_style_control": spec_generic_style_control,
     "act_masked_style": spec_masked_style,
 }
 
@@ -220,7 +320,7 @@ def _layout(placed):
     return pos, boxes
 
 
-def build(title, nodes, links, object_info, note=""):
+def build(title, nodes, links, object_info, note="", family="sdxl"):
     """One UI-format workflow: nodes with their widget values in the server's order, laid out in
     groups (fit / apply / sample) with a Markdown note at the top left."""
     by_id = {}
@@ -272,7 +372,8 @@ def build(title, nodes, links, object_info, note=""):
               for g, box in boxes.items()]
     return {
         "last_node_id": note_id, "last_link_id": len(ui_links), "nodes": list(by_id.values()), "links": ui_links,
-        "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]}, "act_steering": {"title": title}},
+        "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]},
+                                                  "act_steering": {"title": title, "family": family}},
         "version": 0.4,
     }
 
@@ -304,10 +405,10 @@ def main(argv=None):
     out = ROOT / "workflows"
     out.mkdir(exist_ok=True)
     for name, spec in SPECS.items():
-        title, nodes, links = spec()
+        title, nodes, links, *family = spec()  # a spec may name its family (default SDXL)
         if name not in NOTES:
             raise KeyError(f"template {name!r} has no note: add what it expects and what to change first to NOTES")
-        wf = build(title, nodes, links, object_info, NOTES[name])
+        wf = build(title, nodes, links, object_info, NOTES[name], *family)
         (out / f"{name}.json").write_text(json.dumps(wf, indent=1) + "\n")
         print(out / f"{name}.json")
 

@@ -1,10 +1,10 @@
-"""Image (SDXL / diffusers) subcommands of ``act-steer``.
+"""Image (diffusers: SD1.5, SD2.x, SDXL, SD3.5, FLUX.1) subcommands of ``act-steer``.
 
-    act-steer fit-style    --model SDXL --style watercolor      --out watercolor.safetensors
-    act-steer fit-negation --model SDXL --concept pink_elephant --out no_pink_elephant.safetensors
-    act-steer generate     --model SDXL --map watercolor.safetensors --prompt "a cat" --strength 1 --out cat.png
-    act-steer sweep        --model SDXL --map watercolor.safetensors --strengths 0:1:5 --out grid.png
-    act-steer evaluate     --model SDXL --map watercolor.safetensors --clip CLIP_FOLDER --out eval/
+    act-steer fit-style    --model MODEL --style watercolor      --out watercolor.safetensors
+    act-steer fit-negation --model MODEL --concept pink_elephant --out no_pink_elephant.safetensors
+    act-steer generate     --model MODEL --map watercolor.safetensors --prompt "a cat" --strength 1 --out cat.png
+    act-steer sweep        --model MODEL --map watercolor.safetensors --strengths 0:1:5 --out grid.png
+    act-steer evaluate     --model MODEL --map watercolor.safetensors --clip CLIP_FOLDER --out eval/
 
 Heavy imports (torch, diffusers) happen inside the handlers.
 """
@@ -21,8 +21,10 @@ from typing import List
 from .common import ProgressBar, finite_float, parse_strengths, positive_int
 from ..files import atomic_write_bytes
 
-MODEL_HELP = ("SDXL model: a diffusers folder (model_index.json) or a single-file .safetensors checkpoint "
-              "(single files also need --config offline)")
+MODEL_HELP = ("model: a diffusers folder (model_index.json) of an SD1.5, SD2.x, SDXL, SD3.5 or FLUX.1 pipeline, or a "
+              "single-file .safetensors checkpoint (single files also need --config offline)")
+FAMILIES = ("auto", "sd15", "sd2", "sdxl", "sd3", "flux")
+KINDS = ("auto", "base", "lightning", "turbo", "schnell", "dev")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -30,20 +32,25 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help=MODEL_HELP + " (required except with --list/--list-presets)")
     g.add_argument("--unet", help="diffusers-format UNet weights to load on --model, e.g. "
                                   "sdxl_lightning_4step_unet.safetensors on the SDXL base folder")
-    g.add_argument("--config", help="local diffusers SDXL folder with configs/tokenizers, for single-file checkpoints")
-    g.add_argument("--kind", default="auto", choices=["auto", "base", "lightning", "turbo"],
-                   help="model family (default: guessed from file names); sets scheduler and default steps/guidance")
+    g.add_argument("--config", help="local diffusers folder of the same family with configs/tokenizers, for single-file "
+                                    "checkpoints")
+    g.add_argument("--family", default="auto", choices=FAMILIES,
+                   help="model family (default: from the folder's or --config's model_index.json and the components)")
+    g.add_argument("--kind", default="auto", choices=KINDS,
+                   help="model kind within the family: SDXL base/lightning/turbo, SD3 base/turbo, FLUX schnell/dev "
+                        "(default: guessed from file names and the model config); sets default steps/guidance")
     g.add_argument("--dtype", default="auto", help="float32 (CPU default) | float16 (CUDA default) | bfloat16")
     g.add_argument("--device", default=None, help="cpu | cuda | cuda:1 … (default: cuda if available)")
-    g.add_argument("--size", type=positive_int, default=None, help="image height=width in pixels (default: the model's, 1024)")
+    g.add_argument("--size", type=positive_int, default=None, help="image height=width in pixels (default: the model's)")
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fitting")
     g.add_argument("--out", required=False, help="output map file (.safetensors)")
-    g.add_argument("--layers", default="unet_norms",
-                   help="a layer preset (default unet_norms: every UNet normalisation, as in the paper) or "
-                        "comma-separated full-match regexes over canonical names; see --list-presets")
+    g.add_argument("--layers", default=None,
+                   help="a layer preset or comma-separated full-match regexes over canonical names (default: the "
+                        "family's paper setting: unet_norms for SD/SDXL, transformer_paper for FLUX, "
+                        "transformer_blocks for SD3); see --list-presets")
     g.add_argument("--method", default="linear", choices=["linear", "mean", "gaussian", "aura"])
     g.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal", "causal_reference"],
                    help="default simultaneous (every layer on the unsteered model); causal fits each layer with the "
@@ -58,8 +65,8 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("fit-style", help="fit a style map for SDXL (plain captions -> captions + style tags)",
-                       description="Fit a style transport map on an SDXL-family model. Example: act-steer fit-style "
+    p = sub.add_parser("fit-style", help="fit a style map (plain captions -> captions + style tags)",
+                       description="Fit a style transport map on an SD1.5, SD2.x, SDXL, SD3.5 or FLUX.1 model. Example: act-steer fit-style "
                                    "--model sdxl-base --unet sdxl_lightning_4step_unet.safetensors --style watercolor "
                                    "--out watercolor.safetensors")
     p.add_argument("--style", help="a shipped style (see --list) or any name when --tags is given")
@@ -113,8 +120,12 @@ def register(sub) -> None:
 def _gen_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--map", help="transport map (.safetensors); omit for unsteered images")
-    g.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: 4 Lightning, 1 Turbo, 30 base)")
-    g.add_argument("--guidance", type=finite_float, default=None, help="CFG scale (default: 0 Lightning/Turbo, 5 base)")
+    g.add_argument("--steps", type=positive_int, default=None,
+                   help="denoising steps (default per family and kind: SDXL 30 base, 4 Lightning, 1 Turbo; FLUX 4 schnell, "
+                        "28 dev; SD3 28; SD1.5/2.x 30)")
+    g.add_argument("--guidance", type=finite_float, default=None,
+                   help="guidance scale (default per family and kind: 0 for distilled models, 5 SDXL base, 7.5 SD1.5, "
+                        "3.5 FLUX dev)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--negative-prompt", default=None)
 
@@ -129,34 +140,38 @@ def _check_png(out: Path) -> None:
         raise CLIError(f"--out must be a .png file, got {out.name!r}")
 
 
-def _layers(text: str):
-    from ..diffusion.families.sdxl import PRESETS
+def _layers(text):
+    """None (the family's default), one preset/regex, or a comma-separated list of them."""
+    if text is None:
+        return None
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    return items[0] if len(items) == 1 else items
 
-    if text in PRESETS:
-        return text
-    return [s.strip() for s in text.split(",") if s.strip()]
 
+def _print_presets(family: str = "auto") -> int:
+    from ..diffusion import families
 
-def _print_presets() -> int:
-    from ..diffusion.families.sdxl import PRESETS
-
-    for p in PRESETS.values():
-        print(f"{p.name:26} {p.description}")
+    chosen = list(families.FAMILIES.values()) if family == "auto" else [families.get(family)]
+    for fam in chosen:
+        print(f"{fam.title} (--family {fam.name}; default {fam.default_layers}):")
+        for p in fam.presets.values():
+            print(f"  {p.name:30} {p.description}")
     return 0
 
 
 def _load(args):
     from .common import CLIError
-    from ..diffusion.pipeline import load_sdxl
+    from ..diffusion import families
+    from ..diffusion.pipeline import load_pipeline
 
     if not args.model:
         raise CLIError("--model is required: " + MODEL_HELP)
     t0 = time.perf_counter()
     sys.stderr.write(f"loading {args.model} …\n")
-    pipe = load_sdxl(args.model, kind=args.kind, unet=args.unet, config=args.config,
-                     dtype=None if args.dtype == "auto" else args.dtype, device=args.device)
+    pipe = load_pipeline(args.model, family=args.family, kind=args.kind, unet=args.unet, config=args.config,
+                         dtype=None if args.dtype == "auto" else args.dtype, device=args.device)
     d = pipe.act_defaults
-    sys.stderr.write(f"loaded {d['kind']} SDXL in {time.perf_counter() - t0:.1f} s "
+    sys.stderr.write(f"loaded {families.get(d['family']).title} ({d['kind']}) in {time.perf_counter() - t0:.1f} s "
                      f"(defaults: {d['steps']} steps, guidance {d['guidance']})\n")
     return pipe
 
@@ -194,7 +209,7 @@ def _fit_named(args, names, describe, check, fit_fn) -> int:
     """``fit-style`` / ``fit-negation``: list presets or names, or ``check()`` the chosen name
     (an unknown one is an error before the model loads) and fit."""
     if args.list_presets:
-        return _print_presets()
+        return _print_presets(args.family)
     if args.list:
         for n in names():
             print(f"{n:15} {describe(n)}")
@@ -258,7 +273,7 @@ def _load_map(args):
 
 def _settings(args, pipe, **extra) -> dict:
     d = pipe.act_defaults
-    return {"model": args.model, "unet": args.unet, "kind": d["kind"], "map": args.map, "seed": args.seed,
+    return {"model": args.model, "unet": args.unet, "family": d["family"], "kind": d["kind"], "map": args.map, "seed": args.seed,
             "steps": args.steps or d["steps"], "guidance": d["guidance"] if args.guidance is None else args.guidance,
             "size": args.size, **extra}
 

@@ -1,20 +1,24 @@
-"""SDXL (base, Lightning, Turbo) in diffusers: load, fit style / negation maps, generate, sweep.
+"""Diffusion pipelines in diffusers (SD1.5, SD2.x, SDXL, SD3.5, FLUX.1): load, fit style /
+negation maps, generate, sweep. Family specifics (names, presets, noise, defaults) live in
+:mod:`act_core.diffusion.families`; this module is the same for every family.
 
 diffusers is imported lazily (inside functions), so importing this module costs nothing.
 
 How activations are collected (as in the reference): each prompt batch is pushed through the
-pipeline for ONE denoising step at the noisiest timestep (a 1-step Euler schedule with
-``timestep_spacing="trailing"``, t = 999, swapped in for the call and restored afterwards),
-``guidance_scale=0`` (no CFG batch), ``output_type="latent"`` (no VAE decode). The forward pass
-is aborted right after the last hooked module (:class:`act_core.hooks.StopForward`, raised inside
-the text encoder or UNet and caught around the pipeline call). Initial noise comes from a CPU
-generator seeded with ``seed + batch index``, so fits are deterministic.
+pipeline for ONE denoising step at the noisiest timestep, with ``guidance_scale=0`` (no CFG
+batch; FLUX.1-dev keeps its embedded guidance) and ``output_type="latent"`` (no VAE decode).
+UNet models get a 1-step Euler schedule with ``timestep_spacing="trailing"`` (t = 999, swapped
+in for the call and restored afterwards); flow models (SD3, FLUX) start any schedule at sigma = 1.
+The forward pass is aborted right after the last hooked module (:class:`act_core.hooks.StopForward`,
+raised inside a text encoder or the denoiser and caught around the pipeline call). Initial
+noise comes from a CPU generator seeded per prompt, so fits are deterministic.
 
-Module names are canonical (``unet.…``, ``text_encoder.…``, ``text_encoder_2.…``); the runner's
-``model`` is :func:`act_core.diffusion.families.sdxl.sdxl_module_tree`, a view of the pipeline's modules whose
-``named_modules()`` are those names, so collectors and :func:`act_core.hooks.steer` attach
-straight onto the pipeline's own modules. Causal fitting uses the measured forward order
-(:meth:`SDXLRunner.order`), because the UNet's ``named_modules()`` order is not forward order.
+Module names are canonical (``unet.…``, ``transformer.…``, ``text_encoder.…``); the runner's
+``model`` is the family's :meth:`~act_core.diffusion.families.base.Family.module_tree`, a view of
+the pipeline's modules whose ``named_modules()`` are those names, so collectors and
+:func:`act_core.hooks.steer` attach straight onto the pipeline's own modules. Causal fitting
+uses the measured forward order (:meth:`PipelineRunner.order`), because ``named_modules()``
+order is not forward order in a UNet.
 
 Maps act at every denoising step with the same strength (as in the paper). An experimental
 variant fits one map per denoising step (:func:`fit_step_maps`); ``bench/diffusers_timesteps.py``
@@ -23,7 +27,7 @@ measures whether that helps.
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -33,16 +37,17 @@ from ..fitting import fit_map
 from ..hooks import ActivationCollector, attach, run_until_stop, steer
 from ..mapfile import TransportMap
 from ..text_checks import check_texts
-from .families.sdxl import PRESETS, sdxl_canonical_names, sdxl_module_tree
+from . import families
+from .families.base import Family
 from .images import label_grid
-from .noise import batch_noise
 from .presets import resolve_modules
 
 ARCHITECTURE = "sdxl"
-KINDS = ("base", "lightning", "turbo")
-#: generation defaults per model kind: (steps, guidance scale)
-DEFAULTS = {"base": (30, 5.0), "lightning": (4, 0.0), "turbo": (1, 0.0)}
+KINDS = tuple(families.sdxl.FAMILY.kinds)
+#: SDXL generation defaults per model kind: (steps, guidance scale); other families: ``families.get(name).kinds``
+DEFAULTS = dict(families.sdxl.FAMILY.kinds)
 COLLECT_TIMESTEP_NOTE = "1-step trailing Euler, t=999, guidance 0, latent output"
+COLLECT_FLOW_NOTE = "1 step at sigma=1, no CFG batch, latent output"
 
 Progress = Callable[[int, int, str], None]
 
@@ -62,21 +67,38 @@ def _dtype(dtype, device: str) -> torch.dtype:
     return table[dtype]
 
 
-def _guess_kind(path: Path, unet: Optional[Path]) -> str:
-    text = f"{path.name} {unet.name if unet else ''}".lower()
-    if "lightning" in text:
-        return "lightning"
-    if "turbo" in text:
-        return "turbo"
-    return "base"
+def _pipeline_class(name: str):
+    import diffusers
+
+    cls = getattr(diffusers, name, None)
+    if cls is None:
+        raise ValueError(f"this diffusers ({diffusers.__version__}) has no {name}")
+    return cls
 
 
-def _lightning_steps(unet: Optional[Path]) -> Optional[int]:
-    m = re.search(r"(\d+)step", unet.name.lower()) if unet else None
-    return int(m.group(1)) if m else None
+def _folder_class(folder: Path) -> Optional[str]:
+    index = folder / "model_index.json"
+    if not index.exists():
+        return None
+    return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
 
 
-def _load_unet_weights(pipe, unet_path: Path) -> None:
+def _absent(folder: Path) -> Dict[str, None]:
+    """Components a folder's model_index.json records as absent (``[null, null]``, e.g. SD3 saved
+    without its T5): diffusers' ``from_pretrained`` wants them passed as None."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    return {k: None for k, v in index.items() if isinstance(v, list) and v and v[0] is None}
+
+
+def _family_for_class(class_name: Optional[str]) -> Optional[Family]:
+    """The family a pipeline class belongs to (StableDiffusionPipeline: SD1.5 until loaded)."""
+    for f in families.FAMILIES.values():
+        if class_name and f.pipeline_class == class_name:
+            return f
+    return None
+
+
+def _load_unet_weights(pipe, unet_path: Path, title: str = "SDXL") -> None:
     """Replace the UNet's weights with a diffusers-format UNet file or folder (e.g. SDXL-Lightning's
     ``sdxl_lightning_4step_unet.safetensors``); every key must match."""
     if unet_path.is_dir():
@@ -93,110 +115,164 @@ def _load_unet_weights(pipe, unet_path: Path) -> None:
     missing, unexpected = pipe.unet.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(
-            f"{unet_path} does not fit this SDXL UNet: {len(missing)} missing keys (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}). Expected a diffusers-format SDXL UNet "
-            "state dict such as sdxl_lightning_4step_unet.safetensors on the SDXL base pipeline."
+            f"{unet_path} does not fit this {title} UNet: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}). Expected a diffusers-format UNet "
+            f"state dict of this family (e.g. sdxl_lightning_4step_unet.safetensors on the SDXL base pipeline)."
         )
 
 
-def load_sdxl(
+def load_pipeline(
     path: Union[str, Path],
+    family: str = "auto",
     kind: str = "auto",
     unet: Union[str, Path, None] = None,
     config: Union[str, Path, None] = None,
     dtype: Union[str, torch.dtype, None] = None,
     device: Optional[str] = None,
 ):
-    """Load an SDXL-family pipeline from local files only (never the network).
+    """Load a pipeline of a supported family from local files only (never the network).
 
     Args:
         path: a diffusers folder (``model_index.json``) or a single-file checkpoint
-            (``.safetensors``/``.ckpt``, A1111/ComfyUI layout).
-        kind: ``base`` | ``lightning`` | ``turbo`` | ``auto`` (from the file names). Lightning
-            gets an Euler scheduler with ``timestep_spacing="trailing"`` (``prediction_type="sample"``
-            for the 1-step x0 UNet); all kinds record default steps/guidance in ``pipe.act_defaults``.
+            (``.safetensors``/``.ckpt``, original layout as A1111/ComfyUI use).
+        family: ``sd15`` | ``sd2`` | ``sdxl`` | ``sd3`` | ``flux`` | ``auto`` (from the folder's
+            or ``config``'s ``model_index.json``, then the loaded components).
+        kind: a kind of the family (SDXL: ``base``/``lightning``/``turbo``; SD3: ``base``/``turbo``;
+            FLUX: ``schnell``/``dev``; ...) or ``auto`` (file names, then the model config). It
+            sets default steps/guidance in ``pipe.act_defaults`` (and Lightning's scheduler).
         unet: optional diffusers-format UNet weights to put on ``path`` (SDXL-Lightning's
             ``sdxl_lightning_{1,2,4,8}step_unet.safetensors`` on the SDXL base).
-        config: for single files: a local diffusers SDXL folder providing the component configs
-            and tokenizers (weights not needed). Required offline: without it diffusers would
-            fetch the configs from the Hub.
+        config: for single files: a local diffusers folder of the same family providing the
+            component configs and tokenizers; for files that hold only the denoiser (FLUX.1's and
+            SD3.5's original releases) the pipeline comes from this folder, weights included, with
+            the denoiser read from the file. Required offline: without it diffusers would fetch them.
         dtype: ``float32`` (default on CPU) | ``float16`` (default on CUDA) | ``bfloat16``.
     """
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-
     path = Path(path).expanduser()
     unet_path = Path(unet).expanduser() if unet else None
     if not path.exists():
-        raise FileNotFoundError(f"model path not found: {path} (give a diffusers SDXL folder or a .safetensors checkpoint)")
+        raise FileNotFoundError(f"model path not found: {path} (give a diffusers pipeline folder or a .safetensors checkpoint)")
     if unet_path is not None and not unet_path.exists():
         raise FileNotFoundError(f"UNet weights not found: {unet_path}")
-    if kind == "auto":
-        kind = _guess_kind(path, unet_path)
-    if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r}: choose one of {', '.join(KINDS)} or 'auto'")
+    chosen = None if family == "auto" else families.get(family)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = _dtype(dtype, device)
     if path.is_dir():
-        if not (path / "model_index.json").exists():
+        class_name = _folder_class(path)
+        if class_name is None:
             raise ValueError(f"{path} is not a diffusers pipeline folder (no model_index.json); give the folder "
                              "that holds model_index.json, or a single-file .safetensors checkpoint")
-        pipe = StableDiffusionXLPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True)
+        found = _family_for_class(class_name)
+        if chosen is not None and found is not None and found.pipeline_class != chosen.pipeline_class:
+            raise ValueError(f"{path} holds a {found.title} pipeline ({class_name}), not {chosen.title}; "
+                             f"use family='{found.name}' or 'auto'")
+        guess = chosen or found
+        if guess is None:
+            raise ValueError(f"{path} holds a {class_name}; supported: "
+                             + ", ".join(sorted({f.pipeline_class for f in families.FAMILIES.values()})))
+        pipe = _pipeline_class(guess.pipeline_class).from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True,
+                                                                     **_absent(path))
     else:
-        pipe = _from_single_file(path, config, torch_dtype)
+        pipe = _from_single_file(path, config, torch_dtype, chosen)
+    found = families.for_pipeline(pipe)
+    if chosen is not None and found.name != chosen.name and {found.name, chosen.name} != {"sd15", "sd2"}:
+        raise ValueError(f"{path} holds a {found.title} pipeline, not {chosen.title}; use family='{found.name}' or 'auto'")
+    fam = chosen or found
     if unet_path is not None:
-        _load_unet_weights(pipe, unet_path)
-    steps, guidance = DEFAULTS[kind]
-    if kind == "lightning":
-        n = _lightning_steps(unet_path) or _lightning_steps(path)
-        steps = n or steps
-        extra = {"prediction_type": "sample"} if n == 1 else {}
-        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing", **extra)
+        if fam.denoiser != "unet":
+            raise ValueError(f"unet= replaces UNet weights; {fam.title} has a transformer, not a UNet")
+        _load_unet_weights(pipe, unet_path, fam.title)
+    pipe._act_source = str(path)
+    if kind == "auto":
+        kind = fam.guess_kind(pipe, f"{path.name} {unet_path.name if unet_path else ''}")
+    if kind not in fam.kinds:
+        raise ValueError(f"unknown model kind {kind!r} for {fam.title}: choose one of {', '.join(fam.kinds)} or 'auto'")
+    steps, guidance = fam.kinds[kind]
+    steps = fam.prepare(pipe, kind, unet_path) or steps
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    pipe.act_defaults = {"kind": kind, "steps": steps, "guidance": guidance, "source": str(path),
+    pipe.act_defaults = {"family": fam.name, "kind": kind, "steps": steps, "guidance": guidance, "source": str(path),
                          "unet": str(unet_path) if unet_path else None}
     return pipe
 
 
-def _from_single_file(path: Path, config, torch_dtype):
-    from diffusers import StableDiffusionXLPipeline
+def load_sdxl(path: Union[str, Path], kind: str = "auto", unet: Union[str, Path, None] = None,
+              config: Union[str, Path, None] = None, dtype: Union[str, torch.dtype, None] = None,
+              device: Optional[str] = None):
+    """:func:`load_pipeline` for SDXL-family models (base, Lightning, Turbo)."""
+    return load_pipeline(path, "sdxl", kind, unet, config, dtype, device)
 
+
+def _from_single_file(path: Path, config, torch_dtype, family: Optional[Family]):
     if path.suffix not in (".safetensors", ".ckpt", ".pt", ".bin", ".sft"):
         raise ValueError(f"{path}: unsupported checkpoint type {path.suffix!r}; use .safetensors")
     kwargs: Dict[str, Any] = dict(torch_dtype=torch_dtype, local_files_only=True)
     if config is not None:
         cfg = Path(config).expanduser()
-        if not (cfg / "model_index.json").exists():
-            raise FileNotFoundError(f"--config {cfg} must be a local diffusers SDXL folder with model_index.json "
-                                    "(component configs and tokenizers; weights are not needed)")
+        class_name = _folder_class(cfg)
+        if class_name is None:
+            raise FileNotFoundError(f"--config {cfg} must be a local diffusers pipeline folder with model_index.json "
+                                    "(component configs and tokenizers; weights are not needed for full checkpoints)")
         kwargs["config"] = str(cfg)
+        family = family or _family_for_class(class_name)
+    if family is None:
+        raise ValueError(f"{path}: give the model family (family=/--family) or config= a local diffusers folder "
+                         "of the same family, so the single file can be read offline")
     try:
-        return StableDiffusionXLPipeline.from_single_file(str(path), **kwargs)
-    except (OSError, EnvironmentError, ValueError) as e:
+        return _pipeline_class(family.pipeline_class).from_single_file(str(path), **kwargs)
+    except Exception as e:
+        if type(e).__name__ == "SingleFileComponentError" and config is not None:  # the file holds the denoiser only
+            return _denoiser_file(path, Path(config).expanduser(), torch_dtype, family)
+        if not isinstance(e, (OSError, ValueError)) and type(e).__name__ != "SingleFileComponentError":
+            raise
         if config is None:
             raise ValueError(
-                f"could not load single-file checkpoint {path} offline: diffusers needs the SDXL component configs "
-                "and tokenizers. Pass config= (CLI: --config) a local diffusers SDXL folder, e.g. a download of "
-                f"stabilityai/stable-diffusion-xl-base-1.0 without weights. ({type(e).__name__}: {str(e)[:200]})"
+                f"could not load single-file checkpoint {path} offline: diffusers needs the {family.title} component "
+                "configs and tokenizers. Pass config= (CLI: --config) a local diffusers folder of the same family, e.g. "
+                f"a download of the model's diffusers repository without weights. ({type(e).__name__}: {str(e)[:200]})"
             ) from None
         raise
 
 
+def _denoiser_file(path: Path, cfg: Path, torch_dtype, family: Family):
+    """A file that holds only the denoiser (FLUX.1's and SD3.5's original releases): the pipeline
+    from the local folder ``cfg`` (weights included), its denoiser read from ``path``."""
+    pipe = _pipeline_class(family.pipeline_class).from_pretrained(cfg, torch_dtype=torch_dtype, local_files_only=True,
+                                                                 **_absent(cfg))
+    cls = type(getattr(pipe, family.denoiser))
+    denoiser = cls.from_single_file(str(path), config=str(cfg), subfolder=family.denoiser, torch_dtype=torch_dtype,
+                                    local_files_only=True)
+    setattr(pipe, family.denoiser, denoiser)
+    pipe.register_modules(**{family.denoiser: denoiser})
+    return pipe
+
+
+def family_of(pipe) -> Family:
+    """The family of a loaded pipeline (recorded by :func:`load_pipeline`, else detected)."""
+    name = (getattr(pipe, "act_defaults", None) or {}).get("family")
+    return families.get(name) if name else families.for_pipeline(pipe)
+
+
 def pipeline_defaults(pipe) -> dict:
-    return dict(getattr(pipe, "act_defaults", None) or {"kind": "base", "steps": DEFAULTS["base"][0],
-                                                        "guidance": DEFAULTS["base"][1]})
+    d = getattr(pipe, "act_defaults", None)
+    if d:
+        return dict(d)
+    fam = family_of(pipe)
+    kind = next(iter(fam.kinds))
+    steps, guidance = fam.kinds[kind]
+    return {"family": fam.name, "kind": kind, "steps": steps, "guidance": guidance}
 
 
 # -- the runner ------------------------------------------------------------------------------------
 
 
 class _StepCounter:
-    """Counts UNet calls within one pipeline call (a forward pre-hook on the UNet)."""
+    """Counts denoiser calls within one pipeline call (a forward pre-hook on the UNet/transformer)."""
 
-    def __init__(self, unet: torch.nn.Module, on_step: Optional[Callable[[int], None]] = None):
+    def __init__(self, denoiser: torch.nn.Module, on_step: Optional[Callable[[int], None]] = None):
         self.step = -1
         self.on_step = on_step
-        self.handle = unet.register_forward_pre_hook(self._hook)
+        self.handle = denoiser.register_forward_pre_hook(self._hook)
 
     def _hook(self, module, args):
         self.step += 1
@@ -207,58 +283,57 @@ class _StepCounter:
         self.handle.remove()
 
 
-class SDXLRunner:
-    """Runner (see :mod:`act_core.fitting`) over a diffusers SDXL pipeline.
+class PipelineRunner:
+    """Runner (see :mod:`act_core.fitting`) over a diffusers pipeline of any supported family.
 
     Args:
-        pipe: a ``StableDiffusionXLPipeline`` (any SDXL-family weights).
+        pipe: a pipeline of a supported family (:func:`load_pipeline`).
         batch_size: prompts per pipeline call.
         seed: the initial noise of each prompt (:func:`act_core.diffusion.noise.prompt_noise`: seeded
             with ``seed`` and a hash of the prompt text, the rule the ComfyUI Fit node uses too), so
-            a prompt gets the same noise whatever batch it is in.
-        height, width: image size during collection (default: the pipeline's, 1024 for SDXL).
-        collect_step: None (default): one step at t = 999. ``k``: run the model's own
-            ``steps``-step schedule, unsteered, and record only at denoising step ``k``
-            (UNet modules only; the experimental per-step maps).
+            a prompt gets the same noise whatever batch it is in (one-pass causal fitting batches
+            source and target together).
+        height, width: image size during collection (default: the pipeline's).
+        collect_step: None (default): one step at the noisiest timestep. ``k``: run the model's
+            own ``steps``-step schedule, unsteered, and record only at denoising step ``k``
+            (denoiser modules only; the experimental per-step maps).
         steps: schedule length for ``collect_step`` (default: the pipeline's default steps).
         on_batch: ``callback(done, total)`` after every batch (progress bars).
     """
 
-    architecture = ARCHITECTURE
-
     def __init__(self, pipe, batch_size: int = 4, seed: int = 0, height: Optional[int] = None,
                  width: Optional[int] = None, collect_step: Optional[int] = None, steps: Optional[int] = None,
-                 on_batch: Optional[Callable[[int, int], None]] = None):
+                 on_batch: Optional[Callable[[int, int], None]] = None, family: Optional[Family] = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.pipe, self.batch_size, self.seed = pipe, batch_size, seed
         self.height, self.width = height, width
         self.collect_step, self.steps = collect_step, steps
         self.on_batch = on_batch
-        self.model = sdxl_module_tree(pipe)
+        self.family = family or family_of(pipe)
+        self.architecture = self.family.name
+        self.model = self.family.module_tree(pipe)
 
     # one pipeline call -------------------------------------------------------------------------
     def _latents(self, prompts: List[str]) -> torch.Tensor:
-        scale = self.pipe.vae_scale_factor
-        h = (self.height or self.pipe.default_sample_size * scale) // scale
-        w = (self.width or self.pipe.default_sample_size * scale) // scale
-        c = self.pipe.unet.config.in_channels
-        return batch_noise(self.seed, prompts, (c, h, w)).to(device=self.pipe.unet.device, dtype=self.pipe.unet.dtype)
+        """The initial latents of ``prompts`` (one noise per prompt; the family's latent layout)."""
+        return self.family.noise(self.pipe, prompts, self.height, self.width, self.seed)
 
     def _call(self, prompts: List[str], steps: int):
-        return self.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=0.0, output_type="latent",
-                         latents=self._latents(prompts), height=self.height, width=self.width)
+        return self.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=self.family.collect_guidance(self.pipe),
+                         output_type="latent", latents=self._latents(prompts), height=self.height, width=self.width)
 
     @torch.no_grad()
     def run(self, inputs: Sequence[str], collector: ActivationCollector) -> None:
-        from diffusers import EulerDiscreteScheduler
-
         prompts = [str(p) for p in inputs]
         total = (len(prompts) + self.batch_size - 1) // self.batch_size
         saved = self.pipe.scheduler
         counter = None
         if self.collect_step is None:
-            self.pipe.scheduler = EulerDiscreteScheduler.from_config(saved.config, timestep_spacing="trailing")
+            if not self.family.flow:
+                from diffusers import EulerDiscreteScheduler
+
+                self.pipe.scheduler = EulerDiscreteScheduler.from_config(saved.config, timestep_spacing="trailing")
             steps = 1
         else:
             steps = self.steps or pipeline_defaults(self.pipe)["steps"]
@@ -272,11 +347,11 @@ class SDXLRunner:
                 elif step != k and collector._handles:
                     collector.remove()
 
-            counter = _StepCounter(self.pipe.unet, gate)
+            counter = _StepCounter(self.family.denoiser_module(self.pipe), gate)
         try:
             for b in range(total):
                 batch = prompts[b * self.batch_size:(b + 1) * self.batch_size]
-                collector.attention_mask = None  # pool over all 77 token positions, as steering acts on all
+                collector.attention_mask = None  # pool over all token positions, as steering acts on all
                 if counter is not None:
                     counter.step = -1
                     if collector._handles:
@@ -321,14 +396,25 @@ class SDXLRunner:
         return seen
 
 
+#: the SDXL-only name of :class:`PipelineRunner`
+SDXLRunner = PipelineRunner
+
+
 # -- fitting ---------------------------------------------------------------------------------------
 
 
-def fit_sdxl_map(
+def resolve_layers(pipe, layers: Union[str, Sequence[str], None] = None, family: Optional[Family] = None) -> Dict[str, Any]:
+    """``{canonical name: tuple index or None}`` for a preset / regex list (None: the family's
+    default preset). Stream names get None: the module tree says which element they read."""
+    fam = family or family_of(pipe)
+    return resolve_modules(layers or fam.default_layers, fam.canonical_names(pipe), fam.presets)
+
+
+def fit_pipeline_map(
     pipe,
     source: Sequence[str],
     target: Sequence[str],
-    layers: Union[str, Sequence[str]] = "unet_norms",
+    layers: Union[str, Sequence[str], None] = None,
     method: str = "linear",
     procedure: str = "simultaneous",
     pooling: str = "mean",
@@ -342,45 +428,56 @@ def fit_sdxl_map(
     **meta: Any,
 ) -> TransportMap:
     """Fit a map from ``source`` prompts toward ``target`` prompts on the layers named by a
-    preset / regex list (canonical names). Returns a :class:`TransportMap` (architecture "sdxl")."""
+    preset / regex list over canonical names (None: the family's default, e.g. ``unet_norms``
+    for SDXL, ``transformer_paper`` for FLUX). Returns a :class:`TransportMap` whose
+    architecture is the family's name."""
     source, target = check_texts(source, "source prompts"), check_texts(target, "target prompts")
-    runner = SDXLRunner(pipe, batch_size=batch_size, seed=seed, height=height, width=width, on_batch=on_batch)
-    modules = resolve_modules(layers, sdxl_canonical_names(pipe), PRESETS)
+    fam = family_of(pipe)
+    runner = PipelineRunner(pipe, batch_size=batch_size, seed=seed, height=height, width=width, on_batch=on_batch,
+                            family=fam)
+    layers = layers or fam.default_layers
+    modules = resolve_layers(pipe, layers, fam)
     d = pipeline_defaults(pipe)
     return fit_map(runner, list(source), list(target), modules, method=method, pooling=pooling, procedure=procedure,
                    support=support, progress=progress, layers=layers if isinstance(layers, str) else list(layers),
-                   model_kind=d["kind"], collection=COLLECT_TIMESTEP_NOTE, seed=seed, **meta)
+                   model_kind=d["kind"], collection=COLLECT_FLOW_NOTE if fam.flow else COLLECT_TIMESTEP_NOTE,
+                   seed=seed, **meta)
 
 
-def fit_style_map(pipe, style: str, n: int = 64, layers: Union[str, Sequence[str]] = "unet_norms",
+#: the SDXL-only name of :func:`fit_pipeline_map`
+fit_sdxl_map = fit_pipeline_map
+
+
+def fit_style_map(pipe, style: str, n: int = 64, layers: Union[str, Sequence[str], None] = None,
                   method: str = "linear", procedure: str = "simultaneous", seed: int = 0, tags=None,
                   captions: Optional[Sequence[str]] = None, **kwargs) -> TransportMap:
     """Style map: plain captions -> captions + style tags (:func:`act_core.diffusion.prompts.style_pairs`)."""
     from . import prompts as P
 
     source, target = P.style_pairs(style, n=n, seed=seed, captions=captions, tags=tags)
-    return fit_sdxl_map(pipe, source, target, layers, method, procedure, seed=seed, task="style",
-                        style=style, condition=P.style_label(style), **kwargs)
+    return fit_pipeline_map(pipe, source, target, layers, method, procedure, seed=seed, task="style",
+                            style=style, condition=P.style_label(style), **kwargs)
 
 
-def fit_negation_map(pipe, concept: str, n: int = 64, layers: Union[str, Sequence[str]] = "unet_norms",
+def fit_negation_map(pipe, concept: str, n: int = 64, layers: Union[str, Sequence[str], None] = None,
                      method: str = "linear", procedure: str = "simultaneous", seed: int = 0,
                      captions: Optional[Sequence[str]] = None, **kwargs) -> TransportMap:
     """Negation map: captions + concept modifier -> plain captions (:func:`act_core.diffusion.prompts.negation_pairs`)."""
     from . import prompts as P
 
     source, target = P.negation_pairs(concept, n=n, seed=seed, captions=captions)
-    return fit_sdxl_map(pipe, source, target, layers, method, procedure, seed=seed, task="negation",
-                        concept=concept, condition=P.concept_label(concept), **kwargs)
+    return fit_pipeline_map(pipe, source, target, layers, method, procedure, seed=seed, task="negation",
+                            concept=concept, condition=P.concept_label(concept), **kwargs)
 
 
 # -- generation ------------------------------------------------------------------------------------
 
 
-def _check_map(pipe, tmap: TransportMap, tree: torch.nn.Module) -> None:
+def _check_map(fam: Family, tmap: TransportMap, tree: torch.nn.Module) -> None:
+    """Raise unless ``tmap`` fits the pipeline (architecture, names, unit counts)."""
     if not isinstance(tmap, TransportMap):
         raise TypeError(f"expected a TransportMap, got {type(tmap).__name__}")
-    tmap.check_model(tree, architecture=ARCHITECTURE)
+    tmap.check_model(tree, architecture=fam.name)
 
 
 @torch.no_grad()
@@ -411,7 +508,8 @@ def generate(
     ``{step: TransportMap}`` from :func:`fit_step_maps` (map ``k`` acts at denoising step ``k``;
     the last map covers later steps). Noise: ``torch.Generator("cpu").manual_seed(seed)``, one
     generator for the whole call, so with several prompts each image depends on its position in
-    the list (the CLI and :func:`sweep_images` call this once per prompt).
+    the list (the CLI and :func:`sweep_images` call this once per prompt). ``guidance`` is the
+    pipeline's ``guidance_scale`` (CFG; FLUX.1-dev's embedded guidance).
     """
     d = pipeline_defaults(pipe)
     steps = d["steps"] if steps is None else int(steps)
@@ -425,22 +523,25 @@ def generate(
         kw["negative_prompt"] = negative_prompt
     if tmap is None:
         return pipe(**kw).images
-    tree = sdxl_module_tree(pipe)
-    rows = None if steer_negative or guidance <= 1 else cond_rows_gate(len(prompts))
+    fam = family_of(pipe)
+    tree = fam.module_tree(pipe)
+    rows = None if steer_negative or guidance <= 1 else cond_rows_gate(len(prompts), fam.denoiser)
     if isinstance(tmap, Mapping):
-        return _generate_step_maps(pipe, tree, dict(tmap), strength, support, kw, rows)
-    _check_map(pipe, tmap, tree)
+        return _generate_step_maps(pipe, fam, tree, dict(tmap), strength, support, kw, rows)
+    _check_map(fam, tmap, tree)
     with steer(tree, tmap, strength=strength, support=support, gate=rows):
         return pipe(**kw).images
 
 
-def cond_rows_gate(images: int):
+def cond_rows_gate(images: int, denoiser: str = "unet"):
     """Steering gate (see :class:`act_core.hooks.SteerHandle`) that steers only the conditional
-    rows of a CFG batch: a UNet call with ``2 * images`` rows holds ``[negative; conditional]``
-    (diffusers' order), so its second half is steered; every other call (text encoders, a UNet
-    call without the negative half) is steered whole."""
+    rows of a CFG batch: a denoiser call with ``2 * images`` rows holds ``[negative; conditional]``
+    (diffusers' order), so its second half is steered; every other call (text encoders, a
+    denoiser call without the negative half, FLUX's separate true-CFG calls) is steered whole."""
+    prefix = denoiser + "."
+
     def gate(name, x):
-        if not name.startswith("unet.") or x.shape[0] != 2 * images:
+        if not name.startswith(prefix) or x.shape[0] != 2 * images:
             return True
         rows = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         rows[images:] = True
@@ -449,11 +550,11 @@ def cond_rows_gate(images: int):
     return gate
 
 
-def _generate_step_maps(pipe, tree, maps: Dict[int, TransportMap], strength, support, kw, rows=None):
+def _generate_step_maps(pipe, fam: Family, tree, maps: Dict[int, TransportMap], strength, support, kw, rows=None):
     keys = sorted(maps)
     for m in maps.values():
-        _check_map(pipe, m, tree)
-    counter = _StepCounter(pipe.unet)
+        _check_map(fam, m, tree)
+    counter = _StepCounter(fam.denoiser_module(pipe))
 
     def gate_for(k, nxt):
         def gate(name, x):
@@ -474,23 +575,25 @@ def _generate_step_maps(pipe, tree, maps: Dict[int, TransportMap], strength, sup
         counter.remove()
 
 
-def fit_step_maps(pipe, source: Sequence[str], target: Sequence[str], layers="unet_norms",
+def fit_step_maps(pipe, source: Sequence[str], target: Sequence[str], layers=None,
                   steps: Optional[int] = None, method: str = "linear", seed: int = 0, batch_size: int = 4,
                   height: Optional[int] = None, width: Optional[int] = None, **meta) -> Dict[int, TransportMap]:
     """EXPERIMENTAL: one map per denoising step ``k`` of the model's own schedule, fitted on
-    unsteered activations recorded at step ``k`` (UNet modules only). Use with :func:`generate`."""
+    unsteered activations recorded at step ``k`` (denoiser modules only). Use with :func:`generate`."""
+    fam = family_of(pipe)
     d = pipeline_defaults(pipe)
     steps = steps or d["steps"]
-    modules = resolve_modules(layers, sdxl_canonical_names(pipe), PRESETS)
-    bad = [n for n in modules if not n.startswith("unet.")]
+    modules = resolve_layers(pipe, layers, fam)
+    bad = [n for n in modules if fam.component(n) != "model"]
     if bad:
-        raise ValueError(f"per-step maps only cover UNet modules (text encoders run once): {bad[:3]}")
+        what = "UNet" if fam.denoiser == "unet" else "transformer"
+        raise ValueError(f"per-step maps only cover {what} modules (text encoders run once): {bad[:3]}")
     out = {}
     for k in range(steps):
-        runner = SDXLRunner(pipe, batch_size=batch_size, seed=seed, height=height, width=width,
-                            collect_step=k, steps=steps)
-        out[k] = fit_map(runner, list(source), list(target), modules, method=method,
-                         procedure="simultaneous", model_kind=d["kind"], collection=f"step {k} of {steps}", **meta)
+        runner = PipelineRunner(pipe, batch_size=batch_size, seed=seed, height=height, width=width,
+                                collect_step=k, steps=steps, family=fam)
+        out[k] = fit_map(runner, list(source), list(target), modules, method=method, procedure="simultaneous",
+                         model_kind=d["kind"], collection=f"step {k} of {steps}", **meta)
     return out
 
 
@@ -523,6 +626,7 @@ def sweep_grid(pipe, prompts: Sequence[str], tmap, strengths: Sequence[float], s
 
 
 __all__ = [
-    "ARCHITECTURE", "KINDS", "DEFAULTS", "load_sdxl", "SDXLRunner", "fit_sdxl_map", "fit_style_map",
-    "fit_negation_map", "fit_step_maps", "generate", "sweep_images", "sweep_grid", "pipeline_defaults",
+    "ARCHITECTURE", "KINDS", "DEFAULTS", "load_pipeline", "load_sdxl", "family_of", "PipelineRunner", "SDXLRunner",
+    "resolve_layers", "fit_pipeline_map", "fit_sdxl_map", "fit_style_map", "fit_negation_map", "fit_step_maps",
+    "generate", "sweep_images", "sweep_grid", "pipeline_defaults",
 ]

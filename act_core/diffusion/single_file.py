@@ -1,12 +1,15 @@
-"""Write a diffusers SDXL pipeline as ONE original-layout checkpoint (A1111 / ComfyUI keys).
+"""Write a diffusers SDXL or SD1.x pipeline as ONE original-layout checkpoint (A1111 / ComfyUI keys).
 
 Key layout (what SDXL single files use): ``model.diffusion_model.*`` (UNet, LDM names:
 ``input_blocks.i.j``, ``middle_block.k``, ``output_blocks.i.j``, ``time_embed``, ``label_emb``, ``out``),
 ``first_stage_model.*`` (VAE, LDM names), ``conditioner.embedders.0.transformer.text_model.*``
 (CLIP-L in transformers layout) and ``conditioner.embedders.1.model.*`` (OpenCLIP-G layout: fused
-``attn.in_proj_*``, ``text_projection`` transposed). Works for any UNet2DConditionModel with
-SDXL's block types (any widths, layers per block); diffusers' ``from_single_file`` and ComfyUI read
-it back. The tests use it to write the tiny pipeline and the miniature SDXL as single files.
+``attn.in_proj_*``, ``text_projection`` transposed). SD1.x files hold the same UNet and VAE
+layouts and ``cond_stage_model.transformer.text_model.*`` (CLIP-L). Works for any
+UNet2DConditionModel with the family's block types (any widths, layers per block); diffusers'
+``from_single_file`` and ComfyUI read it back. The tests use it to write the tiny pipelines and the
+miniature SDXL as single files. (SD2.x, SD3 and FLUX single files come from their original
+releases or from ComfyUI's checkpoint saver.)
 """
 
 from __future__ import annotations
@@ -103,20 +106,26 @@ def _openclip_to_ldm(sd: dict) -> dict:
 
 
 def save_single_file(pipe, path) -> None:
-    """Write ``pipe`` as one original-layout SDXL checkpoint (what A1111/ComfyUI users download)."""
+    """Write ``pipe`` (SDXL or SD1.x) as one original-layout checkpoint (what A1111/ComfyUI users download)."""
     from pathlib import Path
 
     from safetensors.torch import save
 
     from ..files import atomic_write_bytes
+    from .families import for_pipeline
 
+    family = for_pipeline(pipe).name
+    if family not in ("sdxl", "sd15"):
+        raise ValueError(f"single files are written for SDXL and SD1.x pipelines here, not {family}")
     unet = pipe.unet
     up_has_attn = {i for i, t in enumerate(unet.config.up_block_types) if "CrossAttn" in t}
     sd = _unet_to_ldm(unet.state_dict(), unet.config.layers_per_block, up_has_attn)
     sd.update(_vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.up_block_types)))
     te = pipe.text_encoder.state_dict()
-    sd.update({"conditioner.embedders.0.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
+    prefix = "conditioner.embedders.0.transformer." if family == "sdxl" else "cond_stage_model.transformer."
+    sd.update({prefix + (k if k.startswith("text_model.") else "text_model." + k): v
                for k, v in te.items() if not k.endswith("position_ids")})
-    sd.update(_openclip_to_ldm({k: v for k, v in pipe.text_encoder_2.state_dict().items()
-                                if not k.endswith("position_ids")}))
+    if family == "sdxl":
+        sd.update(_openclip_to_ldm({k: v for k, v in pipe.text_encoder_2.state_dict().items()
+                                    if not k.endswith("position_ids")}))
     atomic_write_bytes(Path(path), save({k: v.contiguous() for k, v in sd.items()}, metadata={"format": "pt"}))

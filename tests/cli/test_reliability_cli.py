@@ -2,7 +2,7 @@
 ``act-steer CMD: error: …`` naming the input and the fix (exit 2, no traceback); a disk-full,
 permission error or Ctrl-C while saving a map keeps the existing file and leaves no partial file.
 
-The model-loading commands run on a monkeypatched ``load_sdxl`` (a tiny in-memory pipeline) so
+The model-loading commands run on a monkeypatched ``load_pipeline`` (a tiny in-memory pipeline) so
 the tests exercise the CLI's own checks and save path in a few seconds.
 """
 
@@ -37,11 +37,11 @@ def _small_map(seed=0):
 
 @pytest.fixture
 def fake_fit(monkeypatch):
-    """fit-style / fit-negation without a real SDXL: load_sdxl returns a stub, fitting returns a small map."""
+    """fit-style / fit-negation without a real model: load_pipeline returns a stub, fitting returns a small map."""
     import act_core.diffusion.pipeline as D
 
     class Pipe:
-        act_defaults = {"kind": "lightning", "steps": 4, "guidance": 0.0}
+        act_defaults = {"family": "sdxl", "kind": "lightning", "steps": 4, "guidance": 0.0}
 
     calls = []
 
@@ -49,7 +49,7 @@ def fake_fit(monkeypatch):
         calls.append((name, kw))
         return _small_map(len(calls))
 
-    monkeypatch.setattr(D, "load_sdxl", lambda *a, **k: Pipe())
+    monkeypatch.setattr(D, "load_pipeline", lambda *a, **k: Pipe())
     monkeypatch.setattr(D, "fit_style_map", lambda pipe, style, tags=None, **kw: fit(pipe, style, **kw))
     monkeypatch.setattr(D, "fit_negation_map", fit)
     return calls
@@ -105,7 +105,7 @@ def test_generate_sweep_evaluate_bad_inputs(tmp_path, capsys, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("bad input must be refused before the model is loaded")
 
-    monkeypatch.setattr(D, "load_sdxl", no_model)
+    monkeypatch.setattr(D, "load_pipeline", no_model)
     good = _small_map().save(tmp_path / "good.safetensors")
     missing = tmp_path / "missing.safetensors"
     cases = [
@@ -172,8 +172,8 @@ def test_fit_save_failure_keeps_the_existing_map(tmp_path, capsys, fake_fit, mon
 def test_cancelled_fit_writes_nothing(tmp_path, capsys, monkeypatch):
     import act_core.diffusion.pipeline as D
 
-    monkeypatch.setattr(D, "load_sdxl", lambda *a, **k: type("P", (), {"act_defaults": {"kind": "base", "steps": 1,
-                                                                                        "guidance": 0.0}})())
+    monkeypatch.setattr(D, "load_pipeline", lambda *a, **k: type("P", (), {"act_defaults": {
+        "family": "sdxl", "kind": "base", "steps": 1, "guidance": 0.0}})())
 
     def cancelled(*a, **k):
         raise KeyboardInterrupt()

@@ -18,6 +18,10 @@ from pathlib import Path
 import pytest
 
 TINY = "tiny_sdxl.safetensors"
+#: a tiny checkpoint of every family the templates cover (extra.act_steering.family -> file)
+TINY_BY_FAMILY = {"sdxl": TINY, "sd15": "tiny_sd15.safetensors", "sd2": "tiny_sd2.safetensors",
+                  "sd3": "tiny_sd3.safetensors", "flux": "tiny_flux_schnell.safetensors",
+                  "generic": "tiny_chroma.safetensors"}
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIM = ROOT / "tools" / "comfy_shim"
@@ -98,6 +102,7 @@ def comfy_server(comfy_env, tiny_pack, tmp_path_factory):
                     ignore=shutil.ignore_patterns("__pycache__"))
     (base / "models" / "checkpoints").mkdir(parents=True)
     tiny_pack.save_tiny_checkpoint(base / "models" / "checkpoints" / TINY)
+    save_family_checkpoints(tiny_pack, base / "models" / "checkpoints")
     # a second act_maps folder, as a user's extra_model_paths.yaml would add it
     (base / "extra_maps").mkdir()
     (base / "extra_model_paths.yaml").write_text(f"act_tests:\n  base_path: {base}\n  act_maps: extra_maps\n")
@@ -107,6 +112,22 @@ def comfy_server(comfy_env, tiny_pack, tmp_path_factory):
     print(f"ComfyUI server answered after {time.time() - t0:.1f} s")
     yield s
     s.stop()
+
+
+def save_family_checkpoints(tiny_pack, folder: Path) -> None:
+    """The tiny SD1.5, SD2, SD3 and FLUX.1-schnell pipelines (tests/diffusers_helpers.py) loaded into
+    ComfyUI and written as checkpoints, and a tiny Chroma built from ComfyUI's classes (the
+    generic path): what the templates of every family run on in the server tests."""
+    import tiny_families
+    from diffusers_helpers import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sd15_pipeline
+
+    for name, build in (("sd15", tiny_sd15_pipeline), ("sd2", lambda: tiny_sd15_pipeline(sd2=True)),
+                        ("sd3", lambda: tiny_sd3_pipeline(t5=False)),
+                        ("flux", tiny_flux_pipeline)):
+        model, clip = tiny_families.comfy_from_diffusers(build())
+        tiny_families.save_checkpoint(folder / TINY_BY_FAMILY[name], model, clip)
+    model, clip = tiny_pack.build_chroma(seed=0)
+    tiny_families.save_checkpoint(folder / TINY_BY_FAMILY["generic"], model, clip)
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,8 @@ def test_batched_collection_gives_the_activations_of_one_prompt_at_a_time(mods, 
 
     model, clip = model_clip
     pairs = mods.prompts.build_pairs("style: watercolor", 4, 0)
-    modules = mods.fit.select(mods.cc.model_tree(model, clip), "UNet norms", "")
+    runner = mods.runner.ComfyRunner(model, clip, 0, SIZE, SIZE)
+    modules = mods.fit.select(runner.naming, runner.model, "UNet norms", "")
     runs = {}
     for bs in (1, 4):
         runner = mods.runner.ComfyRunner(model, clip, 0, SIZE, SIZE, batch_size=bs)
@@ -115,7 +116,7 @@ def test_each_prompt_gets_its_own_noise_by_the_rule_of_the_diffusers_runner(mods
     for batch_size in (3, 1):
         seen.clear()
         runner = mods.runner.ComfyRunner(model, clip, 5, SIZE, SIZE, batch_size=batch_size)
-        name = next(n for n, _ in runner.model.named_modules() if n.endswith("middle_block.0.in_layers.0"))
+        name = "unet.mid_block.resnets.0.norm1"  # ComfyUI's middle_block.0.in_layers.0, by its canonical name
         with ActivationCollector(runner.model, [name], stop_after=True) as col:
             runner.run(texts, col)
         rows = torch.cat(seen)

@@ -16,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 NODE_IDS = ["ActPromptPairs", "ActFitTransportMap", "ActApplyToModel", "ActApplyToClip", "ActSaveMap", "ActLoadMap",
             "ActCombineMaps", "ActMapInfo", "ActStrengthSweep"]
-from conftest import TINY
+from conftest import TINY, TINY_BY_FAMILY
 SMALL = {"ckpt_name": TINY, "width": 64, "height": 64, "steps": 2, "count": 4}
+
+
+def _small(ui):
+    """Tiny sizes, and the tiny checkpoint of the template's family."""
+    family = ui.get("extra", {}).get("act_steering", {}).get("family", "sdxl")
+    return {**SMALL, "ckpt_name": TINY_BY_FAMILY[family]}
 
 
 def _workflow(name):
@@ -65,7 +71,7 @@ ORDER = ["act_fit_then_save.json"] + [p.name for p in WORKFLOWS if p.name != "ac
 @pytest.mark.parametrize("name", ORDER)
 def test_shipped_workflow_runs(comfy_server, object_info, name):
     ui = _workflow(name)
-    prompt = ui2api.convert(ui, object_info, overrides=SMALL)
+    prompt = ui2api.convert(ui, object_info, overrides=_small(ui))
     entry = comfy_server.run(prompt, timeout=300, workflow=ui)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
     outputs = entry["outputs"]
@@ -80,6 +86,22 @@ def test_shipped_workflow_runs(comfy_server, object_info, name):
     if "ActMapInfo" in types:
         texts = [t for out in outputs.values() for t in out.get("text", [])]
         assert any("recommended strength" in t for t in texts), outputs
+        family = ui["extra"]["act_steering"].get("family", "sdxl")
+        expected = {"sdxl": "architecture: SDXL", "sd15": "architecture: SD1.5", "sd3": "architecture: SD3.5",
+                    "flux": "architecture: FLUX.1", "generic": "ComfyUI Chroma (generic path"}[family]
+        assert any(expected in t for t in texts), texts
+
+
+@pytest.mark.slow
+def test_the_sd15_template_runs_on_an_sd2_checkpoint(comfy_server, object_info):
+    """SD2.x shares SD1.5's template (same nodes, same layer choices); ComfyUI detects the
+    checkpoint as SD2 and the map records that family."""
+    ui = _workflow("act_sd15_style_control.json")
+    prompt = ui2api.convert(ui, object_info, overrides={**SMALL, "ckpt_name": TINY_BY_FAMILY["sd2"]})
+    entry = comfy_server.run(prompt, timeout=300, workflow=ui)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
+    assert any("architecture: SD2.x" in t for t in texts), texts
 
 
 def test_saved_map_is_listed_and_offered_by_the_loader(comfy_server):
