@@ -31,9 +31,8 @@ SETTINGS = dict(derandomize=True, deadline=None, suppress_health_check=list(Heal
 @pytest.fixture(autouse=True)
 def nothing_left_claimed():
     """Every test leaves no claim and the SIGINT handler as it found it. Starts from a claim
-    table without the empty slots earlier tests of the session left (hookguard keeps up to 4096
-    of them): the interrupt-at-every-bytecode tests trace every step of a removal, so their cost
-    grows with the square of the table's size (minutes in the whole suite, seconds alone)."""
+    table without the empty slots earlier tests of the session left: past 4096 objects a release
+    sweeps the whole table, and the interrupt-at-every-bytecode tests trace every step of it."""
     from act_core import hookguard
 
     for k in [k for k, v in list(hookguard._CLAIMS.items()) if not v]:
