@@ -1,0 +1,334 @@
+"""Causal fitting in bounded memory: module by module over chunks, resuming at the last block.
+
+The causal maps (paper Def. 3.2) fit module ℓ on activations produced with every upstream map
+applied. The one-pass procedure gets them from ONE forward pass over every input at once
+(memory of all inputs); the reference re-runs the model from the input up to each module
+(≈ L/2 passes). This procedure keeps the memory of one chunk and skips most of the re-running:
+
+1. A probe pass (one input) finds the model's **block sequence**: a ``ModuleList`` /
+   ``Sequential`` whose children run one after another, each taking the previous one's output
+   and nothing else reading it (a transformer's layers, a CLIP encoder's layers, a diffusion
+   transformer's blocks). The probe checks this on the real call graph: every child runs once,
+   in order, nothing else runs between them, the first tensor of child j's output is an input
+   of child j + 1, and no module call and no torch operation outside child j + 1 reads any
+   tensor of child j's output (a model that also keeps intermediate states, such as a text
+   encoder whose penultimate layer feeds a UNet, is refused that way). Without such a sequence
+   every step re-runs from the input, as the reference does.
+2. Modules are fitted one at a time in forward order. For module ℓ every chunk runs once with
+   the maps fitted so far attached; the children that finished before ℓ starts are **stubbed**:
+   they return the chunk's recorded output of the last finished child instead of computing
+   (so the model's own loop hands that state to the first live child). The pass records the
+   newest finished child's output for the next step (on CPU, or in ``state_dir`` on disk) and
+   stops right after ℓ. ℓ's map is fitted on the pooled rows of all chunks (of all ranks when
+   distributed), then the next module follows.
+
+The maps equal ``causal_reference`` run with the same batches bit for bit (every chunk sees
+exactly the computation it would see from the input), and the one-pass maps up to the float
+rounding of batch composition. Memory: on the model's device, one chunk; elsewhere, one block
+output per chunk (``inputs × tokens × width`` floats for a transformer) in CPU memory, or on
+disk with ``state_dir`` (then one chunk in memory). Work: each step computes from the last
+finished block to ℓ, ≈ one to two full passes over all inputs in total for a transformer with
+one map per layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from .hooks import ActivationCollector, steer
+
+
+@dataclass
+class Chain:
+    """A verified block sequence: ``blocks`` (module names, in call order) and, per fitted
+    module, the index of the last block that finishes before it starts (-1: none)."""
+
+    name: str
+    blocks: List[str]
+    frontier: Dict[str, int]
+
+
+def _inside(name: str, root: str) -> bool:
+    return name == root or name.startswith(root + ".")
+
+
+def _tensor_ids(obj: Any) -> set:
+    return {id(t) for t in tree_flatten(obj)[0] if isinstance(t, torch.Tensor)}
+
+
+class _Trace(TorchFunctionMode):
+    """Records every torch operation's tensor inputs, in order with the module events. The
+    blocks' outputs stay referenced in the events, so their ids are unique during the probe."""
+
+    def __init__(self, events: list):
+        super().__init__()
+        self.events = events
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        ids = _tensor_ids((args, kwargs))
+        if ids:
+            self.events.append(("op", None, ids))
+        return func(*args, **kwargs)
+
+
+def probe(runner, names: Sequence[str], probe_inputs: Sequence[Any]) -> Tuple[Optional[Chain], str]:
+    """Run ``probe_inputs`` once with every module observed; return the best block sequence
+    for ``names`` (None and the reason when the model has none)."""
+    model = runner.model
+    events: list = []  # ("start", name, input ids) | ("end", name, block output) | ("op", None, input ids)
+    counts: Dict[str, int] = {}
+    handles = []
+    lists = {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential))
+             and len(m) >= 2}
+    children = {f"{ln}.{c}" for ln, m in lists.items() for c, _ in m.named_children()}
+
+    def pre(name):
+        def hook(module, args, kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            events.append(("start", name, _tensor_ids((args, kwargs))))
+        return hook
+
+    def post(name):
+        def hook(module, args, output):
+            events.append(("end", name, output if name in children else None))
+        return hook
+
+    try:
+        for n, m in model.named_modules():
+            if n:
+                handles.append(m.register_forward_pre_hook(pre(n), with_kwargs=True))
+                handles.append(m.register_forward_hook(post(n)))
+        with _Trace(events):
+            runner.run(list(probe_inputs), ActivationCollector(model, {}, stop_after=False))
+    finally:
+        for h in handles:
+            h.remove()
+    start = {}
+    end = {}
+    for i, (kind, name, _) in enumerate(events):
+        if kind == "start":
+            start.setdefault(name, i)
+        elif kind == "end":
+            end[name] = i
+    missing = [n for n in names if n not in end]
+    if missing:
+        raise RuntimeError(f"the probe pass never reached {missing[:3]}; nothing can be fitted for them")
+    best, best_score, reasons = None, 0, []
+    for list_name, module in lists.items():
+        blocks = [f"{list_name}.{c}" for c, _ in module.named_children()]
+        if blocks[0] not in start:
+            continue  # never runs
+        if not any(_inside(n, list_name) for n in names) and not any(end[n] > start.get(blocks[0], 1 << 60) for n in names):
+            continue
+        why = _check_chain(blocks, events, counts, start, end)
+        if why:
+            reasons.append(f"{list_name}: {why}")
+            continue
+        frontier = {n: max([j for j, b in enumerate(blocks) if end[b] < start[n]], default=-1) for n in names}
+        score = sum(f + 1 for f in frontier.values())
+        if score > best_score:
+            best, best_score = Chain(list_name, blocks, frontier), score
+    return best, ("; ".join(reasons[:3]) or "no ModuleList of two or more blocks around the fitted modules")
+
+
+def _check_chain(blocks: List[str], events: list, counts, start, end) -> str:
+    """'' when ``blocks`` form a sequence (module docstring, point 1), else why not."""
+    if any(counts.get(b, 0) != 1 for b in blocks):
+        return "a block runs more or less than once per forward pass"
+    for a, b in zip(blocks, blocks[1:]):
+        if not end[a] < start[b]:
+            return f"{b} starts before {a} ends"
+    for kind, name, _ in events[start[blocks[0]]:end[blocks[-1]] + 1]:
+        if kind != "op" and not any(_inside(name, b) for b in blocks):
+            return f"{name} runs between the blocks"
+    outputs = [events[end[b]][2] for b in blocks]
+    specs = [tree_flatten(o)[1] for o in outputs]
+    if any(s != specs[0] for s in specs):
+        return "the blocks return differently structured outputs"
+    for j, (a, b) in enumerate(zip(blocks, blocks[1:])):
+        leaves = [t for t in tree_flatten(outputs[j])[0] if isinstance(t, torch.Tensor)]
+        if not leaves or id(leaves[0]) not in events[start[b]][2]:
+            return f"{b} does not take {a}'s output"
+        ids = {id(t) for t in leaves}
+        for i in range(end[a] + 1, len(events)):
+            kind, name, used = events[i]
+            if kind == "end" or not (used & ids):
+                continue
+            if start[b] <= i <= end[b] and (kind == "op" or _inside(name, b)):
+                continue  # read by the next block
+            return f"{a}'s output is read outside {b}" + (f" (by {name})" if name else " (by a torch operation)")
+    return ""
+
+
+# -- states --------------------------------------------------------------------------------------
+
+
+class StateStore:
+    """One recorded block output per chunk: in CPU memory, or in a folder (safetensors files,
+    removed afterwards) with only the structure and non-tensor parts in memory. ``get`` gives
+    every tensor back on the device it was recorded on."""
+
+    def __init__(self, folder: Optional[str] = None):
+        self.dir = Path(tempfile.mkdtemp(prefix="act-chunks-", dir=str(folder))) if folder is not None else None
+        self.items: Dict[int, tuple] = {}
+
+    def put(self, chunk: int, output: Any) -> None:
+        leaves, spec = tree_flatten(output)
+        devices = [t.device if isinstance(t, torch.Tensor) else None for t in leaves]
+        cpu = [t.detach().to("cpu", copy=True).contiguous() if isinstance(t, torch.Tensor) else t for t in leaves]
+        if self.dir is not None:
+            from safetensors.torch import save
+
+            from .files import atomic_write_bytes
+
+            tensors = {str(i): t for i, t in enumerate(cpu) if isinstance(t, torch.Tensor)}
+            atomic_write_bytes(self._path(chunk), save(tensors))
+            cpu = [None if isinstance(t, torch.Tensor) else t for t in cpu]
+        self.items[chunk] = (cpu, spec, devices)
+
+    def get(self, chunk: int) -> Any:
+        leaves, spec, devices = self.items[chunk]
+        if self.dir is not None:
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(self._path(chunk)))
+            leaves = [tensors[str(i)] if d is not None else x for i, (x, d) in enumerate(zip(leaves, devices))]
+        # always a copy: the model's code may write into the state it receives
+        out = [t.to(d, copy=True) if d is not None else t for t, d in zip(leaves, devices)]
+        return tree_unflatten(out, spec)
+
+    def _path(self, chunk: int) -> Path:
+        return self.dir / f"chunk{chunk:06d}.safetensors"
+
+    def close(self) -> None:
+        self.items.clear()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _stubbed(model: torch.nn.Module, blocks: Sequence[str], value: Any) -> Iterator[None]:
+    """Every block in ``blocks`` returns ``value`` instead of computing (an instance ``forward``,
+    deleted afterwards)."""
+    done = []
+    try:
+        for b in blocks:
+            m = model.get_submodule(b)
+            if "forward" in m.__dict__:
+                raise RuntimeError(f"{b}.forward is already replaced on this instance; cannot resume at this block")
+            m.forward = lambda *a, **k: value
+            done.append(m)
+        yield
+    finally:
+        for m in done:
+            del m.forward
+
+
+class _Recorder:
+    """Keeps the output of one block (a forward hook registered after the steering hooks, so a
+    map on the block itself is applied first)."""
+
+    def __init__(self, module: Optional[torch.nn.Module]):
+        self.module, self.output, self.calls, self.handle = module, None, 0, None
+
+    def __enter__(self) -> "_Recorder":
+        if self.module is not None:
+            self.handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def _hook(self, module, args, output):
+        self.output, self.calls = output, self.calls + 1
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def _chunks(items: list, size: int) -> List[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def fit_causal_chunked(ctx, source, target, names, tmap, chunk_size=None, state_dir=None):
+    """The ``causal_chunked`` procedure of :func:`act_core.fitting.fit_map` (see the module docstring)."""
+    from .fitting import _layout
+
+    runner, chosen, comm = ctx.runner, ctx.chosen, ctx.comm
+    if not hasattr(runner, "batch_size"):
+        raise ValueError(f"procedure 'causal_chunked' needs a runner with a batch_size attribute "
+                         f"({type(runner).__name__} has none); use procedure='causal_reference'")
+    size = int(chunk_size or (ctx.cache.shard_size if ctx.cache is not None else runner.batch_size))
+    if size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {size}")
+    chain, why = probe(runner, names, source[:1])
+    ctx.tick(0, len(names), f"block sequence {chain.name} ({len(chain.blocks)} blocks)" if chain
+             else f"no block sequence to resume from ({why}): every step runs from the input")
+    mine_src, mine_tgt = comm.shard(source, size), comm.shard(target, size)
+    # (side, global chunk index, inputs); local chunk ids index the state store
+    work = [("source", mine_src.start // size + i, c) for i, c in enumerate(_chunks(mine_src.items, size))]
+    work += [("target", mine_tgt.start // size + i, c) for i, c in enumerate(_chunks(mine_tgt.items, size))]
+    frontier = {k: -1 for k in range(len(work))}  # last block recorded per chunk
+    store = StateStore(state_dir)
+    saved = runner.batch_size
+    runner.batch_size = size
+    try:
+        for i, n in enumerate(names):
+            ctx.tick(i, len(names), f"causal fit of {n} ({i + 1}/{len(names)})")
+            f = chain.frontier[n] if chain else -1
+            step = ctx.cache.step(i, tmap) if ctx.cache is not None else ""
+            rows: Dict[str, list] = {"source": [], "target": []}
+            shapes: Dict[str, tuple] = {}
+            for k, (side, index, items) in enumerate(work):
+                hit = ctx.cache.load(step + side, index, items) if ctx.cache is not None else None
+                if hit is None:
+                    hit = _run_chunk(ctx, tmap, chain, store, frontier, k, items, n, f)
+                    if ctx.cache is not None:
+                        ctx.cache.save(step + side, index, items, *hit)
+                rows[side].append(hit[0][n])
+                shapes.update(hit[1])
+            local = {s: torch.cat(r, 0) for s, r in rows.items() if r}
+            everyone, shapes = comm.gather(local, shapes)
+            t = ctx.estimate(everyone["source"], everyone["target"])
+            tmap.add(n, t, _layout(shapes[n], ctx.method), chosen[n])
+    finally:
+        runner.batch_size = saved
+        store.close()
+    ctx.tick(len(names), len(names), "done")
+    return tmap
+
+
+def _run_chunk(ctx, tmap, chain, store, frontier, k, items, target, f):
+    """One chunk's pass for ``target``: stubs up to the chunk's recorded block, records block
+    ``f`` when it is newer, stops after ``target``. Returns ``({target: rows}, {target: shape})``."""
+    model = ctx.runner.model
+    r = frontier[k]
+    stubbed = chain.blocks[: r + 1] if chain and r >= 0 else []
+    record = chain.blocks[f] if chain and f > r else None
+    value = store.get(k) if stubbed else None
+    skip = set(stubbed)
+    # a map on a stubbed block itself must not act again on the state it returns
+    gate = (lambda name, x: name not in skip) if skip & set(tmap.maps) else None
+    collector = ActivationCollector(model, {target: ctx.chosen[target]}, pooling=ctx.pooling, stop_after=True)
+    steering = steer(model, tmap, strength=1.0, support=ctx.support, gate=gate) if len(tmap) else contextlib.nullcontext()
+    with _stubbed(model, stubbed, value), steering, _Recorder(model.get_submodule(record) if record else None) as rec, \
+            collector:
+        ctx.runner.run(items, collector)
+    if record is not None:
+        if rec.calls != 1:
+            raise RuntimeError(f"block {record} ran {rec.calls} times for one chunk: the runner must run a chunk of "
+                               f"{len(items)} inputs as one forward pass")
+        store.put(k, rec.output)
+        frontier[k] = f
+    return collector.take(), dict(collector.shapes)
+
+
+__all__ = ["Chain", "probe", "StateStore", "fit_causal_chunked"]
