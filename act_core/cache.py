@@ -13,9 +13,10 @@ A shard is reused only when everything that determines its rows is unchanged. Th
 - the model: every parameter's and buffer's name, shape, dtype and a strided sample of up to
   1,024 of its values (so a different checkpoint or fine-tune gives another key; a change
   that touches none of the sampled values is not seen: pass ``key=`` for such cases);
-- the runner's settings: its class and its plain attributes (image size, seed, collection
-  step, device, …; not ``batch_size``, which only changes float rounding), or
-  ``runner.cache_key()`` when it defines one;
+- the runner's settings: its class and its plain attributes at the start of the fit (image
+  size, seed, collection step, device, …; not ``batch_size``, which only changes float
+  rounding, nor callbacks or unset (None) attributes), or ``runner.cache_key()`` when it
+  defines one;
 - the modules (names and tuple indices), the pooling and the procedure; for causal fits also
   the method and support (they shape the upstream maps) and, per step, a digest of the maps
   fitted so far;
@@ -73,8 +74,8 @@ def runner_settings(runner: Any) -> Dict[str, Any]:
         return {"class": type(runner).__qualname__, "key": own()}
     out: Dict[str, Any] = {"class": type(runner).__qualname__}
     for k, v in sorted(vars(runner).items()):
-        if k in ("model", "batch_size") or k.startswith("_"):
-            continue
+        if k in ("model", "batch_size") or k.startswith("_") or v is None:
+            continue  # (None: unset, like an absent callback)
         if isinstance(v, _PLAIN):
             out[k] = v
         elif isinstance(v, (tuple, list)) and all(isinstance(x, _PLAIN) for x in v):

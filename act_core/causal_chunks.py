@@ -81,9 +81,10 @@ class _Trace(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def probe(runner, names: Sequence[str], probe_inputs: Sequence[Any]) -> Tuple[Optional[Chain], str]:
+def probe(runner, names: Sequence[str], probe_inputs: Sequence[Any]) -> Tuple[Optional[Chain], str, List[str]]:
     """Run ``probe_inputs`` once with every module observed; return the best block sequence
-    for ``names`` (None and the reason when the model has none)."""
+    for ``names`` (None and the reason when the model has none) and ``names`` in forward
+    (completion) order."""
     model = runner.model
     events: list = []  # ("start", name, input ids) | ("end", name, block output) | ("op", None, input ids)
     counts: Dict[str, int] = {}
@@ -138,7 +139,8 @@ def probe(runner, names: Sequence[str], probe_inputs: Sequence[Any]) -> Tuple[Op
         score = sum(f + 1 for f in frontier.values())
         if score > best_score:
             best, best_score = Chain(list_name, blocks, frontier), score
-    return best, ("; ".join(reasons[:3]) or "no ModuleList of two or more blocks around the fitted modules")
+    why = "; ".join(reasons[:3]) or "no ModuleList of two or more blocks around the fitted modules"
+    return best, why, sorted(names, key=end.__getitem__)
 
 
 def _check_chain(blocks: List[str], events: list, counts, start, end) -> str:
@@ -260,8 +262,6 @@ def _chunks(items: list, size: int) -> List[list]:
 
 def fit_causal_chunked(ctx, source, target, names, tmap, chunk_size=None, state_dir=None):
     """The ``causal_chunked`` procedure of :func:`act_core.fitting.fit_map` (see the module docstring)."""
-    from .fitting import _layout
-
     runner, chosen, comm = ctx.runner, ctx.chosen, ctx.comm
     if not hasattr(runner, "batch_size"):
         raise ValueError(f"procedure 'causal_chunked' needs a runner with a batch_size attribute "
@@ -269,7 +269,9 @@ def fit_causal_chunked(ctx, source, target, names, tmap, chunk_size=None, state_
     size = int(chunk_size or (ctx.cache.shard_size if ctx.cache is not None else runner.batch_size))
     if size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {size}")
-    chain, why = probe(runner, names, source[:1])
+    chain, why, order = probe(runner, names, source[:1])
+    if not callable(getattr(runner, "order", None)):
+        names = order
     ctx.tick(0, len(names), f"block sequence {chain.name} ({len(chain.blocks)} blocks)" if chain
              else f"no block sequence to resume from ({why}): every step runs from the input")
     mine_src, mine_tgt = comm.shard(source, size), comm.shard(target, size)
@@ -298,7 +300,7 @@ def fit_causal_chunked(ctx, source, target, names, tmap, chunk_size=None, state_
             local = {s: torch.cat(r, 0) for s, r in rows.items() if r}
             everyone, shapes = comm.gather(local, shapes)
             t = ctx.estimate(everyone["source"], everyone["target"])
-            tmap.add(n, t, _layout(shapes[n], ctx.method), chosen[n])
+            tmap.add(n, t, ctx.layout(shapes[n]), chosen[n])
     finally:
         runner.batch_size = saved
         store.close()

@@ -195,6 +195,9 @@ class _Fit:
     tick: Progress
     cache: Any = None
 
+    def layout(self, shape: tuple) -> str:
+        return _layout(shape, self.method)
+
     def estimate(self, src, tgt):
         if self.sketch is None:
             return fit_transport(src, tgt, self.method, self.support)
@@ -224,7 +227,7 @@ def _fit(ctx: _Fit, source, target, cache, chunk_size, state_dir, meta) -> Trans
     order = getattr(runner, "order", None)
     if callable(order):
         names = list(order(list(chosen)))
-    elif procedure in ("causal_reference", "causal_chunked"):
+    elif procedure == "causal_reference":  # (causal_chunked measures it in its own probe pass)
         names = forward_order(runner, list(chosen), source[:1])
     else:
         names = ordered(runner.model, list(chosen))

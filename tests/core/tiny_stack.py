@@ -43,10 +43,12 @@ class TinyStack(torch.nn.Module):
 
 
 class StackRunner:
-    """Inputs are token-id lists of one length; ``fail`` = (rank, batch) raises there."""
+    """Inputs are token-id lists of one length; ``fail`` = (rank, batch) raises there;
+    ``on_batch(count)`` is called before every batch (tests stop a fit there)."""
 
-    def __init__(self, model, batch_size: int = 4, fail=None):
+    def __init__(self, model, batch_size: int = 4, fail=None, on_batch=None):
         self.model, self.architecture, self.batch_size, self.fail = model, "tiny-stack", batch_size, fail
+        self.on_batch = on_batch
         self.batches = 0
 
     @torch.no_grad()
@@ -55,6 +57,8 @@ class StackRunner:
 
         for i in range(0, len(inputs), self.batch_size):
             self.batches += 1
+            if self.on_batch is not None:
+                self.on_batch(self.batches)
             if self.fail is not None and dist.is_initialized() and (dist.get_rank(), self.batches) == tuple(self.fail):
                 raise RuntimeError(f"boom on rank {dist.get_rank()}")
             ids = torch.tensor(inputs[i:i + self.batch_size])
