@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .common import finite_float, parse_strengths, positive_int
+from .scale import FitLaunch, add_scale_args
 from ..files import atomic_write_bytes
 
 
@@ -44,7 +45,9 @@ def register(sub) -> None:
                         "or comma-separated module regexes (default: attention)")
     f.add_argument("--method", default="linear", choices=["linear", "mean", "gaussian", "aura"])
     f.add_argument("--pooling", default="mean", choices=["mean", "max", "min", "last"])
-    f.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal"])
+    f.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal", "causal_chunked"],
+                   help="causal_chunked: the causal maps in the memory of one chunk")
+    add_scale_args(f.add_argument_group("large fits"))
     f.add_argument("--support", default=None, help="default support stored in the map: q_0_100 (Q_o), 'all' (Q_∞), ...")
     f.add_argument("--batch-size", type=positive_int, default=16)
     f.add_argument("--max-length", type=positive_int, default=128)
@@ -149,11 +152,17 @@ def _fit(args) -> int:
     if not out.parent.is_dir():
         raise CLIError(f"output folder {str(out.parent)!r} does not exist; create it first")
     src, tgt, meta = _fit_texts(args)
+    launch = FitLaunch(args)  # torchrun / accelerate launch: this rank's device, progress and writing on rank 0
     model, tok = _load_model(args)
-    print(f"fitting {args.method} on {len(src)} source / {len(tgt)} target texts, layers {args.layers!r}", file=sys.stderr)
-    tmap = fit_lm_map(model, tok, src, tgt, layers=_layers(args.layers), method=args.method, pooling=args.pooling,
-                      procedure=args.procedure, support=args.support, batch_size=args.batch_size,
-                      max_length=args.max_length, progress=_progress, **meta)
+    if launch.main:
+        print(f"fitting {args.method} on {len(src)} source / {len(tgt)} target texts, layers {args.layers!r}",
+              file=sys.stderr)
+    tmap = launch.fit(lambda: fit_lm_map(
+        model, tok, src, tgt, layers=_layers(args.layers), method=args.method, pooling=args.pooling,
+        procedure=args.procedure, support=args.support, batch_size=args.batch_size,
+        max_length=args.max_length, progress=launch.progress(_progress), **launch.options(), **meta))
+    if not launch.main:
+        return 0
     tmap.save(out)
     s = tmap.summary()
     print(f"wrote {out}: {s['modules']} modules, {s['units']} units, architecture {s['architecture']}")
