@@ -379,18 +379,28 @@ class SteerHandle(_HookSet):
         return self.attach() if not self._handles else self
 
 
-def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:
+def _handle(model, tmap, strength, compile, kwargs):
+    if compile:  # the opt-in compiled path: act_core.compiled (torch.compile), imported on first use
+        from .compiled import CompiledSteerHandle
+
+        return CompiledSteerHandle(model, tmap, strength, backend=compile, **kwargs)
+    return SteerHandle(model, tmap, strength, **kwargs)
+
+
+def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, compile=False, **kwargs) -> SteerHandle:
     """Attach steering hooks now; call ``.remove()`` on the result to detach."""
-    return SteerHandle(model, tmap, strength, **kwargs).attach()
+    return _handle(model, tmap, strength, compile, kwargs).attach()
 
 
 @contextlib.contextmanager
-def steer(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> Iterator[SteerHandle]:
+def steer(model: torch.nn.Module, tmap: TransportMap, strength=None, compile=False, **kwargs) -> Iterator[SteerHandle]:
     """``with steer(model, tmap, strength=1.0): ...`` — hooks exist only inside the block.
 
     Keyword arguments: ``support``, ``name_map``, ``gate``, ``layout`` (see :class:`SteerHandle`).
+    ``compile``: True (or a ``torch.compile`` backend name) steers through compiled forwards
+    that fuse each norm with its band test and map (:mod:`act_core.compiled`); off by default.
     """
-    handle = SteerHandle(model, tmap, strength, **kwargs).attach()
+    handle = _handle(model, tmap, strength, compile, kwargs).attach()
     try:
         yield handle
     finally:
