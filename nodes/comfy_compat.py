@@ -108,6 +108,10 @@ def latent_channels(model) -> int:
     return int(getattr(model.model.latent_format, "latent_channels", 4))
 
 
+#: seed range of every seed input of the pack, as KSampler's
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
 def empty_latent(model, width: int, height: int, batch: int = 1) -> torch.Tensor:
     return torch.zeros(batch, latent_channels(model), max(1, height // 8), max(1, width // 8))
 

@@ -34,13 +34,13 @@ def check_batch_size(batch_size) -> int:
 
 
 class ComfyRunner:
-    def __init__(self, model, clip, seed: int, width: int, height: int, steps: int,
+    def __init__(self, model, clip, seed: int, width: int, height: int,
                  on_prompts: Optional[Callable[[int], None]] = None, sampler_name: str = "euler",
                  scheduler: str = "normal", batch_size: int = 1):
         self.comfy_model, self.clip = model, clip
         self.model = cc.model_tree(model, clip)
         self.architecture = cc.architecture(model)
-        self.seed, self.steps = int(seed), int(steps)
+        self.seed = int(seed)
         self.batch_size = check_batch_size(batch_size)
         self.sampler_name, self.scheduler = sampler_name, scheduler
         self.latent = cc.empty_latent(model, width, height)
@@ -100,5 +100,7 @@ class ComfyRunner:
     def _sample(self, positive, texts: Sequence[str]):
         latent = self.latent.repeat(len(texts), 1, 1, 1)
         noise = batch_noise(self.seed, texts, cc.noise_shape(self.comfy_model, self.latent))
-        return cc.sample(self.comfy_model, positive, self._negative, latent, self.seed, self.steps, 1.0,
+        # the collector stops the pass inside the first step, whose noise level (the schedule's
+        # largest sigma) does not depend on the step count: one step is the whole schedule here
+        return cc.sample(self.comfy_model, positive, self._negative, latent, self.seed, 1, 1.0,
                          self.sampler_name, self.scheduler, noise=noise)

@@ -1,9 +1,11 @@
 """Fixtures for the ComfyUI tests: a real ComfyUI 0.3.75 (tools/comfyui_setup.py), imported in-process.
 
-The setup runs once (idempotent, stamped); without network and without a prepared
-``.comfyui/`` the tests fail with the setup's own error rather than skipping.
+The setup runs once (idempotent, stamped). When it cannot run (no network and no prepared
+``.comfyui/``) the tests skip with the setup's error as the reason, except in CI (``CI=true``),
+where a missing ComfyUI is a failure.
 """
 
+import os
 import shutil
 import time
 import subprocess
@@ -31,7 +33,13 @@ _load_file_module = comfyui_setup.load_file_module
 
 def comfyui_dir() -> Path:
     if not comfyui_setup.ready():
-        subprocess.run([sys.executable, str(ROOT / "tools" / "comfyui_setup.py")], check=True)
+        done = subprocess.run([sys.executable, str(ROOT / "tools" / "comfyui_setup.py")], capture_output=True, text=True)
+        if done.returncode != 0:
+            why = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"ComfyUI setup failed in CI: {why[0]}")
+            pytest.skip(f"no ComfyUI for the node-pack tests (tools/comfyui_setup.py failed: {why[0]}); "
+                        "it needs network access to PyPI once")
     return comfyui_setup.comfyui_dir()
 
 

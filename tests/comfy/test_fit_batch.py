@@ -41,7 +41,7 @@ def model_clip(tiny_pack):
 
 
 def _fit(mods, model, clip, pairs, batch_size, procedure="simultaneous", layers="UNet norms", pattern=""):
-    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE, 2,
+    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE,
                         batch_size=batch_size)
 
 
@@ -69,7 +69,7 @@ def test_batched_collection_gives_the_activations_of_one_prompt_at_a_time(mods, 
     modules = mods.fit.select(mods.cc.model_tree(model, clip), "UNet norms", "")
     runs = {}
     for bs in (1, 4):
-        runner = mods.runner.ComfyRunner(model, clip, 0, SIZE, SIZE, 2, batch_size=bs)
+        runner = mods.runner.ComfyRunner(model, clip, 0, SIZE, SIZE, batch_size=bs)
         runs[bs], _ = collect(runner, pairs["source"], modules)
     worst = max(float((runs[1][n] - runs[4][n]).abs().max()) for n in modules)
     print(f"pooled activations, batch 1 vs 4, {len(modules)} UNet norms: max |diff| {worst:.2e}")
@@ -92,7 +92,7 @@ def test_batched_simultaneous_fit_equals_one_prompt_at_a_time(mods, model_clip):
     assert four.meta["collection"]["batch_size"] == 4
     # batching changes nothing else: a different seed does change the map (the test can fail)
     other = mods.fit.fit(model, clip, pairs, "Linear-AcT", "UNet norms", "", "method default", "simultaneous", 1,
-                         SIZE, SIZE, 2, batch_size=4)
+                         SIZE, SIZE, batch_size=4)
     assert any(not torch.allclose(one[n].beta, other[n].beta, rtol=RTOL, atol=ATOL) for n in one.maps)
 
 
@@ -114,7 +114,7 @@ def test_each_prompt_gets_its_own_noise_by_the_rule_of_the_diffusers_runner(mods
     texts = ["a red cat", "a blue dog", "a green boat"]
     for batch_size in (3, 1):
         seen.clear()
-        runner = mods.runner.ComfyRunner(model, clip, 5, SIZE, SIZE, 2, batch_size=batch_size)
+        runner = mods.runner.ComfyRunner(model, clip, 5, SIZE, SIZE, batch_size=batch_size)
         name = next(n for n, _ in runner.model.named_modules() if n.endswith("middle_block.0.in_layers.0"))
         with ActivationCollector(runner.model, [name], stop_after=True) as col:
             runner.run(texts, col)

@@ -32,7 +32,7 @@ def fitted(mods, tiny_pack):
     """The 'UNet norms' Linear-AcT map as the Fit node makes it (spatial-mean GroupNorms, band support)."""
     model, clip = tiny_pack.build(seed=0)
     pairs = mods.prompts.build_pairs("style: watercolor", 4, 0)
-    return mods.fit.fit(model, clip, pairs, "Linear-AcT", "UNet norms", "", "method default", "simultaneous", 0, SIZE, SIZE, 2)
+    return mods.fit.fit(model, clip, pairs, "Linear-AcT", "UNet norms", "", "method default", "simultaneous", 0, SIZE, SIZE)
 
 
 def _variant(tmap, support="all", per_pixel=True):

@@ -56,7 +56,7 @@ def _rss_mb():
 def _fit(mods, model, clip, goal="style: watercolor", count=2, layers="custom pattern", pattern=MID,
          procedure="simultaneous"):
     pairs = mods.prompts.build_pairs(goal, count, 0)
-    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE, 2,
+    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE,
                         batch_size=2)
 
 
@@ -296,7 +296,7 @@ def test_every_node_names_the_bad_input(mods, model_clip, two_maps, comfy_env):
         P.PromptPairs.execute("negate: unicorn_zebra", 4, 0)
     pairs = P.build_pairs("style: watercolor", 2, 0)
     fit_args = dict(model=model, clip=clip, prompt_pairs=pairs, method="Linear-AcT", layers="custom pattern",
-                    support="method default", procedure="simultaneous", seed=0, width=SIZE, height=SIZE, steps=2)
+                    support="method default", procedure="simultaneous", seed=0, width=SIZE, height=SIZE)
     # Fit: empty / unknown layer pattern, unknown preset choice, empty prompt lists, unknown method
     with pytest.raises(ValueError, match="pattern is empty"):
         F.FitTransportMap.execute(**fit_args, custom_pattern="  ")

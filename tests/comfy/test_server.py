@@ -42,6 +42,14 @@ def test_pack_loads_without_import_failure_and_lists_every_node(comfy_server, ob
     assert "Linear-AcT" in json.dumps(object_info["ActFitTransportMap"]["input"]["required"]["method"])
 
 
+def test_every_seed_input_has_ksamplers_range(object_info):
+    ks = object_info["KSampler"]["input"]["required"]["seed"][1]
+    seeds = {node_id: spec[1] for node_id in NODE_IDS for group in ("required", "optional")
+             for name, spec in object_info[node_id]["input"].get(group, {}).items() if name == "seed"}
+    assert len(seeds) >= 3, seeds
+    assert all((o["min"], o["max"]) == (ks["min"], ks["max"]) for o in seeds.values()), (ks, seeds)
+
+
 def test_workflows_appear_in_the_template_browser(comfy_server):
     templates = comfy_server.get("/workflow_templates")
     assert sorted(templates.get("act-steering", [])) == sorted(p.stem for p in WORKFLOWS)
@@ -53,6 +61,7 @@ def test_workflows_appear_in_the_template_browser(comfy_server):
 ORDER = ["act_fit_then_save.json"] + [p.name for p in WORKFLOWS if p.name != "act_fit_then_save.json"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ORDER)
 def test_shipped_workflow_runs(comfy_server, object_info, name):
     ui = _workflow(name)
@@ -112,7 +121,7 @@ def test_interrupt_during_fit_ends_cleanly_and_writes_no_file(comfy_server):
         "3": {"class_type": "ActFitTransportMap", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "prompt_pairs": ["2", 0], "method": "Linear-AcT",
             "layers": "custom pattern", "custom_pattern": r"unet\.mid_block\..*norm.*", "support": "method default",
-            "procedure": "causal (low memory)", "seed": 0, "width": 64, "height": 64, "steps": 2, "batch_size": 8}},
+            "procedure": "causal (low memory)", "seed": 0, "width": 64, "height": 64, "batch_size": 8}},
         "4": {"class_type": "ActSaveMap", "inputs": {"transport_map": ["3", 0], "name": "interrupted_map"}},
     }
     client = "interrupt-test"
