@@ -103,14 +103,23 @@ def _group_norm_transport(x, groups, weight, bias, eps, kind, lo, hi, am1, c, li
     return _transport(F.group_norm(x, groups, weight, bias, eps), kind, lo, hi, am1, c, limit)
 
 
-_COMPILED: Dict[Tuple[Callable, str], Callable] = {}
+_COMPILED: Dict[tuple, Callable] = {}
 
 
-def compiled(fn: Callable, backend: str) -> Callable:
-    """``torch.compile(fn, backend=backend)``, one wrapper per function and backend."""
-    key = (fn, backend)
+def compiled(fn: Callable, backend: str, variant: Any = None) -> Callable:
+    """``torch.compile(fn, backend=backend)``, one per function, backend and ``variant``.
+
+    torch.compile keeps its compiled graphs per code object and recompiles a function at most
+    8 times (``torch._dynamo.config.recompile_limit``) before running it eagerly; a model's norms
+    come in many widths. Each ``variant`` (the steered module's unit count) therefore gets its own
+    copy of ``fn``'s code, compiled for its shapes once."""
+    key = (fn, backend, variant)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(fn, backend=backend)
+        f = fn
+        if variant is not None:
+            code = fn.__code__.replace(co_name=f"{fn.__name__}_{variant}")
+            f = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        _COMPILED[key] = torch.compile(f, backend=backend)
     return _COMPILED[key]
 
 
@@ -234,6 +243,7 @@ class CompiledSteerHandle:
 
     def _forward(self, name: str, module: torch.nn.Module):
         params, backend = self.params[name], self.backend
+        width = params.t.units
         norm = _norm_kind(module)
         plain = type(module).forward
         on = [True]
@@ -246,9 +256,9 @@ class CompiledSteerHandle:
             if norm is not None and self.gate is None and isinstance(x, torch.Tensor) and not kwargs and len(args) == 1:
                 kind, lo, hi, am1, c, limit = params.get(lam, x.dtype, x.device, x.ndim)
                 if norm == "layer":
-                    return compiled(_layer_norm_transport, backend)(
+                    return compiled(_layer_norm_transport, backend, width)(
                         x, module.weight, module.bias, module.eps, kind, lo, hi, am1, c, limit)
-                return compiled(_group_norm_transport, backend)(
+                return compiled(_group_norm_transport, backend, width)(
                     x, module.num_groups, module.weight, module.bias, module.eps, kind, lo, hi, am1, c, limit)
             y = plain(layer, *args, **kwargs)
             if not isinstance(y, torch.Tensor):
@@ -258,7 +268,7 @@ class CompiledSteerHandle:
             if rows is False:
                 return y
             kind, lo, hi, am1, c, limit = params.get(lam, y.dtype, y.device, y.ndim)
-            out = compiled(_transport, backend)(y, kind, lo, hi, am1, c, limit)
+            out = compiled(_transport, backend, width)(y, kind, lo, hi, am1, c, limit)
             if rows is not True:
                 out = torch.where(torch.as_tensor(rows, device=y.device).view(-1, *([1] * (y.ndim - 1))), out, y)
             return out
