@@ -5,14 +5,14 @@ applied. The one-pass procedure gets them from ONE forward pass over every input
 (memory of all inputs); the reference re-runs the model from the input up to each module
 (≈ L/2 passes). This procedure keeps the memory of one chunk and skips most of the re-running:
 
-1. A probe pass (one input) finds the model's **block sequence**: a ``ModuleList`` /
-   ``Sequential`` whose children run one after another, each taking the previous one's output
-   and nothing else reading it (a transformer's layers, a CLIP encoder's layers, a diffusion
-   transformer's blocks). The probe checks this on the real call graph: every child runs once,
-   in order, nothing else runs between them, the first tensor of child j's output is an input
-   of child j + 1, and no module call and no torch operation outside child j + 1 reads any
-   tensor of child j's output (a model that also keeps intermediate states, such as a text
-   encoder whose penultimate layer feeds a UNet, is refused that way). Without such a sequence
+1. A probe pass (one input) finds the model's **block sequence**: the longest run of leading
+   children of a ``ModuleList`` / ``Sequential`` that run one after another, each taking the
+   previous one's output and nothing else reading it (a transformer's layers, a CLIP encoder's
+   layers, a diffusion transformer's blocks). The probe checks this on the real call graph:
+   every child runs once, in order, nothing else runs between them, the first tensor of child
+   j's output is an input of child j + 1, and no module call and no torch operation outside
+   child j + 1 reads any tensor of child j's output (a text encoder whose penultimate layer
+   feeds a UNet keeps its layers up to the penultimate one that way). Without such a sequence
    every step re-runs from the input, as the reference does.
 2. Modules are fitted one at a time in forward order. For module ℓ every chunk runs once with
    the maps fitted so far attached; the children that finished before ℓ starts are **stubbed**:
@@ -131,45 +131,74 @@ def probe(runner, names: Sequence[str], probe_inputs: Sequence[Any]) -> Tuple[Op
             continue  # never runs
         if not any(_inside(n, list_name) for n in names) and not any(end[n] > start.get(blocks[0], 1 << 60) for n in names):
             continue
-        why = _check_chain(blocks, events, counts, start, end)
+        n, why = _valid_prefix(blocks, events, counts, start, end)
         if why:
             reasons.append(f"{list_name}: {why}")
+        if n < 2:
             continue
+        blocks = blocks[:n]
         frontier = {n: max([j for j, b in enumerate(blocks) if end[b] < start[n]], default=-1) for n in names}
-        score = sum(f + 1 for f in frontier.values())
+        # the work the stubs save: torch operations of the skipped blocks, summed over the steps
+        ops = [sum(1 for kind, _, _ in events[start[b]:end[b]] if kind == "op") for b in blocks]
+        done = [sum(ops[:j + 1]) for j in range(len(blocks))]
+        score = sum(done[f] for f in frontier.values() if f >= 0)
         if score > best_score:
             best, best_score = Chain(list_name, blocks, frontier), score
     why = "; ".join(reasons[:3]) or "no ModuleList of two or more blocks around the fitted modules"
     return best, why, sorted(names, key=end.__getitem__)
 
 
-def _check_chain(blocks: List[str], events: list, counts, start, end) -> str:
-    """'' when ``blocks`` form a sequence (module docstring, point 1), else why not."""
-    if any(counts.get(b, 0) != 1 for b in blocks):
-        return "a block runs more or less than once per forward pass"
-    for a, b in zip(blocks, blocks[1:]):
-        if not end[a] < start[b]:
-            return f"{b} starts before {a} ends"
-    for kind, name, _ in events[start[blocks[0]]:end[blocks[-1]] + 1]:
-        if kind != "op" and not any(_inside(name, b) for b in blocks):
-            return f"{name} runs between the blocks"
-    outputs = [events[end[b]][2] for b in blocks]
-    specs = [tree_flatten(o)[1] for o in outputs]
-    if any(s != specs[0] for s in specs):
-        return "the blocks return differently structured outputs"
-    for j, (a, b) in enumerate(zip(blocks, blocks[1:])):
-        leaves = [t for t in tree_flatten(outputs[j])[0] if isinstance(t, torch.Tensor)]
+def _valid_prefix(blocks: List[str], events: list, counts, start, end) -> Tuple[int, str]:
+    """How many leading ``blocks`` form a sequence (module docstring, point 1), and why the next
+    one does not. The last block of a prefix may be read by anything after it (it is the state
+    the stubs hand on); an earlier one only by the block after it."""
+    n, why = len(blocks), ""
+
+    def cut(k: int, reason: str) -> None:
+        nonlocal n, why
+        if k < n:
+            n, why = k, reason
+
+    for i, b in enumerate(blocks):
+        if counts.get(b, 0) != 1:
+            cut(i, f"{b} runs {counts.get(b, 0)} times per forward pass")
+            break
+    for j in range(n - 1):
+        if not end[blocks[j]] < start[blocks[j + 1]]:
+            cut(j + 1, f"{blocks[j + 1]} starts before {blocks[j]} ends")
+            break
+    if n == 0:
+        return 0, why
+    spec = tree_flatten(events[end[blocks[0]]][2])[1]
+    for j in range(1, n):
+        if tree_flatten(events[end[blocks[j]]][2])[1] != spec:
+            cut(j, f"{blocks[j]} returns a differently structured output")
+            break
+    for i in range(start[blocks[0]], end[blocks[n - 1]] + 1):
+        kind, name, _ = events[i]
+        if kind != "op" and not any(_inside(name, b) for b in blocks[:n]):
+            cut(sum(end[b] < i for b in blocks[:n]), f"{name} runs between the blocks")
+            break
+    for j in range(n - 1):
+        a, b = blocks[j], blocks[j + 1]
+        leaves = [t for t in tree_flatten(events[end[a]][2])[0] if isinstance(t, torch.Tensor)]
         if not leaves or id(leaves[0]) not in events[start[b]][2]:
-            return f"{b} does not take {a}'s output"
+            cut(j + 1, f"{b} does not take {a}'s output")
+            break
         ids = {id(t) for t in leaves}
+        reader = None
         for i in range(end[a] + 1, len(events)):
             kind, name, used = events[i]
             if kind == "end" or not (used & ids):
                 continue
             if start[b] <= i <= end[b] and (kind == "op" or _inside(name, b)):
                 continue  # read by the next block
-            return f"{a}'s output is read outside {b}" + (f" (by {name})" if name else " (by a torch operation)")
-    return ""
+            reader = name or "a torch operation"
+            break
+        if reader is not None:
+            cut(j + 1, f"{a}'s output is read outside {b} (by {reader})")
+            break
+    return n, why
 
 
 # -- states --------------------------------------------------------------------------------------

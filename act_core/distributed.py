@@ -109,6 +109,20 @@ def init(timeout_s: float = 1800.0) -> None:
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
 
 
+_GLOO: Dict[int, Any] = {}
+
+
+def _cpu_group():
+    """The group CPU tensors travel in: the default group when it has a gloo backend, else one
+    gloo group beside it (created once per default group: ``new_group`` is itself collective)."""
+    if "gloo" in str(dist.get_backend()):
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _GLOO:
+        _GLOO[key] = dist.new_group(backend="gloo")
+    return _GLOO[key]
+
+
 # -- communicators -------------------------------------------------------------------------------
 
 
@@ -142,8 +156,7 @@ class Ranks(Local):
     def __init__(self):
         init()
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        backend = str(dist.get_backend())
-        self.group = None if "gloo" in backend else dist.new_group(backend="gloo")
+        self.group = _cpu_group()
         self.exchanges = 0
 
     # which share is mine ------------------------------------------------------------------------
