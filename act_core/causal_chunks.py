@@ -114,13 +114,16 @@ def probe(runner, names: Sequence[str], probe_inputs: Sequence[Any]) -> Tuple[Op
     finally:
         for h in handles:
             h.remove()
-    start = {}
-    end = {}
-    for i, (kind, name, _) in enumerate(events):
+    start, end = {}, {}
+    readers: Dict[int, List[int]] = {}  # tensor id -> events (module calls, torch operations) reading it
+    for i, (kind, name, used) in enumerate(events):
         if kind == "start":
             start.setdefault(name, i)
         elif kind == "end":
             end[name] = i
+        if kind != "end":
+            for t in used:
+                readers.setdefault(t, []).append(i)
     missing = [n for n in names if n not in end]
     if missing:
         raise RuntimeError(f"the probe pass never reached {missing[:3]}; nothing can be fitted for them")
@@ -129,14 +132,14 @@ def probe(runner, names: Sequence[str], probe_inputs: Sequence[Any]) -> Tuple[Op
         blocks = [f"{list_name}.{c}" for c, _ in module.named_children()]
         if blocks[0] not in start:
             continue  # never runs
-        if not any(_inside(n, list_name) for n in names) and not any(end[n] > start.get(blocks[0], 1 << 60) for n in names):
-            continue
-        n, why = _valid_prefix(blocks, events, counts, start, end)
+        if not any(end[n] > start[blocks[0]] for n in names):
+            continue  # every fitted module finishes before it
+        length, why = _valid_prefix(blocks, events, counts, start, end, readers)
         if why:
             reasons.append(f"{list_name}: {why}")
-        if n < 2:
+        if length < 2:
             continue
-        blocks = blocks[:n]
+        blocks = blocks[:length]
         frontier = {n: max([j for j, b in enumerate(blocks) if end[b] < start[n]], default=-1) for n in names}
         # the work the stubs save: torch operations of the skipped blocks, summed over the steps
         ops = [sum(1 for kind, _, _ in events[start[b]:end[b]] if kind == "op") for b in blocks]
@@ -148,10 +151,11 @@ def probe(runner, names: Sequence[str], probe_inputs: Sequence[Any]) -> Tuple[Op
     return best, why, sorted(names, key=end.__getitem__)
 
 
-def _valid_prefix(blocks: List[str], events: list, counts, start, end) -> Tuple[int, str]:
+def _valid_prefix(blocks: List[str], events: list, counts, start, end, readers) -> Tuple[int, str]:
     """How many leading ``blocks`` form a sequence (module docstring, point 1), and why the next
     one does not. The last block of a prefix may be read by anything after it (it is the state
-    the stubs hand on); an earlier one only by the block after it."""
+    the stubs hand on); an earlier one only by the block after it. ``readers``: tensor id ->
+    indices of the events that read it."""
     n, why = len(blocks), ""
 
     def cut(k: int, reason: str) -> None:
@@ -185,12 +189,9 @@ def _valid_prefix(blocks: List[str], events: list, counts, start, end) -> Tuple[
         if not leaves or id(leaves[0]) not in events[start[b]][2]:
             cut(j + 1, f"{b} does not take {a}'s output")
             break
-        ids = {id(t) for t in leaves}
         reader = None
-        for i in range(end[a] + 1, len(events)):
-            kind, name, used = events[i]
-            if kind == "end" or not (used & ids):
-                continue
+        for i in sorted(i for t in leaves for i in readers.get(id(t), ()) if i > end[a]):
+            kind, name, _ = events[i]
             if start[b] <= i <= end[b] and (kind == "op" or _inside(name, b)):
                 continue  # read by the next block
             reader = name or "a torch operation"
