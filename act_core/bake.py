@@ -16,13 +16,13 @@ model. A diffusers pipeline is accepted wherever a model is (see :mod:`act_core.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, List, Optional
 
 import torch
 
 from .fold import FoldError, fold_factors, folded
-from .mapfile import TransportMap
+from .mapfile import TransportMap, find_module
+from .transport import check_strength
 from .trees import module_tree
 
 
@@ -43,16 +43,14 @@ def plan_bake(
     Raises BakeError listing every module that cannot be folded exactly, and why; the map is
     checked against the model first (``TransportMap.check_model``).
     """
-    lam = tmap.default_strength if strength is None else float(strength)
-    if not math.isfinite(lam):
-        raise ValueError(f"strength must be a finite number, got {lam!r}")
+    lam = check_strength(tmap.default_strength if strength is None else strength)  # finite, |λ| ≤ 1000
     model = module_tree(model)
     tmap.check_model(model, name_map=name_map)
     out: Dict[str, torch.Tensor] = {}
     problems: List[str] = []
     for name, t in tmap.maps.items():
         local = name_map(name) if name_map else name
-        module = model.get_submodule(local)
+        module = find_module(model, local)
         try:
             if tmap.output_index.get(name) is not None:
                 raise FoldError("the steered output is an element of a tuple, not the layer's affine output")

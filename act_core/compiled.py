@@ -30,7 +30,7 @@ the modules the graph was traced with and causes one recompilation.
 Not supported here (the eager path of :mod:`act_core.hooks` covers them): modules whose
 output is a tuple (a map with an output index), and ``fuse`` / ``inplace`` (the compiled
 region writes one fresh output). ``gate`` works: rows it does not select are left alone with
-``torch.where``. The eager kernel stays the default: see bench/RESULTS.md for when compiling pays.
+``torch.where``; so does ``mask`` (``lerp(x, T(x), w)``, outside the compiled region). The eager kernel stays the default: see bench/RESULTS.md for when compiling pays.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from .fold import effective_support
-from .mapfile import TransportMap
-from .transport import _closed_band, _subnormal, _wide, normalize_support, ordinary_tensors
+from .hookguard import GuardedHooks
+from .hooks import _HookSet
+from .mapfile import TransportMap, find_module
+from .transport import _closed_band, _subnormal, _wide, check_strength, normalize_support, ordinary_tensors
 from .trees import module_tree
 
 DEFAULT_BACKEND = "inductor"
@@ -191,10 +193,15 @@ def _norm_kind(module: torch.nn.Module) -> Optional[str]:
     return None
 
 
-class CompiledSteerHandle:
+class CompiledSteerHandle(_HookSet):
     """Steering through compiled forwards (see the module docstring); the interface of
     :class:`act_core.hooks.SteerHandle`: ``attach()``, ``remove()``, ``set_strength()``,
-    a context manager. Created by ``steer(..., compile=...)`` / ``attach(..., compile=...)``."""
+    a context manager. Created by ``steer(..., compile=...)`` / ``attach(..., compile=...)``.
+
+    Attaching and removing go through the same guarded path as the eager hooks
+    (:mod:`act_core.hookguard`): all or nothing under any exception (a Ctrl-C included), one
+    steering thread per model object, and copies or pickles of a steered model carry no
+    replaced ``forward``."""
 
     def __init__(
         self,
@@ -208,11 +215,12 @@ class CompiledSteerHandle:
         backend: Union[bool, str] = True,
         inplace: bool = True,
         fuse: bool = True,
+        mask: Optional[Callable[[str, torch.Tensor], Any]] = None,
     ):
         if not isinstance(tmap, TransportMap):
             raise TypeError(f"expected a TransportMap, got {type(tmap).__name__} (load one with TransportMap.load(path))")
         self.backend = DEFAULT_BACKEND if backend is True else str(backend)
-        self.model, self.tmap, self.gate, self.name_map = module_tree(model), tmap, gate, name_map
+        self.model, self.tmap, self.gate, self.mask, self.name_map = module_tree(model), tmap, gate, mask, name_map
         if support is not None:
             normalize_support(support)
         indexed = [n for n in tmap.maps if tmap.output_index.get(n) is not None]
@@ -223,7 +231,7 @@ class CompiledSteerHandle:
         self.params = {n: _Params(t, effective_support(t, support), layout or tmap.layouts.get(n, "auto"))
                        for n, t in tmap.maps.items()}
         self.set_strength(strength)
-        self._modules: List[torch.nn.Module] = []
+        self._guard = GuardedHooks(self, "steered")
 
     def set_strength(self, strength: Union[float, Mapping[str, float], None]) -> None:
         default = self.tmap.default_strength
@@ -233,12 +241,14 @@ class CompiledSteerHandle:
             unknown = [n for n in strength if n not in self.tmap.maps]
             if unknown:
                 raise ValueError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
-            s = {n: float(strength.get(n, default)) for n in self.tmap.maps}
+            s = {n: strength.get(n, default) for n in self.tmap.maps}
         else:
-            s = {n: float(strength) for n in self.tmap.maps}
-        bad = [(n, v) for n, v in s.items() if not math.isfinite(v)]
-        if bad:
-            raise ValueError(f"strength must be a finite number, got {bad[0][1]!r} for {bad[0][0]!r}")
+            s = {n: strength for n in self.tmap.maps}
+        for n, v in s.items():  # a finite number within ±STRENGTH_LIMIT, as the eager hooks
+            try:
+                s[n] = float(check_strength(v))
+            except ValueError as e:
+                raise ValueError(f"{e} (module {n!r})") from None
         self.strengths = s
 
     def _forward(self, name: str, module: torch.nn.Module):
@@ -246,14 +256,15 @@ class CompiledSteerHandle:
         width = params.t.units
         norm = _norm_kind(module)
         plain = type(module).forward
-        on = [True]
+        on = [True]  # switched off by removal (act_core.hooks._ForwardOverride)
 
         def forward(layer, *args, **kwargs):
             lam = self.strengths[name]
             if layer is not module or lam == 0 or not on[0]:  # a deep copy, λ = 0, or removed
                 return plain(layer, *args, **kwargs)
             x = args[0] if args else None
-            if norm is not None and self.gate is None and isinstance(x, torch.Tensor) and not kwargs and len(args) == 1:
+            if (norm is not None and self.gate is None and self.mask is None and isinstance(x, torch.Tensor)
+                    and not kwargs and len(args) == 1):
                 kind, lo, hi, am1, c, limit = params.get(lam, x.dtype, x.device, x.ndim)
                 if norm == "layer":
                     return compiled(_layer_norm_transport, backend, width)(
@@ -271,49 +282,37 @@ class CompiledSteerHandle:
             out = compiled(_transport, backend, width)(y, kind, lo, hi, am1, c, limit)
             if rows is not True:
                 out = torch.where(torch.as_tensor(rows, device=y.device).view(-1, *([1] * (y.ndim - 1))), out, y)
+            w = None if self.mask is None else self.mask(name, y)
+            if w is not None:  # lerp(x, T(x), w), as the eager hooks
+                out = torch.lerp(y, out, w.to(out.dtype))
             return out
 
         forward._act_on = on
-        forward._act_fused = True  # counted by act_core.hooks.count_hooks while attached
-        return types.MethodType(forward, module)
+        return types.MethodType(forward, module)  # bound, so copy.deepcopy rebinds it to the copy
 
     def attach(self) -> "CompiledSteerHandle":
-        if self._modules:
-            raise RuntimeError("CompiledSteerHandle is already attached")
+        """Replace the mapped modules' forwards (all or none, through act_core.hookguard)."""
         local = self.name_map or (lambda n: n)
-        try:
-            for n in self.tmap.maps:
-                module = self.model.get_submodule(local(n))
-                if "forward" in module.__dict__:
-                    raise RuntimeError(f"{local(n)}.forward is already replaced on this instance (steered twice?)")
-                module.forward = self._forward(n, module)
-                self._modules.append(module)
-                ref = next(module.parameters(), None)
-                ref = next(self.model.parameters(), None) if ref is None else ref
-                if ref is not None and self.strengths[n] != 0:
-                    self.params[n].prepare(self.strengths[n], ref.dtype, ref.device)
+        pairs = []
+        for n in self.tmap.maps:
+            module = find_module(self.model, local(n))
+            ref = next(module.parameters(), None)
+            ref = next(self.model.parameters(), None) if ref is None else ref
+            if ref is not None and self.strengths[n] != 0:  # built before any compiled call traces it
+                self.params[n].prepare(self.strengths[n], ref.dtype, ref.device)
+            pairs.append((module, self._forward(n, module), "forward"))
+        self._attach_all(pairs, self.model)
+        return self
+
+    def __enter__(self) -> "CompiledSteerHandle":
+        if self._guard.attached:
+            return self
+        try:  # an interrupt after attaching, before __enter__ returns (no __exit__ then), removes again
+            self.attach()
+            return self
         except BaseException:
             self.remove()
             raise
-        return self
-
-    def remove(self) -> None:
-        for m in self._modules:
-            fwd = m.__dict__.get("forward")
-            if fwd is not None:
-                getattr(fwd, "__func__", fwd)._act_on[0] = False
-                del m.forward
-        self._modules.clear()
-
-    @property
-    def attached(self) -> bool:
-        return bool(self._modules)
-
-    def __enter__(self) -> "CompiledSteerHandle":
-        return self.attach() if not self._modules else self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
 
 
 __all__ = ["CompiledSteerHandle", "compiled", "DEFAULT_BACKEND"]

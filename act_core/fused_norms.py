@@ -21,7 +21,7 @@ an instance attribute and deletes it on removal, so the class's own forward runs
   norms keep hooks), and no other code has replaced its ``forward`` already;
 - the support is ``all`` (a band makes the map depend on each value);
 - the layout acts per unit with fixed coefficients: ``tokens`` for a LayerNorm; ``per_pixel``
-  for a GroupNorm, or the reference's ``spatial_mean`` when ``ω = 1`` for every unit
+  for a GroupNorm (never ``tokens``: its units are on axis 1, the hook path refuses that map), or the reference's ``spatial_mean`` when ``ω = 1`` for every unit
   (Mean-AcT: the shift is then the constant ``c``);
 - the map's unit count equals the layer's.
 
@@ -64,7 +64,7 @@ def fusible(module: torch.nn.Module, t: UnitTransport, support: Optional[str], l
     if isinstance(module, torch.nn.LayerNorm):
         if layout not in ("tokens", "auto") or tuple(module.normalized_shape) != (t.units,):
             return False
-    elif module.num_channels != t.units:
+    elif module.num_channels != t.units or layout == "tokens":  # a GroupNorm's units are on axis 1
         return False
     try:  # the band and layout rules (at λ = 1: the fold is the same at every λ ≠ 0 for ω and the band)
         fold_factors(module, t, 1.0, support, layout, missing_bias="add")

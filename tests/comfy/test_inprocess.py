@@ -222,9 +222,9 @@ def test_save_load_info_and_bad_names(mods, tiny, comfy_env):
     model, clip = tiny
     tmap = _fit(mods, model, clip, goal="negate: pink_elephant")
     path = mods.files.save_map(tmap, "neg_test")
-    assert path.endswith("act_maps/neg_test.safetensors")
-    assert "neg_test.safetensors" in mods.cc.list_maps()
-    back = mods.files.load_map("neg_test.safetensors")
+    assert path.endswith("act_maps/neg_test_00001_.safetensors")
+    assert "neg_test_00001_.safetensors" in mods.cc.list_maps()
+    back = mods.files.load_map("neg_test_00001_.safetensors")
     assert list(back.maps) == list(tmap.maps)
     assert torch.equal(back[list(tmap.maps)[0]].omega, tmap[list(tmap.maps)[0]].omega)
     text = mods.info.describe(back)
@@ -245,7 +245,7 @@ def test_map_for_another_model_type_fails_clearly(mods, tiny):
     llm = TransportMap(tmap.maps, tmap.layouts, tmap.output_index, {**tmap.meta, "architecture": "llama"})
     path = mods.files.save_map(llm, "llm_map")
     with pytest.raises(MapFileError, match="fitted on a 'llama' model"):
-        mods.files.load_map("llm_map.safetensors")
+        mods.files.load_map(path.replace("\\", "/").rsplit("/", 1)[-1])
     with pytest.raises(MapFileError, match="SDXL"):
         mods.apply.apply_to_model(model, llm, 1.0)
     # a map for a bigger SDXL (different unit counts) names the mismatch

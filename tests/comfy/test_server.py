@@ -75,21 +75,21 @@ def test_shipped_workflow_runs(comfy_server, object_info, name):
         assert any(img["type"] == "output" for img in saved), f"{name}: no image written"
         for img in saved:
             assert (comfy_server.base / img["type"] / img.get("subfolder", "") / img["filename"]).is_file()
-    if "ActSaveMap" in types:
-        assert (comfy_server.base / "models" / "act_maps" / "watercolor_sdxl.safetensors").is_file()
+    if "ActSaveMap" in types:  # the Save node's counter: watercolor_sdxl_00001_.safetensors on the first run
+        assert (comfy_server.base / "models" / "act_maps" / "watercolor_sdxl_00001_.safetensors").is_file()
     if "ActMapInfo" in types:
         texts = [t for out in outputs.values() for t in out.get("text", [])]
         assert any("recommended strength" in t for t in texts), outputs
 
 
 def test_saved_map_is_listed_and_offered_by_the_loader(comfy_server):
-    assert "watercolor_sdxl.safetensors" in comfy_server.get("/models/act_maps")
+    assert "watercolor_sdxl_00001_.safetensors" in comfy_server.get("/models/act_maps")
     info = comfy_server.get("/object_info/ActLoadMap")["ActLoadMap"]
-    assert "watercolor_sdxl.safetensors" in json.dumps(info["input"]["required"]["map_name"])
+    assert "watercolor_sdxl_00001_.safetensors" in json.dumps(info["input"]["required"]["map_name"])
 
 
 def test_extra_model_paths_folder_is_honoured(comfy_server):
-    src = comfy_server.base / "models" / "act_maps" / "watercolor_sdxl.safetensors"
+    src = comfy_server.base / "models" / "act_maps" / "watercolor_sdxl_00001_.safetensors"
     extra = comfy_server.base / "extra_maps"
     shutil.copy2(src, extra / "extra_watercolor.safetensors")
     (extra / "readme.txt").write_text("not a map")
@@ -122,7 +122,7 @@ def test_interrupt_during_fit_ends_cleanly_and_writes_no_file(comfy_server):
             "model": ["1", 0], "clip": ["1", 1], "prompt_pairs": ["2", 0], "method": "Linear-AcT",
             "layers": "custom pattern", "custom_pattern": r"unet\.mid_block\..*norm.*", "support": "method default",
             "procedure": "causal (low memory)", "seed": 0, "width": 64, "height": 64, "batch_size": 8}},
-        "4": {"class_type": "ActSaveMap", "inputs": {"transport_map": ["3", 0], "name": "interrupted_map"}},
+        "4": {"class_type": "ActSaveMap", "inputs": {"transport_map": ["3", 0], "filename_prefix": "interrupted_map"}},
     }
     client = "interrupt-test"
     ws = comfy_server.websocket(client)

@@ -142,3 +142,91 @@ def test_inductor_fuses_a_layer_norm_with_its_band_and_equals_eager():
             got = model(x)
     assert (want != ln(x)).any()
     assert torch.allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
+# -- the guarantees of act_core.hookguard hold for the compiled path too ------------------------------
+
+
+def _reliability():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import test_reliability_hooks as rel
+
+    return rel
+
+
+def test_an_interrupt_at_any_point_of_a_compiled_attach_leaves_the_model_as_before(setup, monkeypatch):
+    rel = _reliability()
+    monkeypatch.setattr(rel, "TRACED", rel.TRACED + ("act_core/compiled.py",))
+    net, tmap, x = setup
+    from act_core.hookguard import claims
+
+    with torch.no_grad():
+        plain = net(x)
+    clean = rel.snapshot(net)
+    owner = steer(net, tmap, 0.8, compile=FAST)
+    owner.attach()
+    attached = rel.snapshot(net)
+    owner.remove()
+    assert attached != clean
+    points = 0
+    for k in range(1, 100_000):
+        fired, _ = rel.interrupted(owner.attach, k)
+        state = rel.snapshot(net)
+        assert state == clean or (state == attached and owner.attached), f"bytecode {k}: a partial attach"
+        owner.remove()
+        assert rel.snapshot(net) == clean and claims() == 0
+        if not fired:
+            break
+        points += 1
+    assert points > 100
+    with torch.no_grad():
+        assert torch.equal(net(x), plain)
+
+
+def test_a_compiled_steering_is_refused_from_a_second_thread_and_copies_carry_none(setup):
+    import pickle
+    import threading
+
+    from act_core.hookguard import ConcurrentSteeringError, claims
+
+    rel = _reliability()
+    net, tmap, x = setup
+    clean = rel.snapshot(net)
+    inside, release = threading.Event(), threading.Event()
+
+    def first():
+        with steer(net, tmap, 0.8, compile=FAST):
+            inside.set()
+            release.wait(30)
+
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        assert inside.wait(30)
+        with pytest.raises(ConcurrentSteeringError, match="another thread"):
+            steer(net, tmap, compile=FAST).attach()
+        assert count_hooks(net) == 4
+        assert rel.snapshot(copy.deepcopy(net)) == clean  # copies and pickles carry no replaced forward
+        assert rel.snapshot(pickle.loads(pickle.dumps(net))) == clean
+    finally:
+        release.set()
+        t.join(30)
+    assert count_hooks(net) == 0 and claims() == 0 and rel.snapshot(net) == clean
+
+
+def test_a_mask_blends_as_in_the_eager_hooks(setup):
+    net, tmap, x = setup
+    half = lambda name, y: (torch.arange(y.shape[-1]) % 2).to(y.dtype)  # noqa: E731  weight 0 / 1 per unit
+    with torch.no_grad():
+        plain = net(x)
+        with steer(net, tmap.subset(["lin", "ln"]), 0.8, mask=half, fuse=False):
+            want = net(x)
+        with steer(net, tmap.subset(["lin", "ln"]), 0.8, mask=half, compile=FAST):
+            got = net(x)
+        with steer(net, tmap.subset(["lin", "ln"]), 0.8, compile=FAST):
+            unmasked = net(x)
+    assert (want - plain).abs().max() > 0.1 and (unmasked - want).abs().max() > 0.1
+    assert torch.allclose(got, want, rtol=1e-5, atol=2e-6), (got - want).abs().max()

@@ -43,11 +43,20 @@ def test_accelerate_launch_runs_the_same_fit(tmp_path):
     env.pop("WORLD_SIZE", None)
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(free_port()),  # not the default 29500 another job may hold
                         str(HERE / "dist_worker.py"), str(tmp_path), "quick"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert json.loads((tmp_path / "rank1.json").read_text())["world"] == 2
     same(TransportMap.load(tmp_path / "simultaneous.safetensors"), single())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def single(**kw):

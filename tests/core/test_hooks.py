@@ -131,6 +131,33 @@ def test_attach_handle_per_module_strength_and_gate(rng):
     assert count_hooks(net) == 0
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_mask_blends_exactly_and_combines_with_the_gate(rng, fuse):
+    """``mask``: lerp(x, T(x), w), exactly x where w = 0 and T(x) where w = 1; rows the gate skips stay x."""
+    net = Net()
+    x = torch.randn(4, 6, 8)
+    before = net(x)
+    c = make_map(net, rng).subset(["c"])
+    with steer(net, c, strength=1.0, fuse=fuse):
+        full = net(x)
+    w = torch.zeros(1, 6, 1)
+    w[:, :3] = 1.0  # the first three tokens
+    with steer(net, c, strength=1.0, fuse=fuse, mask=lambda name, out: w):
+        masked = net(x)
+        assert count_hooks(net) == 1
+    assert torch.equal(masked[:, :3], full[:, :3]) and torch.equal(masked[:, 3:], before[:, 3:])
+    half = torch.full((1, 6, 1), 0.25)
+    with steer(net, c, strength=1.0, fuse=fuse, mask=lambda name, out: half):
+        torch.testing.assert_close(net(x), before + 0.25 * (full - before))
+    rows = torch.tensor([True, False, True, False])
+    with steer(net, c, strength=1.0, fuse=fuse, gate=lambda name, out: rows, mask=lambda name, out: w):
+        both = net(x)
+    assert torch.equal(both[rows], masked[rows]) and torch.equal(both[~rows], before[~rows])
+    with steer(net, c, strength=1.0, fuse=fuse, mask=lambda name, out: None):
+        assert torch.equal(net(x), full)
+    assert count_hooks(net) == 0 and torch.equal(net(x), before)
+
+
 def test_attach_checks_the_model_first_and_failure_leaves_no_hook(rng, monkeypatch):
     net = Net()
     tmap = make_map(net, rng)
