@@ -35,9 +35,8 @@ region writes one fresh output). ``gate`` works: rows it does not select are lef
 
 from __future__ import annotations
 
-import math
 import types
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F

@@ -23,7 +23,7 @@ import torch
 from ..fitting import fit_map
 from ..hooks import ActivationCollector, run_until_stop, steer
 from ..mapfile import TransportMap
-from .common import CLIError, positive_int
+from .common import CLIError, ProgressBar, positive_int
 
 
 class TokenRunner:
@@ -115,8 +115,10 @@ def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, 
     log(f"loaded {model} ({pipe.act_defaults['kind']}) in {time.time() - t0:.0f}s")
     real_style = style if style != "poster" else "watercolor"
     real_concept = concept if concept != "circle" else "pink_elephant"
-    smap = D.fit_style_map(pipe, real_style, n=n_fit, seed=seed, layers=layers or "unet_norms")
-    nmap = D.fit_negation_map(pipe, real_concept, n=n_fit, seed=seed, layers=layers or "unet_norms")
+    smap = D.fit_style_map(pipe, real_style, n=n_fit, seed=seed, layers=layers or "unet_norms",
+                           progress=ProgressBar(f"fit style {real_style}"))
+    nmap = D.fit_negation_map(pipe, real_concept, n=n_fit, seed=seed, layers=layers or "unet_norms",
+                              progress=ProgressBar(f"fit negation {real_concept}"))
     smap.save(outp / f"style_{real_style}.safetensors")
     nmap.save(outp / f"negation_{real_concept}.safetensors")
     from ..diffusion import prompts as P
@@ -127,8 +129,8 @@ def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, 
     neg_prompts = P.negation_eval_prompts(real_concept, n=3, seed=seed)
     save_image(D.sweep_grid(pipe, neg_prompts, nmap, strengths, seed=seed, steps=steps),
                  outp / "negation_grid.png", {"map": real_concept, "strengths": list(strengths)})
-    log(f"wrote {outp}/style_grid.png and negation_grid.png ({time.time() - t0:.0f}s); "
-        "measure them with `act-steer evaluate --clip ...`")
+    log(f"wrote style_grid.png, negation_grid.png and the two maps ({time.time() - t0:.0f}s) into\n  "
+        f"{outp.resolve()}\nmeasure them with `act-steer evaluate --clip ...`")
     (outp / "results.json").write_text(json.dumps({"model": str(model), "style": real_style,
                                                    "concept": real_concept}, indent=2))
     return {"style": [], "negation": []}
@@ -159,10 +161,17 @@ def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps
     results, md = {}, ["# act-steer demo: the miniature SDXL (procedural world)", ""]
     for task, target in (("style", style), ("negation", concept)):
         lay = layers or MINI_LAYERS[task]
-        tmap = E.fit(pipe, task, target, method="linear", layers=lay, n=n_fit, seed=seed)
+        tmap = E.fit(pipe, task, target, method="linear", layers=lay, n=n_fit, seed=seed,
+                     progress=ProgressBar(f"fit {task} {target}"))
         name = f"{task}_{target}.safetensors"
         tmap.save(outp / name)
-        rows, images = E.sweep(pipe, judges, task, target, tmap, strengths, n=n_eval, seed=seed, **gen)
+        bar, rows, images = ProgressBar(f"sweep {task} {target}"), [], {}
+        for i, lam in enumerate(strengths):  # one λ at a time, for the progress bar
+            bar(i, len(strengths), f"λ={lam:g}: {n_eval} images")
+            r, im = E.sweep(pipe, judges, task, target, tmap, [lam], n=n_eval, seed=seed, **gen)
+            rows += r
+            images.update(im)
+        bar(len(strengths), len(strengths))
         scenes = E.style_eval_scenes(n_eval) if task == "style" else E.negation_eval_scenes(target, n_eval)
         img = E.grid(images, [W.caption(s) for s in scenes], rows=6)
         save_image(img, outp / f"{task}_grid.png", {"map": name, "strengths": list(strengths), "seed": seed})
@@ -178,7 +187,8 @@ def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps
             f"content {r0['content']:.2f} -> {r1['content']:.2f}  ({time.time() - t0:.0f}s)")
     (outp / "results.md").write_text("\n".join(md))
     (outp / "results.json").write_text(json.dumps(results, indent=2))
-    log(f"wrote {outp}/results.md, style_grid.png, negation_grid.png and the two maps ({time.time() - t0:.0f}s)")
+    log(f"wrote results.md, style_grid.png, negation_grid.png and the two maps ({time.time() - t0:.0f}s) into\n  "
+        f"{outp.resolve()}")
     return results
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from .common import finite_float, parse_strengths, positive_int
+from .common import ProgressBar, finite_float, parse_strengths, positive_int
 from .scale import FitLaunch, add_scale_args
 from ..files import atomic_write_bytes
 
@@ -126,18 +126,6 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-class _Progress:
-    """One-line stderr progress: ``[label] 3/8 message (12.3 s)``."""
-
-    def __init__(self, label: str):
-        self.label, self.t0 = label, time.perf_counter()
-
-    def __call__(self, done: int, total: int, msg: str = "") -> None:
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r[{self.label}] {done}/{total} {msg} ({time.perf_counter() - self.t0:.1f} s)\033[K{end}")
-        sys.stderr.flush()
-
-
 def _check_png(out: Path) -> None:
     from .common import CLIError
 
@@ -196,11 +184,11 @@ def _fit_common(args, fit_fn, name_kw: dict) -> int:
     caps = load_prompt_file(args.captions) if args.captions else None
     launch = FitLaunch(args)  # torchrun / accelerate launch: this rank's device, progress and writing on rank 0
     pipe = _load(args)
-    collect_bar = _Progress("collect")
+    collect_bar = ProgressBar("collect")
     tmap = launch.fit(lambda: fit_fn(
         pipe, n=args.num_prompts, layers=_layers(args.layers), method=args.method,
         procedure=args.procedure, seed=args.seed, captions=caps, batch_size=args.batch_size,
-        height=args.size, width=args.size, support=args.support, progress=launch.progress(_Progress("fit")),
+        height=args.size, width=args.size, support=args.support, progress=launch.progress(ProgressBar("fit")),
         on_batch=launch.progress(lambda d, t: collect_bar(d, t, "batches")), **launch.options(), **name_kw))
     if not launch.main:
         return 0
@@ -297,7 +285,7 @@ def _generate(args) -> int:
     prompts = _gather_prompts(args)
     _check_png(out)
     pipe = _load(args)
-    bar = _Progress("generate")
+    bar = ProgressBar("generate")
     for i, p in enumerate(prompts):
         img = generate(pipe, p, tmap, strength=args.strength, seed=args.seed, **_gen_kw(args))[0]
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}_{i:03d}.png")
@@ -325,7 +313,7 @@ def _sweep(args) -> int:
     out = Path(args.out)
     _check_png(out)  # before any image is generated
     pipe = _load(args)
-    bar = _Progress("sweep")
+    bar = ProgressBar("sweep")
     rows = sweep_images(pipe, prompts, tmap, strengths, seed=args.seed, on_image=lambda d, t: bar(d, t, "images"),
                         **_gen_kw(args))
     grid = label_grid(rows, [f"λ={s:g}" for s in strengths], prompts)
@@ -349,7 +337,7 @@ def _evaluate(args) -> int:
     out = Path(args.out)
     pipe = _load(args)
     out.mkdir(parents=True, exist_ok=True)
-    bar = _Progress("evaluate")
+    bar = ProgressBar("evaluate")
     rows = sweep_images(pipe, prompts, tmap, strengths, seed=args.seed, on_image=lambda d, t: bar(d, t, "images"),
                         **_gen_kw(args))
     by_lam = {lam: [rows[i][j] for i in range(len(prompts))] for j, lam in enumerate(strengths)}

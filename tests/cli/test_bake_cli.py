@@ -11,7 +11,6 @@ import torch
 from act_core import count_hooks, steer
 from act_core.cli import main
 from act_core.diffusion import pipeline as D
-from act_core.mapfile import TransportMap
 
 from diffusers_helpers import save_single_file, tiny_sdxl_pipeline
 
