@@ -36,7 +36,6 @@ import signal
 import sys
 import threading
 import weakref
-from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch

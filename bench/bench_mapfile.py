@@ -46,7 +46,7 @@ def main(argv=None):
     p.add_argument("--units", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args(argv)
-    print(f"| modules | units each | file MB | save wall s | save CPU s | load wall s | load CPU s | load CPU µs/module |")
+    print("| modules | units each | file MB | save wall s | save CPU s | load wall s | load CPU s | load CPU µs/module |")
     print("|---|---|---|---|---|---|---|---|")
     for n in a.modules:
         tmap = build(n, a.units)

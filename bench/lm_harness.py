@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from act_core.llm import tasks as T  # noqa: E402
-from act_core.llm.adapter import generate_texts, load_packaged, sequence_logprobs  # noqa: E402
+from act_core.llm.adapter import generate_texts, load_packaged  # noqa: E402
 from act_core.llm.baselines import ablation_from_means, mean_difference_from_means, residual_means  # noqa: E402
 from act_core.llm.evaluate import CentroidScorer, MiniLM, Vader, keyword_hits, mc_fit_texts, mc_item_scores  # noqa: E402
 from act_core.llm.harness import SideEffects, Steering, evaluate_at_budgets, fit_methods, paired_diff_ci  # noqa: E402

@@ -7,7 +7,6 @@ same content written by force is refused by load (MapFileError).
 """
 
 import json
-import math
 import os
 import signal
 import stat
