@@ -42,8 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .fold import effective_support
-from .hookguard import GuardedHooks
-from .hooks import _HookSet
+from .hookguard import ForwardOverride, GuardedHooks, exit_hooks, remove_hooks
 from .mapfile import TransportMap, find_module
 from .transport import _closed_band, _subnormal, _wide, check_strength, normalize_support, ordinary_tensors
 from .trees import module_tree
@@ -192,7 +191,7 @@ def _norm_kind(module: torch.nn.Module) -> Optional[str]:
     return None
 
 
-class CompiledSteerHandle(_HookSet):
+class CompiledSteerHandle:
     """Steering through compiled forwards (see the module docstring); the interface of
     :class:`act_core.hooks.SteerHandle`: ``attach()``, ``remove()``, ``set_strength()``,
     a context manager. Created by ``steer(..., compile=...)`` / ``attach(..., compile=...)``.
@@ -300,8 +299,16 @@ class CompiledSteerHandle(_HookSet):
             if ref is not None and self.strengths[n] != 0:  # built before any compiled call traces it
                 self.params[n].prepare(self.strengths[n], ref.dtype, ref.device)
             pairs.append((module, self._forward(n, module), "forward"))
-        self._attach_all(pairs, self.model)
+        self._guard.attach(pairs, self.model, ForwardOverride)
         return self
+
+    #: remove every replaced forward (finishes even when interrupted; a Ctrl-C meanwhile is delivered after)
+    remove = remove_hooks
+    __exit__ = exit_hooks
+
+    @property
+    def attached(self) -> bool:
+        return self._guard.attached
 
     def __enter__(self) -> "CompiledSteerHandle":
         if self._guard.attached:

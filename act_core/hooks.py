@@ -22,6 +22,7 @@ import torch
 
 from .fold import effective_support
 from .fused_norms import FusedNorm, fusible
+from .hookguard import ForwardOverride as _ForwardOverride
 from .hookguard import GuardedHooks, exit_hooks, mark, remove_hooks
 from .mapfile import MapFileError, TransportMap, find_module, output_problem
 from .pooling import POOLINGS, pool
@@ -78,29 +79,6 @@ def count_hooks(model: torch.nn.Module) -> int:
     forwards that act_core's fused steering has replaced (see :mod:`act_core.fused_norms`)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
                + int(getattr(m.__dict__.get("forward"), "_act_fused", False)) for m in model.modules())
-
-
-class _ForwardOverride:
-    """Replaces ``module.forward`` by an instance attribute; ``remove()`` deletes it again, so
-    the class's forward (bit-identical behaviour) is back.
-
-    ``forward`` must carry ``_act_on``, a one-item list it checks on every call: ``remove()``
-    also switches it off, so if other code wrapped our forward in the meantime (e.g.
-    accelerate's offload hooks, which keep the previous ``forward`` inside theirs) the wrapped
-    copy runs the plain layer from then on."""
-
-    def __init__(self, module: torch.nn.Module, forward: Callable):
-        if "forward" in module.__dict__:
-            raise RuntimeError(f"{type(module).__name__}.forward is already replaced on this instance")
-        getattr(forward, "__func__", forward)._act_fused = True
-        mark(forward)
-        module.forward = forward
-        self.module, self.forward = module, forward
-
-    def remove(self) -> None:
-        self.forward._act_on[0] = False
-        if self.module.__dict__.get("forward") is self.forward:
-            del self.module.forward
 
 
 class _HookSet:
