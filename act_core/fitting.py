@@ -26,26 +26,42 @@ Procedures:
     sees upstream-transported activations. Same estimates as the reference procedure (batch
     rows never interact in the models we steer), at the cost of one pass instead of ≈ L/2.
     Needs a runner with a writable ``batch_size`` and memory for all inputs at once.
+``causal_chunked``
+    The causal maps in bounded memory: module by module over chunks of ``chunk_size`` inputs
+    (default: the runner's batch size), each chunk's state at the last finished block of the
+    model's block sequence kept on CPU (or on disk with ``state_dir``), so a pass starts there
+    instead of at the input (see :mod:`act_core.causal_chunks`). Equals ``causal_reference``
+    with the same batches bit for bit, and the one-pass maps up to the float rounding of batch
+    composition; memory of one chunk on the model's device.
 ``causal_reference``
     The reference's procedure literally: for each module ℓ, re-run the model up to ℓ over
     all inputs with the upstream maps attached. ≈ L prefix passes; kept for checking and for
     runners that cannot batch everything at once.
+
+Scaling out (every procedure): ``distributed=True`` shards the prompts over the processes of a
+``torchrun`` / ``accelerate launch`` job and gathers the pooled statistics, so every rank
+returns the single-process map (:mod:`act_core.distributed`); ``cache=DIR`` keeps pooled
+activations in safetensors shards keyed by model, prompts, layers and settings, so a killed
+fit resumes where it stopped (:mod:`act_core.cache`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Union
 
 import torch
 
+from dataclasses import dataclass
+
+from .distributed import Local, communicator
 from .estimators import fit_transport
 from .hooks import ActivationCollector, StopForward, _pick, _replace, steer
 from .mapfile import TransportMap, map_meta_defaults
 from .pooling import pool
 from .selection import ordered, select_modules
 
-PROCEDURES = ("simultaneous", "causal", "causal_reference")
+PROCEDURES = ("simultaneous", "causal", "causal_chunked", "causal_reference")
 #: progress(done, total, message); it may raise to cancel (no map is returned then).
 Progress = Callable[[int, int, str], None]
 
@@ -114,6 +130,10 @@ def fit_map(
     support: Optional[str] = None,
     progress: Optional[Progress] = None,
     sketch: Optional[int] = None,
+    distributed: bool = False,
+    cache: Any = None,
+    chunk_size: Optional[int] = None,
+    state_dir: Optional[str] = None,
     **meta: Any,
 ) -> TransportMap:
     """Fit one transport per module from ``source`` inputs toward ``target`` inputs.
@@ -122,80 +142,147 @@ def fit_map(
         modules: regex patterns (full match, optional ``:k`` tuple index) or an explicit
             ``{name: index}`` mapping.
         method: ``linear`` | ``mean`` | ``gaussian`` | ``aura``.
-        procedure: ``simultaneous`` | ``causal`` | ``causal_reference`` (see module docstring).
-            The default is ``simultaneous``, not the paper's causal procedure: one-pass
-            ``causal`` holds every source and target input in one forward batch (the memory
-            of sampling all prompts at once), ``causal_reference`` re-runs the model once per
-            module, and on the project's miniature SDXL causal fitting gave the same effect as
+        procedure: ``simultaneous`` | ``causal`` | ``causal_chunked`` | ``causal_reference``
+            (see module docstring). The default is ``simultaneous``, not the paper's causal
+            procedure: one-pass ``causal`` holds every source and target input in one forward
+            batch (the memory of sampling all prompts at once), ``causal_chunked`` gives the
+            same maps chunk by chunk, ``causal_reference`` re-runs the model once per module,
+            and on the project's miniature SDXL causal fitting gave the same effect as
             simultaneous (reports/miniworld). Choose ``causal`` when the batch fits in memory.
         support: the maps' default support (also used for upstream maps in causal fitting).
-        progress: called as ``progress(done, total, message)``; raising from it cancels.
+        progress: called as ``progress(done, total, message)``; raising from it cancels. With
+            ``distributed`` it is called on rank 0 only.
         sketch: bounded memory: keep a quantile sketch of this size per module instead of
             every pooled sample (``simultaneous`` and ``causal_reference``; see
             :mod:`act_core.streaming`). None (default) fits on the exact samples.
+        distributed: fit across the processes of a ``torchrun`` / ``accelerate launch`` job
+            (:mod:`act_core.distributed`); every rank returns the same map. Save it on rank 0.
+        cache: a folder (or :class:`act_core.cache.ActivationCache`) for resumable fits:
+            finished shards of pooled activations are reused (not with ``causal``/``sketch``).
+        chunk_size, state_dir: ``causal_chunked`` only: inputs per chunk (default: the
+            runner's batch size) and a folder for the chunks' states (default: CPU memory).
         meta: extra metadata recorded in the map (e.g. ``style="watercolor"``).
     """
     if procedure not in PROCEDURES:
         raise ValueError(f"unknown procedure {procedure!r}: choose one of {', '.join(PROCEDURES)}")
     if len(source) == 0 or len(target) == 0:
         raise ValueError(f"empty prompt set: {len(source)} source and {len(target)} target inputs; both need at least 2")
+    if sketch is not None and procedure in ("causal", "causal_chunked"):
+        raise ValueError(f"sketch needs procedure 'simultaneous' or 'causal_reference' ({procedure!r} fits on the "
+                         "exact rows of every step)")
+    if cache is not None and (procedure == "causal" or sketch is not None):
+        raise ValueError("cache needs exact rows collected in shards: use procedure 'simultaneous', 'causal_chunked' or "
+                         "'causal_reference' without sketch (the one-pass 'causal' runs everything as one batch)")
+    if (chunk_size is not None or state_dir is not None) and procedure != "causal_chunked":
+        raise ValueError("chunk_size and state_dir belong to procedure 'causal_chunked'")
     chosen = dict(modules) if isinstance(modules, Mapping) else select_modules(runner.model, modules)
+    comm = communicator(distributed)
+    with comm.guard():
+        tmap = _fit(_Fit(runner, chosen, method, pooling, procedure, support, sketch, comm,
+                         progress if (progress and comm.is_main) else (lambda done, total, msg: None)),
+                    source, target, cache, chunk_size, state_dir, meta)
+    comm.check()  # every rank finished: only now does any rank return the map
+    return tmap
+
+
+@dataclass
+class _Fit:
+    """What every step of one fit needs."""
+
+    runner: Runner
+    chosen: Dict[str, Optional[int]]
+    method: str
+    pooling: str
+    procedure: str
+    support: Optional[str]
+    sketch: Optional[int]
+    comm: Local
+    tick: Progress
+    cache: Any = None
+
+    def layout(self, shape: tuple) -> str:
+        return _layout(shape, self.method)
+
+    def estimate(self, src, tgt):
+        if self.sketch is None:
+            return fit_transport(src, tgt, self.method, self.support)
+        from .streaming import fit_transport_streaming
+
+        return fit_transport_streaming(src, tgt, self.method, self.support)
+
+    def collect_all(self, inputs: Sequence[Any], modules: Mapping[str, Optional[int]], phase: str) -> tuple:
+        """Pooled rows of ``inputs`` at ``modules`` from every rank, in input order (this rank
+        runs its share; a cache supplies the shards it already holds)."""
+        unit = self.cache.shard_size if self.cache is not None else getattr(self.runner, "batch_size", 1)
+        mine = self.comm.shard(inputs, unit)
+        if self.cache is not None:
+            rows, shapes = self.cache.collect(phase, mine.items, mine.start,
+                                              lambda items: collect(self.runner, items, modules, self.pooling))
+        elif mine.items:
+            rows, shapes = collect(self.runner, mine.items, modules, self.pooling, sketch=self.sketch)
+        else:
+            rows, shapes = {}, {}
+        return self.comm.gather(rows, shapes)
+
+
+def _fit(ctx: _Fit, source, target, cache, chunk_size, state_dir, meta) -> TransportMap:
+    runner, chosen, procedure = ctx.runner, ctx.chosen, ctx.procedure
     # named_modules() order is not always forward order (diffusers' UNet lists up_blocks before
     # mid_block): the reference causal procedure needs the true order, measured if not given.
     order = getattr(runner, "order", None)
     if callable(order):
         names = list(order(list(chosen)))
-    elif procedure == "causal_reference":
+    elif procedure == "causal_reference":  # (causal_chunked measures it in its own probe pass)
         names = forward_order(runner, list(chosen), source[:1])
     else:
         names = ordered(runner.model, list(chosen))
     tmap = TransportMap(
         meta=map_meta_defaults(
-            method, pooling, procedure, getattr(runner, "architecture", None),
-            [str(s) for s in source], [str(t) for t in target], default_support=support, **meta,
+            ctx.method, ctx.pooling, procedure, getattr(runner, "architecture", None),
+            [str(s) for s in source], [str(t) for t in target], default_support=ctx.support, **meta,
         )
     )
-    tick = progress or (lambda done, total, msg: None)
-    if sketch is not None:
-        if procedure == "causal":
-            raise ValueError("sketch needs procedure 'simultaneous' or 'causal_reference' (one-pass causal holds the batch anyway)")
-        tmap.meta["quantile_sketch"] = int(sketch)
-    fit = _fitter(method, support, sketch)
+    if ctx.sketch is not None:
+        tmap.meta["quantile_sketch"] = int(ctx.sketch)
+    if cache is not None:
+        from .cache import bind_cache
+
+        ctx.cache = bind_cache(cache, runner, chosen, ctx, chunk_size)
+    tick = ctx.tick
     if procedure == "simultaneous":
+        sel = {n: chosen[n] for n in names}
         tick(0, 3, "collecting source activations")
-        src, shapes = collect(runner, source, {n: chosen[n] for n in names}, pooling, sketch=sketch)
+        src, shapes = ctx.collect_all(source, sel, "source")
         tick(1, 3, "collecting target activations")
-        tgt, _ = collect(runner, target, {n: chosen[n] for n in names}, pooling, sketch=sketch)
+        tgt, _ = ctx.collect_all(target, sel, "target")
         tick(2, 3, f"fitting {len(names)} modules")
         for n in names:
-            tmap.add(n, fit(src[n], tgt[n]), _layout(shapes[n], method), chosen[n])
+            tmap.add(n, ctx.estimate(src[n], tgt[n]), _layout(shapes[n], ctx.method), chosen[n])
         tick(3, 3, "done")
         return tmap
     if procedure == "causal":
-        return _fit_causal_one_pass(runner, source, target, chosen, names, method, pooling, support, tmap, tick)
+        return _fit_causal_one_pass(ctx, source, target, names, tmap)
+    if procedure == "causal_chunked":
+        from .causal_chunks import fit_causal_chunked
+
+        return fit_causal_chunked(ctx, source, target, names, tmap, chunk_size, state_dir)
     total = len(names)
     for i, n in enumerate(names):
         tick(i, total, f"causal fit of {n} ({i + 1}/{total})")
-        with steer(runner.model, tmap, strength=1.0, support=support) if len(tmap) else contextlib.nullcontext():
-            src, shapes = collect(runner, source, {n: chosen[n]}, pooling, sketch=sketch)
-            tgt, _ = collect(runner, target, {n: chosen[n]}, pooling, sketch=sketch)
-        tmap.add(n, fit(src[n], tgt[n]), _layout(shapes[n], method), chosen[n])
+        step = ctx.cache.step(i, tmap) if ctx.cache is not None else ""
+        with steer(runner.model, tmap, strength=1.0, support=ctx.support) if len(tmap) else contextlib.nullcontext():
+            src, shapes = ctx.collect_all(source, {n: chosen[n]}, step + "source")
+            tgt, _ = ctx.collect_all(target, {n: chosen[n]}, step + "target")
+        tmap.add(n, ctx.estimate(src[n], tgt[n]), _layout(shapes[n], ctx.method), chosen[n])
     tick(total, total, "done")
     return tmap
-
-
-def _fitter(method, support, sketch):
-    if sketch is None:
-        return lambda src, tgt: fit_transport(src, tgt, method, support)
-    from .streaming import fit_transport_streaming
-
-    return lambda src, tgt: fit_transport_streaming(src, tgt, method, support)
 
 
 class _InPassFitter(ActivationCollector):
     """A collector whose hooks fit each module's map on the batch and transport it in place.
 
-    Rows ``[:n_source]`` of every batch are source inputs, the rest target inputs.
+    Rows ``[:n_source]`` of every batch are source inputs, the rest target inputs. ``fit``
+    receives this rank's pooled rows (and gathers the other ranks' when distributed).
     """
 
     def __init__(self, model, modules, pooling, n_source, fit, tick):
@@ -227,21 +314,27 @@ class _InPassFitter(ActivationCollector):
         return hook
 
 
-def _fit_causal_one_pass(runner, source, target, chosen, names, method, pooling, support, tmap, tick):
+def _fit_causal_one_pass(ctx: _Fit, source, target, names, tmap):
+    runner, chosen, comm = ctx.runner, ctx.chosen, ctx.comm
     if not hasattr(runner, "batch_size"):
         raise ValueError(
             f"procedure 'causal' needs a runner with a batch_size attribute ({type(runner).__name__} has none); "
             "use procedure='causal_reference'"
         )
+    if comm.world > min(len(source), len(target)):
+        raise ValueError(f"procedure 'causal' over {comm.world} processes needs at least {comm.world} source and target "
+                         f"inputs (one per process), got {len(source)} and {len(target)}")
 
     def fit(name, src, tgt, shape):
-        layout = _layout(shape, method)
-        t = fit_transport(src, tgt, method, support)
+        rows, shapes = comm.gather({"source": src, "target": tgt}, {name: shape})  # every rank's rows, in order
+        layout = _layout(shapes[name], ctx.method)
+        t = fit_transport(rows["source"], rows["target"], ctx.method, ctx.support)
         tmap.add(name, t, layout, chosen[name])
-        return lambda x: t.apply(x, 1.0, support, layout)
+        return lambda x: t.apply(x, 1.0, ctx.support, layout)
 
-    inputs = list(source) + list(target)
-    fitter = _InPassFitter(runner.model, {n: chosen[n] for n in names}, pooling, len(source), fit, tick)
+    src, tgt = comm.shard(source).items, comm.shard(target).items
+    inputs = src + tgt
+    fitter = _InPassFitter(runner.model, {n: chosen[n] for n in names}, ctx.pooling, len(src), fit, ctx.tick)
     saved = runner.batch_size
     runner.batch_size = len(inputs)
     try:
@@ -249,9 +342,9 @@ def _fit_causal_one_pass(runner, source, target, chosen, names, method, pooling,
             runner.run(inputs, fitter)
     except torch.OutOfMemoryError as e:
         raise torch.OutOfMemoryError(
-            f"procedure 'causal' runs all {len(inputs)} inputs ({len(source)} source + {len(target)} target) through the "
-            "model as ONE batch and ran out of memory: use procedure 'causal_reference' (the same estimates, memory of "
-            f"one batch of the runner's batch_size, one prefix pass per module), fewer prompts or a smaller "
+            f"procedure 'causal' runs all {len(inputs)} inputs ({len(src)} source + {len(tgt)} target) through the "
+            "model as ONE batch and ran out of memory: use procedure 'causal_chunked' (the same maps, memory of one "
+            "chunk of the runner's batch_size), more processes (distributed), fewer prompts or a smaller "
             f"resolution. ({e})"
         ) from None
     finally:
@@ -259,5 +352,5 @@ def _fit_causal_one_pass(runner, source, target, chosen, names, method, pooling,
     missing = [n for n in names if n not in tmap]
     if missing:
         raise RuntimeError(f"the forward pass never reached {missing[:3]}; nothing was fitted for them")
-    tick(len(names), len(names), "done")
+    ctx.tick(len(names), len(names), "done")
     return tmap

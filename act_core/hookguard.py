@@ -327,6 +327,29 @@ class GuardedHooks:
         return bool(self.handles)
 
 
+class ForwardOverride:
+    """Replaces ``module.forward`` by an instance attribute; ``remove()`` deletes it again, so
+    the class's forward (bit-identical behaviour) is back.
+
+    ``forward`` must carry ``_act_on``, a one-item list it checks on every call: ``remove()``
+    also switches it off, so if other code wrapped our forward in the meantime (e.g.
+    accelerate's offload hooks, which keep the previous ``forward`` inside theirs) the wrapped
+    copy runs the plain layer from then on."""
+
+    def __init__(self, module: torch.nn.Module, forward: Callable):
+        if "forward" in module.__dict__:
+            raise RuntimeError(f"{type(module).__name__}.forward is already replaced on this instance")
+        getattr(forward, "__func__", forward)._act_fused = True
+        mark(forward)
+        module.forward = forward
+        self.module, self.forward = module, forward
+
+    def remove(self) -> None:
+        self.forward._act_on[0] = False
+        if self.module.__dict__.get("forward") is self.forward:
+            del self.module.forward
+
+
 def remove_hooks(owner) -> None:
     """``owner.remove()`` for act_core's hook owners (anything with a ``_guard``): removes every
     hook, finishing even when interrupted, and delivers a Ctrl-C held meanwhile afterwards."""
@@ -354,5 +377,5 @@ def exit_hooks(owner, *exc) -> None:
 _PROTECTED = {remove_hooks.__code__, exit_hooks.__code__}
 
 
-__all__ = ["ConcurrentSteeringError", "GuardedHooks", "mark", "has_our_hooks", "without_our_hooks", "claims",
+__all__ = ["ConcurrentSteeringError", "GuardedHooks", "ForwardOverride", "mark", "has_our_hooks", "without_our_hooks", "claims",
            "remove_hooks", "exit_hooks"]

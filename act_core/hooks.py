@@ -22,6 +22,7 @@ import torch
 
 from .fold import effective_support
 from .fused_norms import FusedNorm, fusible
+from .hookguard import ForwardOverride as _ForwardOverride
 from .hookguard import GuardedHooks, exit_hooks, mark, remove_hooks
 from .mapfile import Index, MapFileError, TransportMap, find_module, output_problem, tree_index
 from .pooling import POOLINGS, pool
@@ -90,29 +91,6 @@ def count_hooks(model: torch.nn.Module) -> int:
     forwards that act_core's fused steering has replaced (see :mod:`act_core.fused_norms`)."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
                + int(getattr(m.__dict__.get("forward"), "_act_fused", False)) for m in model.modules())
-
-
-class _ForwardOverride:
-    """Replaces ``module.forward`` by an instance attribute; ``remove()`` deletes it again, so
-    the class's forward (bit-identical behaviour) is back.
-
-    ``forward`` must carry ``_act_on``, a one-item list it checks on every call: ``remove()``
-    also switches it off, so if other code wrapped our forward in the meantime (e.g.
-    accelerate's offload hooks, which keep the previous ``forward`` inside theirs) the wrapped
-    copy runs the plain layer from then on."""
-
-    def __init__(self, module: torch.nn.Module, forward: Callable):
-        if "forward" in module.__dict__:
-            raise RuntimeError(f"{type(module).__name__}.forward is already replaced on this instance")
-        getattr(forward, "__func__", forward)._act_fused = True
-        mark(forward)
-        module.forward = forward
-        self.module, self.forward = module, forward
-
-    def remove(self) -> None:
-        self.forward._act_on[0] = False
-        if self.module.__dict__.get("forward") is self.forward:
-            del self.module.forward
 
 
 class _HookSet:
@@ -432,10 +410,18 @@ class SteerHandle(_HookSet):
             raise
 
 
-def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:
+def _handle(model, tmap, strength, compile, kwargs):
+    if compile:  # the opt-in compiled path: act_core.compiled (torch.compile), imported on first use
+        from .compiled import CompiledSteerHandle
+
+        return CompiledSteerHandle(model, tmap, strength, backend=compile, **kwargs)
+    return SteerHandle(model, tmap, strength, **kwargs)
+
+
+def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, compile=False, **kwargs) -> SteerHandle:
     """Attach steering hooks now; call ``.remove()`` on the result to detach (``with steer(...)``
     removes them for you, also when interrupted)."""
-    handle = SteerHandle(model, tmap, strength, **kwargs)
+    handle = _handle(model, tmap, strength, compile, kwargs)
     try:
         return handle.attach()
     except BaseException:
@@ -443,11 +429,15 @@ def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) 
         raise
 
 
-def steer(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:
+def steer(model: torch.nn.Module, tmap: TransportMap, strength=None, compile=False, **kwargs) -> SteerHandle:
     """``with steer(model, tmap, strength=1.0) as handle: ...`` — hooks exist only inside the block.
 
     Keyword arguments: ``support``, ``name_map``, ``gate``, ``layout``, ``inplace``, ``fuse``
     (see :class:`SteerHandle`). The map is checked against the model here; the hooks are
     attached on entering the block and removed on leaving it, whatever ends it.
+    ``compile``: True (or a ``torch.compile`` backend name) steers through compiled forwards
+    that fuse each norm with its band test and map (:mod:`act_core.compiled`); off by default.
+    The compiled handle attaches and removes through the same guarded path (all or nothing
+    under any exception, one thread per model, no hooks in copies).
     """
-    return SteerHandle(model, tmap, strength, **kwargs)
+    return _handle(model, tmap, strength, compile, kwargs)

@@ -58,6 +58,21 @@ class Moments:
         self.min, self.max = torch.minimum(self.min, x.amin(0)), torch.maximum(self.max, x.amax(0))
         self.n = n
 
+    def merge(self, other: "Moments") -> "Moments":
+        """Fold ``other``'s statistics into these (Chan et al.'s pairwise combination); returns self."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            self.n, self.mean, self.m2, self.min, self.max = other.n, other.mean, other.m2, other.min, other.max
+            return self
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.n / n)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
+        self.min, self.max = torch.minimum(self.min, other.min), torch.maximum(self.max, other.max)
+        self.n = n
+        return self
+
     def std(self) -> torch.Tensor:
         return (self.m2 / max(self.n - 1, 1)).sqrt()
 
@@ -93,17 +108,41 @@ class QuantileSketch:
         if not self.levels:
             self.levels, self.flips = [x[:0]], [0]
         self.levels[0] = torch.cat([self.levels[0], x])
+        self._compact()
+
+    def _compact(self) -> None:
         j = 0
-        while j < len(self.levels) and self.levels[j].shape[0] >= 2 * self.k:
-            s = torch.sort(self.levels[j], dim=0).values
-            keep = s[self.flips[j] :: 2]
-            self.flips[j] ^= 1
-            if j + 1 == len(self.levels):
-                self.levels.append(keep[:0])
-                self.flips.append(0)
-            self.levels[j + 1] = torch.cat([self.levels[j + 1], keep])
-            self.levels[j] = s[:0]
+        while j < len(self.levels):
+            if self.levels[j].shape[0] >= 2 * self.k:
+                s = torch.sort(self.levels[j], dim=0).values
+                keep = s[self.flips[j] :: 2]
+                self.flips[j] ^= 1
+                if j + 1 == len(self.levels):
+                    self.levels.append(keep[:0])
+                    self.flips.append(0)
+                self.levels[j + 1] = torch.cat([self.levels[j + 1], keep])
+                self.levels[j] = s[:0]
             j += 1
+
+    def merge(self, other: "QuantileSketch") -> "QuantileSketch":
+        """Fold ``other`` (a sketch of other rows, e.g. another rank's) into this one; returns self.
+
+        Level ``j`` of both holds rows of weight ``2^j``; the levels are concatenated and
+        compacted as in :meth:`update`, so the merged sketch has the guarantees of one sketch
+        over all rows (rank error ``O(log2(N / k) / k)``; exact min, max and moments). Merging
+        sketches that dropped nothing keeps every row, in order (``self``'s rows first)."""
+        if other.k != self.k:
+            raise ValueError(f"cannot merge quantile sketches of different sizes (k = {self.k} and {other.k})")
+        if other.n == 0:
+            return self
+        self.moments.merge(other.moments)
+        for j, level in enumerate(other.levels):
+            if j == len(self.levels):
+                self.levels.append(level[:0])
+                self.flips.append(0)
+            self.levels[j] = torch.cat([self.levels[j], level])
+        self._compact()
+        return self
 
     def quantiles(self, probs: torch.Tensor) -> torch.Tensor:
         """``(len(probs), D)`` float64 quantiles by linear interpolation of the weighted CDF."""

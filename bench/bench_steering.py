@@ -12,7 +12,10 @@ per repeat, min / median / max over repeats). Usage::
    (act_core.fused_norms) and with hooks only; a per-pixel copy of the map fused at run
    time and baked into the weights;
 2. one-pass causal fitting vs the reference procedure (prefix re-run per module): wall time
-   ratio and the largest difference between the two maps.
+   ratio and the largest difference between the two maps;
+3. (``compiled``) the q_0_100 band eager vs compiled (act_core.compiled, ``steer(...,
+   compile=True)``): on the eager model (each norm fused with its band and map), and with the
+   whole UNet compiled by ``torch.compile``, against the equally compiled unsteered UNet.
 """
 
 from __future__ import annotations
@@ -143,6 +146,71 @@ def causal(args, device, dtype):
     print(f"\nmaps agree: max |Δω| = {d_omega:.2e} (relative to max(|ω|, 1): {r_omega:.2e}), max |Δβ| = {d_beta:.2e}")
 
 
+def compiled_overhead(args, device, dtype):
+    unet = build_unet(args.width, device, dtype)
+    runner = UNetRunner(unet, latent=args.latent, batch_size=args.fit_batch, device=device, dtype=dtype)
+    src = [(i, 0.0) for i in range(args.fit_prompts)]
+    tgt = [(1000 + i, 0.5) for i in range(args.fit_prompts)]
+    tmap = fit_map(runner, src, tgt, NORMS, method="linear", procedure="simultaneous")
+    # held-out inputs: a fitted source sample sits exactly on its q_0_100 band's edges
+    seeds = list(range(50_000, 50_000 + args.batch))
+    lat, ctx, cond = runner.inputs(seeds, 0.25)
+    t = torch.full((lat.shape[0],), 999, device=device)
+    whole = torch.compile(unet)
+
+    def step(model, rows=None):
+        with torch.no_grad():
+            if rows is None:
+                return model(lat, t, encoder_hidden_states=ctx, added_cond_kwargs=cond).sample
+            a, b, c = runner.inputs(seeds + list(range(60_000, 60_000 + rows - len(seeds))), 0.25)
+            return model(a, torch.full((a.shape[0],), 999, device=device), encoder_hidden_states=b,
+                         added_cond_kwargs=c).sample[: len(seeds)]
+
+    band = args.band
+    variants = {
+        "unsteered, eager": (unet, lambda: contextlib.nullcontext()),
+        f"hooks {band}, eager (default kernel)": (unet, lambda: steer(unet, tmap, 1.0, support=band)),
+        f"compile=True {band}, eager model (each norm + band + map one compiled kernel)":
+            (unet, lambda: steer(unet, tmap, 1.0, support=band, compile=True)),
+        "unsteered, whole UNet compiled": (whole, lambda: contextlib.nullcontext()),
+        f"compile=True {band}, whole UNet compiled": (whole, lambda: steer(unet, tmap, 1.0, support=band, compile=True)),
+    }
+    keys = list(variants)
+    base_of = {k: keys[3] if "whole" in k else keys[0] for k in keys}
+    t0 = time.perf_counter()
+    outs = {}
+    for k, (model, make) in variants.items():  # warm-up: compiles every graph once
+        with make():
+            step(model)
+            outs[k] = step(model).float()
+    warm = time.perf_counter() - t0
+    with steer(unet, tmap, 1.0, support=band):  # the same eager kernel, another batch composition
+        other_batch = step(unet, rows=len(seeds) + 1).float()
+    times = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for k, (model, make) in variants.items():
+            with make():
+                times[k].append(timed(lambda: step(model), device))
+    print(f"\n### Banded steering eager vs compiled: {args.width}-width SDXL UNet, {args.latent}x{args.latent} latents, "
+          f"batch {args.batch}, {device} {args.dtype}, {torch.get_num_threads()} threads, support {band}, "
+          f"load average {os.getloadavg()[0]:.2f}\n")
+    print(f"map: {len(tmap)} normalization modules; warm-up (all compilations) {warm:.0f} s; {args.repeats} interleaved "
+          "repeats; paired ratio = median over repeats of (variant / its baseline in the same repeat)\n")
+    print("| variant | min s | median s | max s | median ratio | paired ratio | baseline |\n|---|---|---|---|---|---|---|")
+    for k in keys:
+        base = base_of[k]
+        lo, med, hi = stats(times[k])
+        paired = statistics.median(a / b for a, b in zip(times[k], times[base]))
+        print(f"| {k} | {lo:.4f} | {med:.4f} | {hi:.4f} | {med / statistics.median(times[base]):.3f}x | {paired:.3f}x | "
+              f"{base} |")
+    ref = outs[keys[1]]
+    print(f"\noutputs up to {ref.abs().max().item():.3g}; vs eager hooks, max / mean |diff|: "
+          + "; ".join(f"{k.split(',')[1].strip()}: {(outs[k] - ref).abs().max().item():.2e} / "
+                      f"{(outs[k] - ref).abs().mean().item():.1e}" for k in (keys[2], keys[4]))
+          + f"; the eager kernel itself with one more row in the batch: {(other_batch - ref).abs().max().item():.2e} / "
+            f"{(other_batch - ref).abs().mean().item():.1e} (a band test flips on values within rounding of its edges)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--width", default="quarter", choices=["quarter", "half", "full"])
@@ -156,7 +224,8 @@ def main():
     p.add_argument("--causal-pattern", default=NORMS, help="modules of the causal comparison (default: all norms)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--skip", nargs="*", default=[], choices=["overhead", "causal"])
+    p.add_argument("--band", default="q_0_100", help="support of the eager-vs-compiled comparison")
+    p.add_argument("--skip", nargs="*", default=[], choices=["overhead", "causal", "compiled"])
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -165,6 +234,8 @@ def main():
         overhead(args, args.device, dtype)
     if "causal" not in args.skip:
         causal(args, args.device, dtype)
+    if "compiled" not in args.skip:
+        compiled_overhead(args, args.device, dtype)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The ``act-steer`` command line: one command, subcommands registered by each area.
 
-Each area module (:mod:`.maps`, :mod:`.demo`, :mod:`.image`, :mod:`.llm`) exposes
+Each area module (:mod:`.maps`, :mod:`.demo`, :mod:`.image`, :mod:`.llm`, :mod:`.bake`) exposes
 ``register(subparsers)`` and imports its heavy dependencies inside the handlers, so
 ``act-steer --help`` is fast. Shared pieces (the user-error class, argument types) live in
 :mod:`.common`, which imports nothing of the CLI.
@@ -20,10 +20,10 @@ import sys
 import traceback
 from typing import List, Optional
 
-from . import demo, image, llm, maps
+from . import bake, demo, image, llm, maps
 from .common import CLIError
 
-AREAS = (maps, demo, image, llm)
+AREAS = (maps, demo, image, llm, bake)
 
 
 def build_parser() -> argparse.ArgumentParser:

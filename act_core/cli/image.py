@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import List
 
 from .common import ProgressBar, finite_float, parse_strengths, positive_int
+from .scale import FitLaunch, add_scale_args
 from ..files import atomic_write_bytes
 
 MODEL_HELP = ("model: a diffusers folder (model_index.json) of an SD1.5, SD2.x, SDXL, SD3.5 or FLUX.1 pipeline, or a "
@@ -52,16 +53,19 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                         "family's paper setting: unet_norms for SD/SDXL, transformer_paper for FLUX, "
                         "transformer_blocks for SD3); see --list-presets")
     g.add_argument("--method", default="linear", choices=["linear", "mean", "gaussian", "aura"])
-    g.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal", "causal_reference"],
+    g.add_argument("--procedure", default="simultaneous",
+                   choices=["simultaneous", "causal", "causal_chunked", "causal_reference"],
                    help="default simultaneous (every layer on the unsteered model); causal fits each layer with the "
-                        "upstream maps applied, as the paper, in ONE batch of all prompts (memory); causal_reference: the "
-                        "same maps layer by layer (slow). On the miniature SDXL causal = simultaneous (reports/miniworld)")
+                        "upstream maps applied, as the paper, in ONE batch of all prompts (memory); causal_chunked: "
+                        "the same maps in the memory of one chunk; causal_reference: the same maps layer by layer "
+                        "(slow). On the miniature SDXL causal = simultaneous (reports/miniworld)")
     g.add_argument("-n", "--num-prompts", type=positive_int, default=64, help="prompt pairs to fit on (paper: 2048)")
     g.add_argument("--captions", help="your own captions file (.txt/.json/.csv/COCO json) instead of the shipped ones")
     g.add_argument("--batch-size", type=positive_int, default=4)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--support", default=None, help="transport support recorded as the map default (e.g. q_0_100, all)")
     g.add_argument("--list-presets", action="store_true", help="list layer presets and exit")
+    add_scale_args(g)
 
 
 def register(sub) -> None:
@@ -193,12 +197,16 @@ def _fit_common(args, fit_fn, name_kw: dict) -> int:
 
     out = _out_map(args)
     caps = load_prompt_file(args.captions) if args.captions else None
+    launch = FitLaunch(args)  # torchrun / accelerate launch: this rank's device, progress and writing on rank 0
     pipe = _load(args)
     collect_bar = ProgressBar("collect")
-    tmap = fit_fn(pipe, n=args.num_prompts, layers=_layers(args.layers), method=args.method,
-                  procedure=args.procedure, seed=args.seed, captions=caps, batch_size=args.batch_size,
-                  height=args.size, width=args.size, support=args.support, progress=ProgressBar("fit"),
-                  on_batch=lambda d, t: collect_bar(d, t, "batches"), **name_kw)
+    tmap = launch.fit(lambda: fit_fn(
+        pipe, n=args.num_prompts, layers=_layers(args.layers), method=args.method,
+        procedure=args.procedure, seed=args.seed, captions=caps, batch_size=args.batch_size,
+        height=args.size, width=args.size, support=args.support, progress=launch.progress(ProgressBar("fit")),
+        on_batch=launch.progress(lambda d, t: collect_bar(d, t, "batches")), **launch.options(), **name_kw))
+    if not launch.main:
+        return 0
     tmap.save(out)
     s = tmap.summary()
     print(f"saved {out}: {s['modules']} modules, {s['units']} units, method {s['method']}, procedure {s['procedure']}")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from .common import ProgressBar, finite_float, parse_strengths, positive_int
+from .scale import FitLaunch, add_scale_args
 from ..files import atomic_write_bytes
 
 
@@ -48,9 +49,12 @@ def register(sub) -> None:
     f.add_argument("--method", default="linear", choices=["linear", "mean", "gaussian", "aura"])
     f.add_argument("--pooling", default=None, choices=["mean", "mean_nosink", "max", "min", "last"],
                    help="default: the model's preset (mean_nosink: token mean without the attention-sink first token)")
-    f.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal", "causal_reference"],
+    f.add_argument("--procedure", default="simultaneous",
+                   choices=["simultaneous", "causal", "causal_chunked", "causal_reference"],
                    help="causal: each module fitted with the upstream maps applied (paper Def. 3.2), one pass; "
+                        "causal_chunked: the same maps in the memory of one chunk (--chunk-size); "
                         "causal_reference: the same estimates, one pass per module, less memory")
+    add_scale_args(f.add_argument_group("large fits"))
     f.add_argument("--support", default=None, help="default support stored in the map: q_0_100 (Q_o), 'all' (Q_∞), ...")
     f.add_argument("--batch-size", type=positive_int, default=16)
     f.add_argument("--max-length", type=positive_int, default=128)
@@ -212,13 +216,18 @@ def _fit(args) -> int:
     _check_support(args.support)
     _check_concept(args.task, args.concept)
     src, tgt, meta = _fit_texts(args)
+    launch = FitLaunch(args)  # torchrun / accelerate launch: this rank's device, progress and writing on rank 0
     model, tok = _load_model(args)
     layers = None if args.layers is None else _layers(args.layers)
-    print(f"fitting {args.method} on {len(src)} source / {len(tgt)} target texts, layers {args.layers or 'the model default'!r}",
-          file=sys.stderr)
-    tmap = fit_lm_map(model, tok, src, tgt, layers=layers, method=args.method, pooling=args.pooling,
-                      procedure=args.procedure, support=args.support, batch_size=args.batch_size,
-                      max_length=args.max_length, progress=ProgressBar("fit"), **meta)
+    if launch.main:
+        print(f"fitting {args.method} on {len(src)} source / {len(tgt)} target texts, "
+              f"layers {args.layers or 'the model default'!r}", file=sys.stderr)
+    tmap = launch.fit(lambda: fit_lm_map(
+        model, tok, src, tgt, layers=layers, method=args.method, pooling=args.pooling,
+        procedure=args.procedure, support=args.support, batch_size=args.batch_size,
+        max_length=args.max_length, progress=launch.progress(ProgressBar("fit")), **launch.options(), **meta))
+    if not launch.main:
+        return 0
     tmap.save(out)
     s = tmap.summary()
     print(f"wrote {out}: {s['modules']} modules, {s['units']} units, architecture {s['architecture']}")

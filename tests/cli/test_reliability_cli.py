@@ -18,7 +18,7 @@ from act_core.mapfile import TransportMap
 from act_core import fit_transport
 
 COMMANDS = ["inspect", "demo", "fit-style", "fit-negation", "generate", "sweep", "evaluate",
-            "lm-fit", "lm-generate", "lm-eval", "lm-export"]
+            "lm-fit", "lm-generate", "lm-eval", "lm-export", "bake"]
 
 
 def _run(capsys, *argv):
@@ -126,6 +126,28 @@ def test_generate_sweep_evaluate_bad_inputs(tmp_path, capsys, monkeypatch):
         rc, _, err = _run(capsys, *argv)
         assert rc == 2 and ": error: " in err and expect in err, (argv, err)
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_bake_bad_inputs(tmp_path, capsys):
+    """Every case is refused before a model is loaded, and nothing is written."""
+    sdxl = _small_map(1).save(tmp_path / "sdxl.safetensors")
+    lm = _small_map(2)
+    lm.meta["architecture"] = "llama"
+    lm = lm.save(tmp_path / "lm.safetensors")
+    cases = [
+        (["--map", tmp_path / "missing.safetensors", "--out", tmp_path / "b.safetensors"], "missing.safetensors"),
+        (["--map", sdxl, "--out", tmp_path / "b.ckpt"], "must be a .safetensors single file"),
+        (["--map", sdxl, "--out", tmp_path / "no_such_folder" / "b.safetensors"], "does not exist"),
+        (["--map", lm, "--out", tmp_path / "b.safetensors"], "must be a folder"),
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv, expect in cases:
+        rc, _, err = _run(capsys, "bake", "--model", tmp_path / "no_model", *argv)
+        assert rc == 2 and ": error: " in err and expect in err, (argv, err)
+    with pytest.raises(SystemExit) as e:  # argparse's own refusal
+        _run(capsys, "bake", "--model", tmp_path, "--map", sdxl, "--strength", "nan", "--out", tmp_path / "b.safetensors")
+    assert e.value.code == 2 and "must be a finite number" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 @pytest.mark.parametrize("failure", ["disk full", "permission", "ctrl-c"])

@@ -172,7 +172,7 @@ def test_one_pass_causal_out_of_memory_names_the_fix_and_leaves_nothing(setup):
                 runner.batch_size = saved
 
     oom = OOMAtTheThirdModule()
-    with pytest.raises(torch.OutOfMemoryError, match=r"all 128 inputs .* ONE batch.*causal_reference.*Tried to allocate"):
+    with pytest.raises(torch.OutOfMemoryError, match=r"all 128 inputs .* ONE batch.*causal_chunked.*Tried to allocate"):
         fit_map(oom, source, target, LAYERS, procedure="causal")
     assert calls == [128] and oom.batch_size == 16  # one pass over everything; the runner's batch size is restored
     assert count_hooks(model) == 0

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from act_core import ActivationCollector, MapFileError, SteerHandle, TransportMap, count_hooks, fit_transport, steer
 from act_core.bake import bake
-from act_core.hookguard import ConcurrentSteeringError, claims
+from act_core.hookguard import _CLAIMS, ConcurrentSteeringError, claims
 from act_core.transport import BAND_NAMES, OMEGA_LIMIT, STRENGTH_LIMIT, UnitTransport
 
 SETTINGS = dict(derandomize=True, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -33,10 +33,8 @@ def nothing_left_claimed():
     """Every test leaves no claim and the SIGINT handler as it found it. Starts from a claim
     table without the empty slots earlier tests of the session left: past 4096 objects a release
     sweeps the whole table, and the interrupt-at-every-bytecode tests trace every step of it."""
-    from act_core import hookguard
-
-    for k in [k for k, v in list(hookguard._CLAIMS.items()) if not v]:
-        hookguard._CLAIMS.pop(k, None)
+    for k in [k for k, v in list(_CLAIMS.items()) if not v]:
+        _CLAIMS.pop(k, None)
     handler = signal.getsignal(signal.SIGINT)
     yield
     assert claims() == 0, "a test left a model claimed (hooks not removed)"
