@@ -111,6 +111,35 @@ def spec_text_encoder_style():
     return "Text-encoder steering: fit on CLIP-L/CLIP-G layers, apply to CLIP", nodes, links
 
 
+def spec_few_step():
+    """A distilled few-step model (SDXL-Lightning 4-step, Turbo, the miniature's student): 4 steps, CFG 1, no
+    negative prompt; steering from a map fitted at the first step (the paper's regime). Layers, method and
+    strength follow reports/miniworld/REPORT.md (the 4-step student's tables)."""
+    nodes = [(1, ("CheckpointLoaderSimple", {"ckpt_name": "sdxl_lightning_4step.safetensors"})),
+             (2, _pairs(FEW_STEP["goal"], FEW_STEP["count"])),
+             (3, ("ActFitTransportMap", {**_fit(FEW_STEP["layers_option"])[1], "method": FEW_STEP["method"],
+                                         "support": FEW_STEP["support"], "steps": 4})),
+             (4, ("ActApplyToClip", {"strength": FEW_STEP["strength"]})),
+             (5, ("CLIPTextEncode", {"text": FEW_STEP["prompt"]})),
+             (6, ("CLIPTextEncode", {"text": ""})),
+             (7, _latent()),
+             (8, ("KSampler", {"seed": 42, "steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                               "denoise": 1.0})),
+             (9, ("VAEDecode", {})),
+             (10, ("SaveImage", {"filename_prefix": "act_few_step"}))]
+    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 1), 4, "clip"),
+             ((3, 0), 4, "transport_map"), ((4, 0), 5, "clip"), ((4, 0), 6, "clip"), ((1, 0), 8, "model"),
+             ((5, 0), 8, "positive"), ((6, 0), 8, "negative"), ((7, 0), 8, "latent_image"), ((8, 0), 9, "samples"),
+             ((1, 2), 9, "vae"), ((9, 0), 10, "images")]
+    return FEW_STEP["title"], nodes, links
+
+
+#: the few-step template's settings (from reports/miniworld/REPORT.md, 4-step student)
+FEW_STEP = {"title": "Few-step model (Lightning/Turbo), 4 steps, CFG 1: a style from text-encoder maps",
+            "goal": "style: watercolor", "count": 64, "layers_option": "text encoder layers", "method": "Linear-AcT",
+            "support": "method default", "strength": 1.0, "prompt": "a lighthouse on a cliff above the sea"}
+
+
 SPECS = {
     "act_style_control": spec_style_control,
     "act_concept_negation": spec_concept_negation,
@@ -118,6 +147,7 @@ SPECS = {
     "act_load_and_apply": spec_load_and_apply,
     "act_strength_sweep": spec_sweep,
     "act_text_encoder_style": spec_text_encoder_style,
+    "act_few_step": spec_few_step,
 }
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterator, Optional, Sequence, Union
+from typing import Dict, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -107,8 +107,8 @@ def nag_combine(z_pos: torch.Tensor, z_neg: torch.Tensor, scale: float, tau: flo
 class NAGAttnProcessor:
     """A diffusers cross-attention processor computing NAG against fixed negative embeddings.
 
-    ``negative``: ``(1 or B, T, C)`` encoder hidden states of the negative prompt (broadcast over
-    the batch). Plain scaled-dot-product attention otherwise (the processor for SDXL-family
+    ``negative``: ``(n, T, C)`` encoder hidden states of the negative prompt(s): one for every
+    image, or one per image (repeated when CFG doubles the batch). Plain scaled-dot-product attention otherwise (the processor for SDXL-family
     ``attn2`` layers: no group/spatial norm, no cross norm, no attention mask)."""
 
     def __init__(self, negative: torch.Tensor, scale: float, tau: float = NAG_TAU, alpha: float = NAG_ALPHA):
@@ -146,9 +146,9 @@ class NAGAttnProcessor:
             hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
         b = hidden_states.shape[0]
         neg = self.negative.to(device=encoder_hidden_states.device, dtype=encoder_hidden_states.dtype)
-        if neg.shape[0] not in (1, b):
-            raise ValueError(f"{neg.shape[0]} negative embeddings for a batch of {b}: give 1 or {b}")
-        neg = neg.expand(b, -1, -1)
+        if b % neg.shape[0]:
+            raise ValueError(f"{neg.shape[0]} negative embeddings for a batch of {b}: give 1, or one per image")
+        neg = neg.repeat(b // neg.shape[0], 1, 1)  # with CFG the batch is [unconditional; conditional]
         query = attn.to_q(hidden_states)
         z = nag_combine(self._attend(attn, query, encoder_hidden_states), self._attend(attn, query, neg),
                         self.scale, self.tau, self.alpha)
@@ -181,8 +181,8 @@ def nag(pipe, negative_prompt: Union[str, Sequence[str]], scale: float, tau: flo
         alpha: float = NAG_ALPHA) -> Iterator[Dict[str, NAGAttnProcessor]]:
     """``with nag(pipe, "a circle", scale=3): pipe(...)`` — NAG on every ``attn2`` of ``pipe.unet``.
 
-    For CFG-free sampling (guidance 0/1, the few-step regime NAG is made for): every row of the
-    UNet batch is guided. One negative prompt for all images, or one per image. The UNet's
+    Made for CFG-free sampling (guidance 0/1, the few-step regime); with CFG every row of the
+    UNet batch, the unconditional half too, is guided. One negative prompt for all images, or one per image. The UNet's
     previous processors are put back on leaving the block (also after an exception)."""
     names = cross_attention_names(pipe.unet)
     if not names:

@@ -109,7 +109,7 @@ def test_nag_processor_matches_plain_attention_when_off_and_restores_the_unet(ti
     assert torch.allclose(B.NAGAttnProcessor(neg, scale=1.0)(attn, x, ctx), plain, atol=1e-6)
     assert torch.allclose(B.NAGAttnProcessor(ctx, scale=4.0)(attn, x, ctx), plain, atol=1e-6)
     assert not torch.allclose(B.NAGAttnProcessor(neg, scale=4.0)(attn, x, ctx), plain, atol=1e-4)
-    with pytest.raises(ValueError, match="give 1 or 2"):
+    with pytest.raises(ValueError, match="one per image"):
         B.NAGAttnProcessor(torch.randn(3, 77, 80), 2.0)(attn, x, ctx)
 
     before = _images(tiny)
