@@ -50,6 +50,7 @@ N_EVAL = 48
 N_FIT = 64
 BOOTSTRAP = 2000
 VALIDATION_SEED = E.EVAL_SEED + 500  # the screen's prompts (the test prompts use E.EVAL_SEED)
+TEXT_AND_EMBEDDINGS = ("text_encoder_layers", r"text_encoder(_2)?\.embeddings")
 KINDS = ("act", "gated", "meanvec", "prompt", "negprompt", "nag")
 
 
@@ -69,6 +70,8 @@ class Method:
     positions: Optional[str] = None  # gated: "eos", "words", "from_concept", "at_concept"
     text: Optional[str] = None
     group: str = ""
+    nag_tau: float = 2.5  # NAG's normalisation threshold τ and blend α (kind "nag")
+    nag_alpha: float = 0.25
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -233,14 +236,32 @@ class Study:
         key = json.dumps([task, target, kw], sort_keys=True)
         if key not in self._maps:
             pairs = kw.pop("pairs")
+            layers = TEXT_AND_EMBEDDINGS if kw["layers"] == "text+embeddings" else kw["layers"]
+            t0 = time.time()
+            if pairs == "phrase_to_pad":  # token rows: the named phrase -> padding (variants.fit_token_map)
+                from .variants import fit_token_map, word_ids
+
+                src = E.negation_pairs(target, self.n_fit)[0]
+                self._maps[key] = fit_token_map(self.pipe, src, ("phrase", word_ids(self.pipe, target)), "eos", layers,
+                                                kw["method"], world="miniworld", task=task, concept=target,
+                                                pairs=pairs)
+                self.log(f"[{self.regime}] fitted {task}:{target} {method.fit_kwargs} ({time.time() - t0:.1f}s)")
+                return self._maps[key]
+            if pairs == "eos_tokens":  # token rows at the end-of-text/padding positions: plain -> styled
+                from .variants import fit_token_map
+
+                src, tgt = E.style_pairs(target, self.n_fit)
+                self._maps[key] = fit_token_map(self.pipe, src, "eos", "eos", layers, kw["method"], target_prompts=tgt,
+                                                world="miniworld", task=task, style=target, pairs=pairs)
+                self.log(f"[{self.regime}] fitted {task}:{target} {method.fit_kwargs} ({time.time() - t0:.1f}s)")
+                return self._maps[key]
             if task == "style":
                 src, tgt = E.style_pairs(target, self.n_fit)
             elif pairs == "swap":
                 src, tgt = E.swap_pairs(target, self.n_fit)
             else:
                 src, tgt = E.negation_pairs(target, self.n_fit)
-            t0 = time.time()
-            self._maps[key] = fit_sdxl_map(self.pipe, src, tgt, kw["layers"], kw["method"], kw["procedure"],
+            self._maps[key] = fit_sdxl_map(self.pipe, src, tgt, layers, kw["method"], kw["procedure"],
                                            pooling=kw["pooling"], seed=0, batch_size=32, world="miniworld",
                                            task=task, pairs=pairs,
                                            **({"style": target} if task == "style" else {"concept": target}))
@@ -274,7 +295,7 @@ class Study:
             from .variants import token_gated_steer, word_ids
 
             pos = method.positions
-            if pos in ("from_concept", "at_concept"):
+            if pos in ("from_concept", "at_concept", "phrase_concept"):
                 pos = (pos.split("_")[0], word_ids(self.pipe, target))
             with token_gated_steer(self.pipe, self.tmap(task, target, method), float(value), pos, method.support):
                 return gen()
@@ -284,7 +305,7 @@ class Study:
         if method.kind == "nag":
             from ..baselines import nag
 
-            with nag(self.pipe, negs, scale=float(value)):
+            with nag(self.pipe, negs, scale=float(value), tau=method.nag_tau, alpha=method.nag_alpha):
                 return gen()
         raise ValueError(method.kind)
 
@@ -306,7 +327,8 @@ class Study:
                 "n": self.n, "seeds": list(self.seeds), "seconds": round(time.time() - t0, 1)}
         if method is not None:
             cell.update(knob=method.knob, fit=method.fit_kwargs if method.kind in ("act", "gated", "meanvec") else None,
-                        support=method.support, positions=method.positions, text=method.text)
+                        support=method.support, positions=method.positions, text=method.text,
+                        **({"nag_tau": method.nag_tau, "nag_alpha": method.nag_alpha} if method.kind == "nag" else {}))
         for m in per_seed[0]:
             cell[m] = _bits(np.stack([p[m] for p in per_seed]))
         cells[key] = cell
@@ -369,8 +391,17 @@ def best_screened(results: dict, task: str, k: int = 2, exclude: Sequence[str] =
 
 def main_methods(task: str, regime: str, screened: Sequence[Tuple[str, str, Optional[str], float]] = ()
                  ) -> List[Method]:
-    """The curves of the study for one task and regime (see docs/miniworld.md for the reasons)."""
+    """The curves of the study for one task and regime (reasons in docs/miniworld.md).
+
+    ``paper``: the reference's recipe and its switches (pooled fit at t = 999, applied at every
+    step): UNet norms vs text-encoder layers, Linear vs Mean, q_0_100 vs all, simultaneous vs
+    causal. ``layers``: the two best layer sets of the screen (student only). ``variant``: other
+    pair designs and token-level / token-gated maps. ``baseline``: what an artist would use
+    instead. ``reference``: the words deleted from the prompt (not a steering method: the bar)."""
     L = LAMBDAS
+    teacher = regime == "teacher"
+    if teacher:
+        L = (0.5, 1.0, 2.0)
     out = [
         act("UNet norms, Linear, q_0_100 (paper)", L, "paper"),
         act("UNet norms, Linear, all", L, "paper", support="all"),
@@ -380,43 +411,77 @@ def main_methods(task: str, regime: str, screened: Sequence[Tuple[str, str, Opti
         act("text layers, Linear, all", L, "paper", support="all", layers="text_encoder_layers"),
         act("text layers, Mean-AcT", L, "paper", layers="text_encoder_layers", method="mean"),
     ]
-    if regime == "student":
+    if not teacher:
         out.append(act("text layers, Linear, causal", L, "paper", layers="text_encoder_layers", procedure="causal"))
         for layers, m, sup, _ in screened:
             label = "Mean-AcT" if m == "mean" else f"Linear, {sup or 'q_0_100'}"
             out.append(act(f"{layers}, {label} (screened)", L, "layers", support=sup, layers=layers, method=m))
-    V = (1.0, 2.0, 3.0, 4.0)
+    fine = (0.75, 1.0, 1.5) if teacher else (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)
     if task == "style":
         out += [
-            gated("text layers, Linear, EOS-gated", V, "eos", "variant", layers="text_encoder_layers"),
-            gated("text layers, Linear all, EOS-gated", V, "eos", "variant", support="all",
-                  layers="text_encoder_layers"),
-            act("text layers, Linear, token-level fit", L, "variant", layers="text_encoder_layers", pooling="none"),
-            Method("prompt: '…, in X style'", "prompt", (None,), text="style", group="baseline"),
+            gated(EOS_TOKENS_ALL, fine, "eos", "variant", support="all", layers="text_encoder_layers",
+                  pairs="eos_tokens"),
         ]
+        if not teacher:
+            out += [
+                gated("text layers, EOS-token fit, Linear q_0_100, EOS-gated", fine, "eos", "variant",
+                      layers="text_encoder_layers", pairs="eos_tokens"),
+                gated("text layers, EOS-token fit, Mean-AcT, EOS-gated", fine, "eos", "variant",
+                      layers="text_encoder_layers", pairs="eos_tokens", method="mean"),
+                gated("text layers, pooled fit, Linear all, EOS-gated", (0.75, 1.0, 1.25, 1.5, 2.0), "eos", "variant",
+                      support="all", layers="text_encoder_layers"),
+                act("text layers, token-level fit (all positions), Linear", (0.5, 1.0, 1.5), "variant",
+                    layers="text_encoder_layers", pooling="none"),
+            ]
+        out.append(Method("prompt: '…, in X style'", "prompt", (None,), text="style", group="baseline"))
     else:
         out += [
-            act("text layers, Linear, swap pairs", L, "variant", layers="text_encoder_layers", pairs="swap"),
-            act("UNet norms, Linear all, swap pairs", L, "variant", support="all", pairs="swap"),
-            gated("text layers, Linear, token-level swap, gated from the word", V, "from_concept", "variant",
-                  layers="text_encoder_layers", pooling="none", pairs="swap"),
-            gated("text layers, Linear all, token-level swap, gated from the word", V, "from_concept", "variant",
-                  support="all", layers="text_encoder_layers", pooling="none", pairs="swap"),
-            gated("text layers, Linear, token-level remove, gated from the word", V, "from_concept", "variant",
-                  layers="text_encoder_layers", pooling="none", pairs="remove"),
+            gated(PHRASE_TO_PAD_ALL, fine, "phrase_concept", "variant", support="all", layers="text+embeddings",
+                  pairs="phrase_to_pad"),
+        ]
+        if not teacher:
+            out += [
+                gated("phrase→padding token map, Linear q_0_100, phrase-gated", fine, "phrase_concept", "variant",
+                      layers="text+embeddings", pairs="phrase_to_pad"),
+                gated("phrase→padding token map, Mean-AcT, phrase-gated", fine, "phrase_concept", "variant",
+                      layers="text+embeddings", pairs="phrase_to_pad", method="mean"),
+                gated("phrase→padding, layers without embeddings, Linear all", (1.0, 1.5), "phrase_concept",
+                      "variant", support="all", layers="text_encoder_layers", pairs="phrase_to_pad"),
+                act("text layers, Linear, swap pairs", L, "variant", layers="text_encoder_layers", pairs="swap"),
+                act("UNet norms, Linear all, swap pairs", L, "variant", support="all", pairs="swap"),
+                gated("token-level swap map, gated from the word", (1.0, 2.0, 4.0), "from_concept", "variant",
+                      support="all", layers="text_encoder_layers", pooling="none", pairs="swap"),
+                gated("token-level remove map, gated from the word", (1.0, 2.0, 4.0), "from_concept", "variant",
+                      layers="text_encoder_layers", pooling="none", pairs="remove"),
+            ]
+        out += [
             Method("prompt: '…, without a k'", "prompt", (None,), text="without", group="baseline"),
             Method("prompt: object deleted (reference)", "prompt", (None,), text="oracle", group="reference"),
         ]
-        if regime == "student":
-            out.append(Method("NAG, negative 'a k'", "nag", (2.0, 3.0, 5.0, 8.0), text="article", group="baseline"))
-            out.append(Method("NAG, negative 'a small red k'", "nag", (2.0, 3.0, 5.0, 8.0), text="phrase",
-                              group="baseline"))
+        if not teacher:
+            nag_scales = (2.0, 3.0, 5.0, 8.0, 12.0)
+            out += [
+                Method("NAG α 0.25 τ 2.5, negative 'a k'", "nag", nag_scales, text="article", group="baseline"),
+                Method("NAG α 0.25 τ 2.5, negative 'a small red k'", "nag", nag_scales, text="phrase",
+                       group="baseline"),
+                Method("NAG α 0.5 τ 2.5, negative 'a small red k'", "nag", nag_scales, text="phrase", group="baseline",
+                       nag_alpha=0.5),
+                Method("NAG α 1 τ 2.5, negative 'a small red k'", "nag", nag_scales, text="phrase", group="baseline",
+                       nag_alpha=1.0),
+                Method("NAG α 0.5 τ 10, negative 'a small red k'", "nag", nag_scales, text="phrase", group="baseline",
+                       nag_alpha=0.5, nag_tau=10.0),
+            ]
         else:
-            out.append(Method("negative prompt 'a k', CFG", "negprompt", (4.0, 6.0, 8.0), text="article",
-                              group="baseline"))
-            out.append(Method("negative prompt 'a small red k', CFG", "negprompt", (4.0, 6.0, 8.0), text="phrase",
-                              group="baseline"))
-    S = (0.5, 1.0, 2.0, 4.0)
-    out += [meanvec("mean-difference vector, UNet norms", S), meanvec("mean-difference vector, text layers", S,
-                                                                       layers="text_encoder_layers")]
+            out += [
+                Method("negative prompt 'a k', CFG", "negprompt", (4.0, 6.0, 8.0), text="article", group="baseline"),
+                Method("negative prompt 'a small red k', CFG", "negprompt", (4.0, 6.0, 8.0), text="phrase",
+                       group="baseline"),
+            ]
+    S_ = (1.0, 2.0, 4.0) if teacher else (0.5, 1.0, 2.0, 4.0)
+    out += [meanvec("mean-difference vector, UNet norms", S_),
+            meanvec("mean-difference vector, text layers", S_, layers="text_encoder_layers")]
     return out
+
+
+EOS_TOKENS_ALL = "text layers, EOS-token fit, Linear all, EOS-gated"
+PHRASE_TO_PAD_ALL = "phrase→padding token map, Linear all, phrase-gated"
