@@ -12,14 +12,19 @@ from pathlib import Path
 from typing import Mapping, Sequence, Tuple
 
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (23, 190, 207), (188, 189, 34), (80, 80, 80), (0, 0, 128), (128, 0, 0)]
+           (227, 119, 194), (23, 190, 207), (188, 189, 34), (80, 80, 80), (0, 0, 128), (128, 0, 0),
+           (0, 128, 128), (255, 0, 255), (128, 128, 0), (0, 200, 100), (100, 0, 200), (200, 100, 0),
+           (70, 130, 255), (255, 90, 120)]
 
 # a point: (content, presence, (content_lo, content_hi), (presence_lo, presence_hi), label)
 Point = Tuple[float, float, Tuple[float, float], Tuple[float, float], str]
 
 
 def _ascii(v) -> str:
-    return str(v).replace("λ", "lambda").replace("—", "-").replace("…", "...").encode("ascii", "replace").decode()
+    for a, b in (("λ", "lambda"), ("—", "-"), ("…", "..."), ("α", "alpha"), ("τ", "tau"), ("→", "->"), ("≥", ">="),
+                 ("≤", "<=")):
+        v = str(v).replace(a, b)
+    return v.encode("ascii", "replace").decode()
 
 
 def render(panels: Sequence[Mapping], size: Tuple[int, int] = (460, 460), legend_width: int = 330):
