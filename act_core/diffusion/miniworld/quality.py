@@ -110,3 +110,25 @@ def _guided_euler(unet, x, emb, pooled, steps, guidance):
         for k in range(steps):
             x = x + (ss[k + 1] - ss[k]) * D.unet_eps(unet, x, float(ss[k]), float(ts[k]), emb, pooled, guidance)
     return x
+
+
+def sample_grid(path, n: int = 6, seed: int = 0):
+    """A labelled grid: rows = held-out captions (mixed styles), columns = the sampler configurations
+    (same initial noise per row within a column family)."""
+    from ..images import label_grid
+    from . import STUDENTS
+    from .experiments import upscale
+
+    scenes = W.sample_scenes(n, seed=QUALITY_SEED + 7)
+    prompts = [W.caption(s) for s in scenes]
+    cols, labels = [], []
+    for name, cfg in configs().items():
+        if cfg["student"] is not None and not STUDENTS[cfg["student"]].exists():
+            continue
+        imgs = E.generate_np(_pipe(cfg), prompts, seed=seed, **cfg["gen"])
+        cols.append(imgs)
+        labels.append(name.replace(", no CFG", "").replace("(trailing), ", ""))
+    cells = [[upscale(c[i], 3) for c in cols] for i in range(n)]
+    img = label_grid(cells, labels, prompts)
+    img.save(path)
+    return path

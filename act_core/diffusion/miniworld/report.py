@@ -140,6 +140,12 @@ def write_report(results: dict, out: Path, pipes: Optional[Callable] = None, jud
     _setup(results, add, st)
     _judges(results, add)
     _quality(results, add)
+    if pipes is not None and results.get("quality"):
+        from .quality import sample_grid
+
+        sample_grid(out / "samples_teacher_students.png")
+        add("Samples (first image of each row: the same caption and seed for every sampler):\n\n"
+            "![samples](samples_teacher_students.png)\n")
     _screen(results, add)
     for regime in ("student", "teacher"):
         for task in ("style", "negation"):
@@ -180,7 +186,9 @@ def _setup(results, add, st):
         "`color_gone` = the named object's colour absent.")
     add("- **Best point** of a curve: the knob value whose target-averaged point has the best *score* = the worse of "
         "its two goals (style: min(presence, content); negation: min(1 − presence, content)). Every method's knob is "
-        "tuned this way on the same test prompts, so best points are equally optimistic for all methods.\n")
+        "tuned this way on the same test prompts, so best points are equally optimistic for all methods.")
+    add("- The first, single-seed study of the teacher (24 prompts, no intervals) is kept as written in "
+        "[earlier/REPORT.md](earlier/REPORT.md).\n")
 
 
 def _judges(results, add):
