@@ -413,9 +413,9 @@ def main_methods(task: str, regime: str, screened: Sequence[Tuple[str, str, Opti
     ]
     if not teacher:
         out.append(act("text layers, Linear, causal", L, "paper", layers="text_encoder_layers", procedure="causal"))
-        for layers, m, sup, _ in screened:
-            label = "Mean-AcT" if m == "mean" else f"Linear, {sup or 'q_0_100'}"
-            out.append(act(f"{layers}, {label} (screened)", L, "layers", support=sup, layers=layers, method=m))
+    for layers, m, sup, _ in screened:  # screened on the student; the same sets on the teacher
+        label = "Mean-AcT" if m == "mean" else f"Linear, {sup or 'q_0_100'}"
+        out.append(act(f"{layers}, {label} (screened)", L, "layers", support=sup, layers=layers, method=m))
     fine = (0.75, 1.0, 1.5) if teacher else (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)
     if task == "style":
         out += [
