@@ -12,6 +12,8 @@ Phases (each resumable: finished cells in results.json are reused, so an interru
   layer sets per task join the main study.
 - ``student`` / ``teacher``: every method of :func:`act_core.diffusion.miniworld.study.main_methods`
   on the TEST prompts (--n per cell, --seeds), all knob values.
+- ``confirm``: the winners re-measured on FRESH prompts (another seed): per regime and task the
+  best AcT curve and the best baseline at their best values, and per target its best AcT cell.
 - ``report``: REPORT.md, plots (presence against content with 95% bootstrap intervals), grids.
 
 Writes into --out (default reports/miniworld): results.json, REPORT.md, PNGs.
@@ -29,7 +31,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-PHASES = ("quality", "screen", "student", "teacher", "report")
+PHASES = ("quality", "screen", "student", "teacher", "confirm", "report")
 
 
 def main(argv=None) -> int:
@@ -112,6 +114,22 @@ def main(argv=None) -> int:
                     st.run(task, t, m)
         log(f"[{regime}] done ({time.time() - t0:.0f}s)")
         save()
+    if "confirm" in phases:
+        from act_core.diffusion.miniworld import report as R
+
+        for regime in ("student", "teacher"):
+            if not any(c["regime"] == regime for c in results.get("cells", {}).values()):
+                continue
+            st = S.Study(regime, pipe(regime), judges, results, n=args.n, seeds=seeds, eval_seed=S.CONFIRM_SEED,
+                         store="confirm", log=log, save=save)
+            for task, ts in targets.items():
+                catalogue = {m.name: m for m in S.main_methods(task, regime, screened[task])}
+                for name, value, target in R.confirm_plan(results, regime, task):
+                    if target in ts and name in catalogue:
+                        st.run_cell(task, target, catalogue[name], value)
+                    elif target in ts and name == "unsteered":
+                        st.run_cell(task, target, None, None)
+        log(f"[confirm] done ({time.time() - t0:.0f}s)")
     if "report" in phases:
         from act_core.diffusion.miniworld.report import write_report
 

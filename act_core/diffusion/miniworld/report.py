@@ -152,6 +152,7 @@ def write_report(results: dict, out: Path, pipes: Optional[Callable] = None, jud
             if methods(results, regime, task):
                 _task_section(results, out, regime, task, add, pipes, log)
     _goals(results, add)
+    _confirm(results, add)
     _versus(results, add)
     _appendix(results, add)
     add("## Reproduce\n")
@@ -380,6 +381,55 @@ def _grids(results, out, regime, task, top, base, pipes, log):
         g.save(out / name)
         written.append((t, name))
     return written
+
+
+def confirm_plan(results, regime: str, task: str) -> List[Tuple[str, Optional[float], str]]:
+    """``(method, value, target)`` cells to re-measure on fresh prompts: the unsteered model, the best
+    AcT curve and the best baseline (every target, at their best values), and per target the AcT
+    cell that scored best on the test prompts."""
+    plan = [("unsteered", None, t) for t in TARGETS[task]]
+    for groups in (("paper", "layers", "variant"), ("baseline",)):
+        top = _top_act(results, regime, task, k=1, groups=groups)
+        if top:
+            b = best(results, regime, task, top[0])
+            plan += [(top[0], b[0], t) for t in TARGETS[task]]
+    for t in TARGETS[task]:
+        cells = [c for c in _cells(results, regime=regime, task=task, target=t)
+                 if c.get("group") in ("paper", "layers", "variant")]
+        if cells:
+            scored = [(score(task, S.cell_arrays(c)["presence"].mean(), S.cell_arrays(c)["content"].mean()), c)
+                      for c in cells]
+            c = max(scored, key=lambda x: x[0])[1]
+            plan.append((c["method"], c["value"], t))
+    seen, out = set(), []
+    for p in plan:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def _confirm(results, add):
+    cells = results.get("confirm", {})
+    if not cells:
+        return
+    add("## The winners on fresh prompts\n")
+    add("The cells chosen above (best curves, best per-target cells) measured again on prompts drawn with another "
+        "seed (same size: held-out prompts × seeds), so the choice of the best knob value does not flatter them.\n")
+    for task in ("style", "negation"):
+        rows = [c for c in cells.values() if c["task"] == task]
+        if not rows:
+            continue
+        metrics = ["presence", "content"] + (["color_gone"] if task == "negation" else [])
+        add(f"### {task}\n")
+        add("| regime | target | method | value | " + " | ".join(metrics) + " | goal met |")
+        add("|---|---|---|---|" + "---|" * (len(metrics) + 1))
+        for c in sorted(rows, key=lambda c: (c["regime"], c["target"], c["method"] != "unsteered", c["method"])):
+            m = {k: S.summarize([c], k) for k in metrics}
+            ok = meets(task, m["presence"][0], m["content"][0])
+            add(f"| {c['regime']} | {c['target']} | {c['method']} | {_v(c['value'])} | "
+                + " | ".join(_ci(m[k]) for k in metrics) + f" | {'yes' if ok else 'no'} |")
+        add("")
 
 
 def _goals(results, add):

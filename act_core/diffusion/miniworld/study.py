@@ -50,6 +50,7 @@ N_EVAL = 48
 N_FIT = 64
 BOOTSTRAP = 2000
 VALIDATION_SEED = E.EVAL_SEED + 500  # the screen's prompts (the test prompts use E.EVAL_SEED)
+CONFIRM_SEED = E.EVAL_SEED + 1000  # fresh prompts that re-measure the winners
 TEXT_AND_EMBEDDINGS = ("text_encoder_layers", r"text_encoder(_2)?\.embeddings")
 KINDS = ("act", "gated", "meanvec", "prompt", "negprompt", "nag")
 
