@@ -118,6 +118,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(path)
+
+
 def distill(args, stages, out, ckpt, log) -> None:
     """The few-step students of the SHIPPED teacher (``out/model``), saved as ``out/student_{K}step_unet.safetensors``."""
     import torch
@@ -164,7 +171,7 @@ def distill(args, stages, out, ckpt, log) -> None:
         D.save_student(student, out / f"student_{k}step_unet.safetensors",
                        {**recipe, "student_steps": k, "train_steps": done, "heldout": vl,
                         "onpolicy_prompts": args.onpolicy_prompts if k > 1 else 0})
-        log(f"[distill] saved {out / f'student_{k}step_unet.safetensors'}")
+        log(f"[distill] saved {_rel(out / f'student_{k}step_unet.safetensors')}")
 
 
 if __name__ == "__main__":
