@@ -75,7 +75,7 @@ def _diffusers_student(prompts, seed=0, tmap=None, strength=0.0):
     torch.set_num_threads(1)
     pipe = MW.load(student=4)
     out = generate(pipe, prompts, tmap, strength=strength, seed=seed, output_type="np")
-    return (np.clip(np.asarray(out), 0, 1) * 255).round().astype(np.uint8)
+    return (np.clip(np.asarray(out), 0, 1) * 255).astype(np.uint8)  # truncated, as ComfyUI's SaveImage does
 
 
 def test_ksampler_4_steps_cfg_1_reproduces_the_diffusers_student(student_server):
@@ -96,7 +96,7 @@ def test_ksampler_4_steps_cfg_1_reproduces_the_diffusers_student(student_server)
     ref = _diffusers_student([PROMPT])[0]
     assert comfy_img.shape == ref.shape == (32, 32, 3)
     diff = np.abs(comfy_img.astype(int) - ref.astype(int))
-    assert diff.max() <= 3 and diff.mean() < 0.5, (diff.max(), diff.mean())
+    assert diff.max() <= 2 and diff.mean() < 0.25, (diff.max(), diff.mean())
 
 
 def _template(info, strength, pairs, prompt=PROMPT):
