@@ -30,6 +30,17 @@ from .mapfile import MapFileError, TransportMap
 from .pooling import POOLINGS, pool
 from .selection import select_modules
 from .transport import BAND_NAMES, SUPPORT_CHOICES, UnitTransport
+from .trees import module_tree, register_tree_adapter
+
+
+def _diffusers_pipeline_tree(pipe):
+    from .diffusion.families import pipeline_tree  # the diffusion wing, imported on first use
+
+    return pipeline_tree(pipe)
+
+
+# a diffusers pipeline can be passed wherever a model is (steer, attach, bake, check_model)
+register_tree_adapter(lambda obj: type(obj).__module__.startswith("diffusers."), _diffusers_pipeline_tree)
 
 __all__ = [
     "__version__",
@@ -37,5 +48,5 @@ __all__ = [
     "fit_map", "collect", "PROCEDURES",
     "ActivationCollector", "SteerHandle", "StopForward", "attach", "steer", "count_hooks", "run_until_stop",
     "TransportMap", "MapFileError", "pool", "POOLINGS", "select_modules",
-    "UnitTransport", "BAND_NAMES", "SUPPORT_CHOICES",
+    "UnitTransport", "BAND_NAMES", "SUPPORT_CHOICES", "module_tree",
 ]

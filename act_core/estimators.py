@@ -29,7 +29,9 @@ Methods (paper notation; ``a`` = source, ``b`` = target, per unit):
 
 Degenerate units are handled explicitly, never with jitter: a *constant source* unit
 (spread below ``REL_EPS·|m_a|`` or ``ABS_EPS``) gets a pure shift to the target mean
-(``ω = 1, β = m_b − m_a``) and is flagged; a constant target unit is flagged (Linear-AcT
+(``ω = 1, β = m_b − m_a``) and is flagged, as is a unit whose slope would exceed
+``OMEGA_LIMIT`` (1e8: a source spread below 1e-8 of the target's is numerically constant; see
+:mod:`act_core.transport` for the ranges every map keeps); a constant target unit is flagged (Linear-AcT
 then maps every in-support value to the constant). No estimator returns NaN or inf.
 
 Every map also stores the source's quantile bands (see :mod:`act_core.transport`).
@@ -41,8 +43,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .transport import (BAND_PERCENTS, FLAG_CONSTANT_SOURCE, FLAG_CONSTANT_TARGET, UNBOUNDED, UnitTransport,
-                        normalize_support)
+from .transport import (BAND_PERCENTS, FLAG_CONSTANT_SOURCE, FLAG_CONSTANT_TARGET, OMEGA_LIMIT, UNBOUNDED,
+                        UnitTransport, normalize_support)
 
 #: A unit whose std is at most ``max(REL_EPS * |mean|, ABS_EPS)`` counts as constant.
 REL_EPS = 1e-6
@@ -120,7 +122,8 @@ def _moments(z: torch.Tensor):
 
 
 def _finish(omega, beta, const_src, const_tgt, m_a, m_b, sorted_source, method) -> UnitTransport:
-    # constant source: a pure shift to the target mean
+    # constant source (or a slope beyond OMEGA_LIMIT: numerically constant): a pure shift to the target mean
+    const_src = const_src | ~(omega.abs() <= OMEGA_LIMIT)
     omega = torch.where(const_src, torch.ones_like(omega), omega)
     beta = torch.where(const_src, m_b - m_a, beta)
     flags = const_src.to(torch.uint8) * FLAG_CONSTANT_SOURCE | const_tgt.to(torch.uint8) * FLAG_CONSTANT_TARGET

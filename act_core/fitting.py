@@ -123,6 +123,11 @@ def fit_map(
             ``{name: index}`` mapping.
         method: ``linear`` | ``mean`` | ``gaussian`` | ``aura``.
         procedure: ``simultaneous`` | ``causal`` | ``causal_reference`` (see module docstring).
+            The default is ``simultaneous``, not the paper's causal procedure: one-pass
+            ``causal`` holds every source and target input in one forward batch (the memory
+            of sampling all prompts at once), ``causal_reference`` re-runs the model once per
+            module, and on the project's miniature SDXL causal fitting gave the same effect as
+            simultaneous (reports/miniworld). Choose ``causal`` when the batch fits in memory.
         support: the maps' default support (also used for upstream maps in causal fitting).
         progress: called as ``progress(done, total, message)``; raising from it cancels.
         sketch: bounded memory: keep a quantile sketch of this size per module instead of

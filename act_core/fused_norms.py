@@ -7,7 +7,8 @@ is ``y -> a ⊙ y + c`` (``a = 1 + λ(ω − 1)``, ``c = λβ``), so the steered
     a ⊙ (x̂ ⊙ w + b) + c  =  x̂ ⊙ (a ⊙ w) + (a ⊙ b + c)
 
 i.e. the same norm called with ``w' = a ⊙ w`` and ``b' = a ⊙ b + c`` (``w = 1``, ``b = 0``
-for a layer without affine parameters). :class:`FusedNorm` builds a ``forward`` that calls
+for a layer without affine parameters): the fold of :mod:`act_core.fold`, which decides
+whether a map folds at all. :class:`FusedNorm` builds a ``forward`` that calls
 ``F.layer_norm`` / ``F.group_norm`` with ``w', b'`` (computed in float64 once per λ, dtype,
 device and parameter version, then cached): no extra pass over the activations and no hook
 dispatch, and the layer's parameters are never written. :mod:`act_core.hooks` installs it as
@@ -20,7 +21,7 @@ an instance attribute and deletes it on removal, so the class's own forward runs
   norms keep hooks), and no other code has replaced its ``forward`` already;
 - the support is ``all`` (a band makes the map depend on each value);
 - the layout acts per unit with fixed coefficients: ``tokens`` for a LayerNorm; ``per_pixel``
-  for a GroupNorm, or the reference's ``spatial_mean`` when ``ω = 1`` for every unit
+  for a GroupNorm (never ``tokens``: its units are on axis 1, the hook path refuses that map), or the reference's ``spatial_mean`` when ``ω = 1`` for every unit
   (Mean-AcT: the shift is then the constant ``c``);
 - the map's unit count equals the layer's.
 
@@ -45,7 +46,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .transport import UNBOUNDED, UnitTransport, normalize_support, ordinary_tensors
+from .fold import FoldError, fold_factors, folded
+from .transport import UnitTransport, ordinary_tensors
 
 _NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm)
 
@@ -59,15 +61,16 @@ def fusible(module: torch.nn.Module, t: UnitTransport, support: Optional[str], l
         return False
     if "forward" in module.__dict__:  # somebody else has already replaced this module's forward
         return False
-    if normalize_support(support if support is not None else t.default_support) != UNBOUNDED:
-        return False
     if isinstance(module, torch.nn.LayerNorm):
-        return layout in ("tokens", "auto") and tuple(module.normalized_shape) == (t.units,)
-    if module.num_channels != t.units:
+        if layout not in ("tokens", "auto") or tuple(module.normalized_shape) != (t.units,):
+            return False
+    elif module.num_channels != t.units or layout == "tokens":  # a GroupNorm's units are on axis 1
         return False
-    if layout == "per_pixel":
-        return True
-    return layout in ("spatial_mean", "auto") and bool(torch.all(t.omega == 1))
+    try:  # the band and layout rules (at λ = 1: the fold is the same at every λ ≠ 0 for ω and the band)
+        fold_factors(module, t, 1.0, support, layout, missing_bias="add")
+    except FoldError:
+        return False
+    return True
 
 
 class FusedNorm:
@@ -80,6 +83,7 @@ class FusedNorm:
     def __init__(self, module: torch.nn.Module, t: UnitTransport, layout: str = "auto"):
         self.module, self.t = module, t
         self.is_layer_norm = isinstance(module, torch.nn.LayerNorm)
+        self.layout = layout
         # the inputs the hook would transport the same way: GroupNorm maps act on (B, C, H, W);
         # a LayerNorm map in layout 'auto' reads a 4-D output as (B, C, H, W), not as tokens
         self.any_rank = self.is_layer_norm and layout == "tokens"
@@ -122,10 +126,12 @@ class FusedNorm:
         return w, b
 
     def _build(self, lam: float, x: torch.Tensor):
-        a, c = self.t.coefficients(lam, torch.float64, torch.device("cpu"))
+        factors = fold_factors(self.module, self.t, lam, "all", self.layout, missing_bias="add")
         w0, b0 = self.module.weight, self.module.bias
-        w = a if w0 is None else a * w0.detach().to("cpu", torch.float64)
-        b = c if b0 is None else a * b0.detach().to("cpu", torch.float64) + c
+        cpu = torch.device("cpu")
+        w = folded(None if w0 is None else w0.to(cpu), *factors["weight"], identity=1.0, device=cpu)
+        bias = factors.get("bias")  # absent when the layer has no bias and c = 0
+        b = folded(None if b0 is None else b0.to(cpu), *bias, device=cpu) if bias else torch.zeros_like(w)
         dtype = x.dtype if w0 is None else w0.dtype
         device = x.device if w0 is None else w0.device
         wt, bt = w.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)

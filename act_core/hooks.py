@@ -3,33 +3,52 @@
 Both kinds are registered with ``register_forward_hook`` on any ``torch.nn.Module`` and
 are always removed: on ``remove()``, on leaving the ``with`` block, and when an exception
 passes through it. After removal the model is exactly as before (no state is touched).
+Attaching and removing are all-or-nothing under any exception (an asynchronous
+``KeyboardInterrupt`` included), one model object is steered by one thread at a time, and a
+copy or pickle of a steered model carries no hook: see :mod:`act_core.hookguard`.
+
+Each steered module's output is checked against the map at the first forward of every new
+(strength, dtype, device, rank) before it is changed (:func:`act_core.mapfile.output_problem`:
+tuple index, unit axis and width, layout vs rank and vs the module's unit axis), so a map
+that does not fit stops with a MapFileError instead of steering the wrong axis.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import types
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
+from .fold import effective_support
 from .fused_norms import FusedNorm, fusible
-from .mapfile import TransportMap
-from .transport import normalize_support
+from .hookguard import GuardedHooks, exit_hooks, mark, remove_hooks
+from .mapfile import MapFileError, TransportMap, find_module, output_problem
 from .pooling import POOLINGS, pool
+from .transport import check_strength, normalize_support
+from .trees import module_tree
 
 
 class StopForward(Exception):
     """Raised by a collector after the last hooked module, to end a forward pass early."""
 
 
-def _pick(output: Any, index: Optional[int]) -> torch.Tensor:
+def _pick(output: Any, index: Optional[int]) -> Any:
+    """The steered tensor of a module output (None when there is none: see output_problem)."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)):
-        return output[0 if index is None else index]
-    raise TypeError(f"cannot hook a module output of type {type(output).__name__}; expected a tensor or a tuple")
+        k = 0 if index is None else index
+        return output[k] if k < len(output) else None
+    return None
+
+
+def _picked(output: Any, index: Optional[int], name: str, module, units: int, layout: str) -> torch.Tensor:
+    x = _pick(output, index)
+    if not isinstance(x, torch.Tensor):
+        problem = output_problem(name, module, output, units, layout, index)
+        raise MapFileError(f"{problem or f'module {name!r}: its output holds no tensor to steer'}; nothing was steered")
+    return x
 
 
 def _replace(output: Any, index: Optional[int], value: torch.Tensor) -> Any:
@@ -74,6 +93,7 @@ class _ForwardOverride:
         if "forward" in module.__dict__:
             raise RuntimeError(f"{type(module).__name__}.forward is already replaced on this instance")
         getattr(forward, "__func__", forward)._act_fused = True
+        mark(forward)
         module.forward = forward
         self.module, self.forward = module, forward
 
@@ -84,36 +104,30 @@ class _ForwardOverride:
 
 
 class _HookSet:
-    """Forward hooks registered together and removed together (attaching is all-or-nothing)."""
+    """Forward hooks registered together and removed together: all or nothing under any
+    exception, one thread per model, no hook in copies (:class:`act_core.hookguard.GuardedHooks`)."""
 
-    _handles: List[Any]
+    _guard: GuardedHooks
+    _what = "steered"
 
-    def _attach_all(self, pairs) -> None:
+    @property
+    def _handles(self) -> List[Any]:
+        return self._guard.handles
+
+    def _attach_all(self, pairs, root: Optional[torch.nn.Module] = None) -> None:
         """``pairs``: ``(module, hook)`` registers a forward hook; ``(module, forward, "forward")``
         replaces the module's ``forward`` (an instance attribute, deleted on removal)."""
-        if self._handles:
+        if self._guard.handles:
             raise RuntimeError(f"{type(self).__name__} is already attached")
-        try:
-            for module, fn, *kind in pairs:
-                if kind:
-                    self._handles.append(_ForwardOverride(module, fn))
-                else:
-                    self._handles.append(module.register_forward_hook(fn))
-        except BaseException:
-            self.remove()
-            raise
+        self._guard.attach(pairs, root, _ForwardOverride)
 
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+    #: remove every hook (finishes even when interrupted; a Ctrl-C meanwhile is delivered after)
+    remove = remove_hooks
+    __exit__ = exit_hooks
 
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
+        return self._guard.attached
 
 
 # -- collection --------------------------------------------------------------------------------
@@ -123,7 +137,7 @@ class ActivationCollector(_HookSet):
     """Pool the outputs of named modules over every forward pass while attached.
 
     Args:
-        model: the root module; names are resolved with ``get_submodule``.
+        model: the root module; names are dotted submodule paths (:func:`act_core.mapfile.find_module`).
         modules: module name -> tuple output index (or None), or a list of names.
         pooling: ``mean`` (default), ``max``, ``min``, ``last`` or ``none`` (see :mod:`pooling`).
         stop_after: raise :class:`StopForward` once every hooked module has recorded in the
@@ -159,9 +173,9 @@ class ActivationCollector(_HookSet):
         self.records: Dict[str, Any] = {n: self._new_record() for n in self.modules}
         self.shapes: Dict[str, tuple] = {}
         self._fired: set = set()
-        self._handles: List[Any] = []
+        self._guard = GuardedHooks(self, "collected from")
         for n in self.modules:
-            model.get_submodule(n)  # fail early, before any hook is attached
+            find_module(model, n)  # fail early, before any hook is attached
 
     def _new_record(self):
         if self.sketch is None:
@@ -173,6 +187,9 @@ class ActivationCollector(_HookSet):
     def _make_hook(self, name: str, index: Optional[int]):
         def hook(module, args, output):
             x = _pick(output, index)
+            if not isinstance(x, torch.Tensor):
+                raise MapFileError(f"module {name!r}: no tensor to record at output index {index} of its "
+                                   f"{type(output).__name__} output")
             if self.select is not None:
                 x = self.select(x)
             self.shapes[name] = tuple(x.shape)
@@ -187,18 +204,23 @@ class ActivationCollector(_HookSet):
                 if self.stop_after:
                     raise StopForward()
 
-        return hook
+        return mark(hook)
 
     def attach(self) -> "ActivationCollector":
-        self._attach_all((self.model.get_submodule(n), self._make_hook(n, idx)) for n, idx in self.modules.items())
+        self._attach_all([(find_module(self.model, n), self._make_hook(n, idx)) for n, idx in self.modules.items()],
+                         self.model)
         return self
 
-    def remove(self) -> None:
-        super().remove()
+    def _after_remove(self) -> None:
         self._fired.clear()
 
     def __enter__(self) -> "ActivationCollector":
-        return self.attach()
+        try:
+            self.attach()
+            return self
+        except BaseException:
+            self.remove()
+            raise
 
     def take(self) -> Dict[str, Any]:
         """Return ``{module: (samples, D) float32}`` gathered so far (``QuantileSketch`` per module
@@ -232,6 +254,9 @@ class SteerHandle(_HookSet):
     in it use ``tmap.default_strength``). ``support`` overrides every map's default support.
     ``gate(name, output)`` may return True (steer the whole batch), False (leave this call
     alone) or a ``(B,)`` bool tensor of batch rows to steer (e.g. the conditional half).
+    ``mask(name, output)`` may return None (steer everywhere) or a weight tensor broadcastable to
+    the output with values in [0, 1]: the result is ``lerp(x, T(x), w)``, exactly ``x`` where
+    ``w = 0`` and exactly ``T(x)`` where ``w = 1`` (e.g. a spatial mask resized to the layer).
     ``inplace`` lets hooks write into a module's fresh output tensor instead of allocating
     a new one (never for views, autograd tensors, or outputs that alias an input).
     ``fuse`` (default True): a plain ``torch.nn.LayerNorm``/``GroupNorm`` whose map folds
@@ -252,14 +277,20 @@ class SteerHandle(_HookSet):
         layout: Optional[str] = None,
         inplace: bool = True,
         fuse: bool = True,
+        mask: Optional[Gate] = None,
     ):
-        self.model, self.tmap, self.support, self.gate, self.layout = model, tmap, support, gate, layout
-        self.inplace, self.fuse = inplace, fuse
+        if not isinstance(tmap, TransportMap):
+            raise TypeError(f"expected a TransportMap, got {type(tmap).__name__} (load one with TransportMap.load(path))")
+        self.model, self.tmap, self.support, self.gate, self.layout = module_tree(model), tmap, support, gate, layout
+        self.inplace, self.fuse, self.mask = inplace, fuse, mask
         self.name_map = name_map
         self.set_strength(strength)
-        self._handles: List[Any] = []
+        self._guard = GuardedHooks(self, "steered")
         self._hooks: Dict[str, Callable] = {}  # built once, re-registered by every attach()
         self._norms: Dict[str, FusedNorm] = {}  # fused norms' cached parameters, kept across attach()
+        if support is not None:
+            normalize_support(support)  # an unknown name fails here, not at the first forward
+        self.tmap.check_model(self.model, name_map=name_map)  # before anything is attached
 
     def set_strength(self, strength: Union[float, Mapping[str, float], None]) -> None:
         default = self.tmap.default_strength
@@ -268,22 +299,24 @@ class SteerHandle(_HookSet):
         elif isinstance(strength, Mapping):
             unknown = [n for n in strength if n not in self.tmap.maps]
             if unknown:
-                raise KeyError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
-            strengths = {n: float(strength.get(n, default)) for n in self.tmap.maps}
+                raise ValueError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
+            strengths = {n: strength.get(n, default) for n in self.tmap.maps}
         else:
-            strengths = {n: float(strength) for n in self.tmap.maps}
-        bad = {n: v for n, v in strengths.items() if not math.isfinite(v)}
-        if bad:
-            n, v = next(iter(bad.items()))
-            raise ValueError(f"strength must be a finite number, got {v!r} for {n!r}")
+            strengths = {n: strength for n in self.tmap.maps}
+        for n, v in strengths.items():  # a finite number within ±STRENGTH_LIMIT (act_core.transport)
+            try:
+                strengths[n] = check_strength(v)
+            except ValueError as e:
+                raise ValueError(f"{e} (module {n!r})") from None
         self.strengths = strengths
 
     def _make_hook(self, name: str):
         t = self.tmap.maps[name]
         index = self.tmap.output_index.get(name)
         layout = self.layout or self.tmap.layouts.get(name, "auto")
-        support = normalize_support(self.support if self.support is not None else t.default_support)
+        support = effective_support(t, self.support)
         inplace_allowed = self.inplace
+        local = self.name_map(name) if self.name_map else name
 
         kernels: Dict[tuple, Callable] = {}  # (λ, dtype, device, ndim) -> checked kernel
 
@@ -291,25 +324,29 @@ class SteerHandle(_HookSet):
             lam = self.strengths[name]
             if lam == 0:
                 return None
-            x = output if type(output) is torch.Tensor else _pick(output, index)
+            x = output if type(output) is torch.Tensor else _picked(output, index, local, module, t.units, layout)
             rows = True if self.gate is None else self.gate(name, x)
             if rows is False:
                 return None
             lay = layout if layout != "auto" else ("spatial_mean" if x.ndim == 4 else "tokens")
+            w = None if self.mask is None else self.mask(name, x)
+            key = (lam, x.dtype, x.device, x.ndim)
+            kernel = kernels.get(key)
+            if kernel is None:  # the first call of its kind: check the output fits the map before changing it
+                problem = output_problem(local, module, output, t.units, layout, index)
+                if problem:
+                    raise MapFileError(f"{problem}; nothing was steered")
+                kernel = kernels[key] = t.kernel(lam, support, lay, x.dtype, x.device)
             if rows is not True:
                 y = x.clone()
                 y[rows] = t.apply(x[rows], lam, support, lay)
-                return _replace(output, index, y)
-            key = (lam, x.dtype, x.device, x.ndim)
-            kernel = kernels.get(key)
-            if kernel is None:
-                if x.shape[1 if lay != "tokens" else -1] != t.units:
-                    t.apply(x, lam, support, lay)  # raises the explanatory unit-count error
-                kernel = kernels[key] = t.kernel(lam, support, lay, x.dtype, x.device)
-            y = kernel(x, inplace_allowed and _owns(x, args))
+                return _replace(output, index, y if w is None else torch.lerp(x, y, w.to(x.dtype)))
+            y = kernel(x, inplace_allowed and w is None and _owns(x, args))
+            if w is not None:
+                y = torch.lerp(x, y, w.to(y.dtype))
             return y if output is x else _replace(output, index, y)
 
-        return hook
+        return mark(hook)
 
     def attach(self) -> "SteerHandle":
         """Register the hooks (again). A handle can be attached and removed many times, e.g.
@@ -319,7 +356,7 @@ class SteerHandle(_HookSet):
             self._hooks = {n: self._make_hook(n) for n in self.tmap.maps}
         pairs, fused_ids = [], set()
         for n in self.tmap.maps:
-            module = self.model.get_submodule(local(n))
+            module = find_module(self.model, local(n))
             # one fused forward per module object; a module reached under a second name (or
             # mapped twice by name_map) gets a hook after it, as with fuse=False
             forward = self._fused_forward(n, module) if self.fuse and id(module) not in fused_ids else None
@@ -328,7 +365,7 @@ class SteerHandle(_HookSet):
             else:
                 fused_ids.add(id(module))
                 pairs.append((module, forward, "forward"))
-        self._attach_all(pairs)
+        self._attach_all(pairs, self.model)
         return self
 
     @property
@@ -357,7 +394,7 @@ class SteerHandle(_HookSet):
             if lam == 0 or not on[0]:
                 return plain(module, input)
             params = None
-            if self.gate is None and norm.takes(input) and not (torch.is_grad_enabled() and norm.trains):
+            if self.gate is None and self.mask is None and norm.takes(input) and not (torch.is_grad_enabled() and norm.trains):
                 params = norm.params(lam, input)
             if params is None:  # gated rows, another shape, gradients to the layer, float16 overflow: the hook path
                 out = plain(module, input)
@@ -369,22 +406,32 @@ class SteerHandle(_HookSet):
         return types.MethodType(forward, module)  # bound, so copy.deepcopy rebinds it to the copy
 
     def __enter__(self) -> "SteerHandle":
-        return self.attach() if not self._handles else self
+        if self._guard.attached:
+            return self
+        try:  # an interrupt after attaching, before __enter__ returns (no __exit__ then), removes again
+            self.attach()
+            return self
+        except BaseException:
+            self.remove()
+            raise
 
 
 def attach(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:
-    """Attach steering hooks now; call ``.remove()`` on the result to detach."""
-    return SteerHandle(model, tmap, strength, **kwargs).attach()
-
-
-@contextlib.contextmanager
-def steer(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> Iterator[SteerHandle]:
-    """``with steer(model, tmap, strength=1.0): ...`` — hooks exist only inside the block.
-
-    Keyword arguments: ``support``, ``name_map``, ``gate``, ``layout`` (see :class:`SteerHandle`).
-    """
-    handle = SteerHandle(model, tmap, strength, **kwargs).attach()
+    """Attach steering hooks now; call ``.remove()`` on the result to detach (``with steer(...)``
+    removes them for you, also when interrupted)."""
+    handle = SteerHandle(model, tmap, strength, **kwargs)
     try:
-        yield handle
-    finally:
+        return handle.attach()
+    except BaseException:
         handle.remove()
+        raise
+
+
+def steer(model: torch.nn.Module, tmap: TransportMap, strength=None, **kwargs) -> SteerHandle:
+    """``with steer(model, tmap, strength=1.0) as handle: ...`` — hooks exist only inside the block.
+
+    Keyword arguments: ``support``, ``name_map``, ``gate``, ``layout``, ``inplace``, ``fuse``
+    (see :class:`SteerHandle`). The map is checked against the model here; the hooks are
+    attached on entering the block and removed on leaving it, whatever ends it.
+    """
+    return SteerHandle(model, tmap, strength, **kwargs)

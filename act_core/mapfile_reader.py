@@ -1,177 +1,277 @@
 """Strict reader for map files: the only code that parses untrusted bytes.
 
 A map file is data only. Reading one never executes code (safetensors, no pickle), and
-every field is checked before a :class:`TransportMap` is built: header size and JSON,
-the metadata schema, the exact tensor key set, every tensor's dtype, shape and finiteness,
-band ordering. Any failure is a :class:`MapFileError` that says what is wrong.
+every field is checked before anything is built, with the rules of :mod:`act_core.mapformat`:
+the file is a regular file of at most ``MAX_FILE_BYTES``; the 8-byte header length is checked
+against the file size before the header is read; the header and metadata JSON are parsed with
+limits (nesting depth, number size, no NaN); the metadata follows its schema; the tensor set
+matches the metadata exactly, every tensor's dtype, shape and offsets are checked and the
+data must be exactly as long as the header says before any of it is read; then every value
+is range-checked (ω, β, band order, flags) in a few passes over all modules at once. Any
+failure is a :class:`~act_core.mapformat.MapFileError` that says what is wrong (a missing file
+is a ``FileNotFoundError``).
+
+Cost: linear in the file size. A file in the writer's canonical layout is recognised without
+parsing its tensor index (the index is rebuilt from the metadata and compared), so a map with
+tens of thousands of modules loads in about a second; a file from another writer (e.g.
+safetensors' own ``save``) is parsed in full.
+
+The result is a :class:`MapParts` (validated metadata and transports) from which
+:meth:`act_core.mapfile.TransportMap.load` builds the map.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import os
+import stat
 import struct
+from dataclasses import dataclass
+from json.decoder import scanstring
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
-from .mapfile import FORMAT, FORMAT_VERSION, MAX_METADATA_BYTES, MapFileError, TransportMap, check_module_name
-from .transport import BAND_NAMES, LAYOUTS, UnitTransport, normalize_support
+from .mapformat import (FLOATS_PER_UNIT, HEADER_PREFIX, MAX_FILE_BYTES, MAX_HEADER_BYTES, TENSOR_KEYS, MapFileError,
+                        ModuleEntry, canonical_index, check_values, data_bytes, no_gc, parse_json, read_metadata)
+from .transport import BAND_NAMES, UnitTransport
 
-MAX_FILE_BYTES = 4 * 1024**3
-MAX_HEADER_BYTES = 64 * 1024 * 1024
-MAX_UNITS = 1 << 22
-_METHODS = ("linear", "mean", "gaussian", "aura")
+#: safetensors dtype names this reader knows (for messages), and the two a map uses
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+           "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+_NP = {"F32": "<f4", "U8": "u1"}
 
 
-def read_map_file(path: Path) -> TransportMap:
-    if not path.exists():
-        raise FileNotFoundError(f"map file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise MapFileError(f"{str(path)!r} is not a file")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise MapFileError(f"{path.name}: {size} bytes is larger than any map file ({MAX_FILE_BYTES} max)")
-    try:
-        return read_map_bytes(path.read_bytes())
-    except MapFileError as e:
-        raise MapFileError(f"{path.name}: {e}") from None
+@dataclass
+class MapParts:
+    """A validated map file: its metadata (without the per-module table) and, per module in
+    file order, ``(name, transport, layout, tuple-output index)``."""
+
+    meta: Dict[str, Any]
+    modules: List[Tuple[str, UnitTransport, str, Optional[int]]]
 
 
 def _fail(msg: str):
     raise MapFileError(msg)
 
 
-def _header(data: bytes) -> Dict[str, Any]:
-    if len(data) < 8:
-        _fail(f"not a safetensors file: {len(data)} bytes is too short (truncated?)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > MAX_HEADER_BYTES or n > len(data) - 8:
-        _fail(f"not a valid safetensors file: header claims {n} bytes but the file has {len(data) - 8} (truncated or corrupt)")
+# -- files -----------------------------------------------------------------------------------------
+
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _shown(path: Path) -> str:
+    s = str(path)
+    return repr(s) if len(s) <= 200 else repr(s[:100] + "..." + s[-60:])
+
+
+def _why(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
+def read_map_file(path: Path) -> MapParts:
+    """Read and check the map file at ``path`` (see the module docstring)."""
     try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        _fail(f"not a valid safetensors file: header is not JSON ({e.__class__.__name__})")
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"map file {_shown(path)} does not exist") from None
+    except (OSError, ValueError) as e:  # name too long, permission, loop of links, NUL in the name ...
+        raise MapFileError(f"cannot open map file {_shown(path)}: {_why(e)}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise MapFileError(f"{_shown(path)} is {_kind(st.st_mode)}, not a map file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise MapFileError(f"{path.name}: {st.st_size} bytes is larger than any map file ({MAX_FILE_BYTES} max)")
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)  # O_NONBLOCK: a FIFO swapped in after the stat does not block the open
+    except (OSError, ValueError) as e:
+        raise MapFileError(f"cannot open map file {_shown(path)}: {_why(e)}") from None
+    try:
+        with open(fd, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise MapFileError(f"it is {_kind(st.st_mode)}, not a map file")
+            if st.st_size > MAX_FILE_BYTES:
+                raise MapFileError(f"{st.st_size} bytes is larger than any map file ({MAX_FILE_BYTES} max)")
+            with no_gc():
+                return _read(_FileSource(f, st.st_size))
+    except MapFileError as e:
+        raise MapFileError(f"{path.name}: {e}") from None
+    except OSError as e:  # EIO, EISDIR, EINVAL from special files ...
+        raise MapFileError(f"{path.name}: could not read the file: {_why(e)}") from None
+
+
+def read_map_bytes(data) -> MapParts:
+    """Read and check a map held in memory (``bytes``, ``bytearray`` or ``memoryview``)."""
+    with no_gc():
+        return _read(_BytesSource(memoryview(data).cast("B")))
+
+
+class _FileSource:
+    def __init__(self, f, size: int):
+        self.f, self.size, self.pos = f, size, 0
+
+    def read_into(self, buf: bytearray) -> None:
+        view, got = memoryview(buf), 0
+        while got < len(buf):
+            k = self.f.readinto(view[got:])
+            if not k:
+                _fail(f"the file ended after {self.pos + got} of its {self.size} bytes (it changed while being read?)")
+            got += k
+        self.pos += got
+
+
+class _BytesSource:
+    def __init__(self, data: memoryview):
+        self.data, self.size, self.pos = data, len(data), 0
+
+    def read_into(self, buf: bytearray) -> None:
+        buf[:] = self.data[self.pos : self.pos + len(buf)]
+        self.pos += len(buf)
+
+
+def _read(src) -> MapParts:
+    if src.size < 8:
+        _fail(f"not a safetensors file: {src.size} bytes is too short (truncated?)")
+    head = bytearray(8)
+    src.read_into(head)
+    (n,) = struct.unpack("<Q", head)
+    rest = src.size - 8
+    if n > MAX_HEADER_BYTES:
+        _fail(f"not a valid safetensors file: the header length field says {n} bytes, more than the "
+              f"{MAX_HEADER_BYTES} a map file may have (corrupt, or not a safetensors file)")
+    if n > rest:
+        _fail(f"not a valid safetensors file: the header length field says {n} bytes but only {rest} bytes follow it "
+              "(truncated or corrupt)")
+    raw = bytearray(n)
+    src.read_into(raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        _fail(f"not a valid safetensors file: the header is not UTF-8 text (byte {e.start})")
+    meta, entries, specs, expected = _header(text)
+    have = rest - n
+    if have != expected:
+        _fail(f"the file holds {have} bytes of tensor data but its header describes {expected} (truncated or corrupt)")
+    buf = bytearray(expected)
+    src.read_into(buf)
+    return _build(meta, entries, specs, buf)
+
+
+# -- the header --------------------------------------------------------------------------------------
+
+_Spec = Tuple[str, Tuple[int, ...], int, int]  # dtype, shape, start, end
+
+
+def _header(text: str):
+    """``(meta, entries, specs, data length)``; ``specs`` is None for the canonical layout."""
+    if text.startswith(HEADER_PREFIX + '"'):
+        try:
+            meta_text, end = scanstring(text, len(HEADER_PREFIX) + 1, True)
+        except ValueError:
+            meta_text = None
+        if meta_text is not None:
+            meta, entries = read_metadata(meta_text)
+            if text[end:].rstrip(" ") == "}," + canonical_index(entries) + "}":
+                return meta, entries, None, data_bytes(entries)
+    return _generic_header(text)
+
+
+def _generic_header(text: str):
+    header = parse_json(text, "the safetensors header")
     if not isinstance(header, dict):
         _fail("not a valid safetensors file: header is not a JSON object")
-    return header
-
-
-def _metadata(header: Dict[str, Any]) -> Dict[str, Any]:
     md = header.get("__metadata__")
     if not isinstance(md, dict) or "act" not in md:
         _fail("no act-steering metadata: this safetensors file is not a transport map (a LoRA or checkpoint?)")
-    raw = md["act"]
-    if not isinstance(raw, str) or len(raw) > MAX_METADATA_BYTES:
-        _fail(f"metadata must be a JSON string of at most {MAX_METADATA_BYTES} bytes")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        _fail(f"metadata is not valid JSON: {e.msg} at position {e.pos}")
-    if not isinstance(meta, dict):
-        _fail("metadata must be a JSON object")
-    return meta
-
-
-def _check_meta(meta: Dict[str, Any]) -> None:
-    if meta.get("format") != FORMAT:
-        _fail(f"metadata format is {meta.get('format')!r}, expected {FORMAT!r}")
-    v = meta.get("format_version")
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        _fail(f"format_version must be a positive integer, got {v!r}")
-    if v > FORMAT_VERSION:
-        _fail(f"map format version {v} is newer than this act-steering reads ({FORMAT_VERSION}); upgrade act-steering")
-    if meta.get("bands") != list(BAND_NAMES):
-        _fail(f"band list {meta.get('bands')!r} differs from the supported {list(BAND_NAMES)}")
-    for key in ("method", "pooling"):
-        if not isinstance(meta.get(key), str):
-            _fail(f"metadata field {key!r} must be a string")
-    if meta["method"] not in _METHODS + ("mixed",):
-        _fail(f"unknown method {meta['method']!r} (known: {', '.join(_METHODS)})")
-    arch = meta.get("architecture")
-    if arch is not None and (not isinstance(arch, str) or len(arch) > 256):
-        _fail("metadata field 'architecture' must be a short string or null")
-    s = meta.get("default_strength", 1.0)
-    if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s):
-        _fail(f"default_strength must be a finite number, got {s!r}")
-    try:
-        normalize_support(meta.get("default_support"))
-    except ValueError as e:
-        _fail(str(e))
-    mods = meta.get("modules")
-    if not isinstance(mods, dict) or not mods:
-        _fail("metadata lists no modules")
-
-
-def _check_entry(name: str, entry: Any) -> None:
-    if not isinstance(entry, dict):
-        _fail(f"module {name!r}: metadata entry must be an object")
-    missing = [k for k in ("units", "layout", "output_index", "method", "default_support") if k not in entry]
-    if missing:
-        _fail(f"module {name!r}: metadata entry lacks {', '.join(missing)}")
-    u = entry.get("units")
-    if not isinstance(u, int) or isinstance(u, bool) or not 0 < u <= MAX_UNITS:
-        _fail(f"module {name!r}: units must be an integer in 1..{MAX_UNITS}, got {u!r}")
-    if entry.get("layout") not in LAYOUTS:
-        _fail(f"module {name!r}: unknown layout {entry.get('layout')!r}")
-    k = entry.get("output_index")
-    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < 64):
-        _fail(f"module {name!r}: output_index must be null or a small non-negative integer, got {k!r}")
-    if entry.get("method") not in _METHODS:
-        _fail(f"module {name!r}: unknown method {entry.get('method')!r}")
-    try:
-        normalize_support(entry.get("default_support"))
-    except ValueError as e:
-        _fail(f"module {name!r}: {e}")
-
-
-def _tensor(tensors, key: str, dtype: torch.dtype, shape) -> torch.Tensor:
-    t = tensors[key]
-    if t.dtype != dtype:
-        _fail(f"tensor {key!r} has dtype {t.dtype}, expected {dtype}")
-    if tuple(t.shape) != tuple(shape):
-        _fail(f"tensor {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)} (the metadata's unit count)")
-    if t.is_floating_point() and not torch.isfinite(t).all():
-        _fail(f"tensor {key!r} contains NaN or inf")
-    return t
-
-
-def read_map_bytes(data: bytes) -> TransportMap:
-    header = _header(data)
-    meta = _metadata(header)
-    _check_meta(meta)
-    modules = meta["modules"]
-    expected = set()
-    for name, entry in modules.items():
-        try:
-            check_module_name(name)
-        except MapFileError as e:
-            _fail(str(e))
-        _check_entry(name, entry)
-        expected.update(f"{name}/{k}" for k in ("omega", "beta", "bands", "flags"))
-    present = {k for k in header if k != "__metadata__"}
-    if present != expected:
-        missing, extra = sorted(expected - present), sorted(present - expected)
-        _fail(f"tensor set does not match the metadata: missing {missing[:3]}, unexpected {extra[:3]}")
-    try:
-        from safetensors.torch import load
-
-        tensors = load(data)
-    except Exception as e:  # the Rust parser reports malformed offsets, dtypes, sizes
-        _fail(f"corrupt tensor data ({type(e).__name__}: {str(e)[:200]})")
-    tmap = TransportMap(meta={k: v for k, v in meta.items() if k not in ("modules", "bands", "format")})
+    if not isinstance(md["act"], str):
+        _fail("the act-steering metadata must be a JSON string")
+    meta, entries = read_metadata(md["act"])
+    expected = {f"{e.name}/{k}": (e.units, k) for e in entries for k in TENSOR_KEYS}
+    present = set(header) - {"__metadata__"}
+    if present != set(expected):
+        missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
+        _fail(f"tensor set does not match the metadata: missing {_few(missing)}, unexpected {_few(extra)}")
     nb = len(BAND_NAMES)
-    for name, entry in modules.items():
-        d = entry["units"]
-        omega = _tensor(tensors, f"{name}/omega", torch.float32, (d,))
-        beta = _tensor(tensors, f"{name}/beta", torch.float32, (d,))
-        bands = _tensor(tensors, f"{name}/bands", torch.float32, (nb, 2, d))
-        flags = _tensor(tensors, f"{name}/flags", torch.uint8, (d,))
-        if (bands[:, 0] > bands[:, 1]).any():
-            _fail(f"module {name!r}: a support band has its lower bound above its upper bound")
-        if (flags > 3).any():
-            _fail(f"module {name!r}: unknown unit flags")
-        t = UnitTransport(omega, beta, bands, flags, method=entry["method"], default_support=entry["default_support"])
-        tmap.add(name, t, layout=entry["layout"], output_index=entry["output_index"])
-    return tmap
+    specs: Dict[str, _Spec] = {}
+    for key, (d, kind) in expected.items():
+        want_dtype, want_shape = ("U8", (d,)) if kind == "flags" else ("F32", (nb, 2, d) if kind == "bands" else (d,))
+        specs[key] = _spec(key, header[key], want_dtype, want_shape)
+    pos = 0
+    for dtype, shape, start, end in sorted(specs.values(), key=lambda s: (s[2], s[3])):
+        if start != pos:
+            _fail(f"corrupt tensor offsets: tensor data {'overlaps' if start < pos else 'has a gap'} at byte {min(start, pos)}")
+        pos = end
+    return meta, entries, specs, pos
+
+
+def _few(keys) -> str:
+    return repr([k if len(k) <= 80 else k[:77] + "..." for k in keys[:3]]) + (f" (and {len(keys) - 3} more)" if len(keys) > 3 else "")
+
+
+def _spec(key: str, spec: Any, want_dtype: str, want_shape: tuple) -> _Spec:
+    if not isinstance(spec, dict):
+        _fail(f"tensor {key!r}: its header entry must be an object")
+    dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    if dtype != want_dtype:
+        shown = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        _fail(f"tensor {key!r} has dtype {str(shown)[:40]}, expected {_DTYPES[want_dtype]}")
+    if not isinstance(shape, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in shape):
+        _fail(f"tensor {key!r}: shape must be a list of integers")
+    if tuple(shape) != want_shape:
+        _fail(f"tensor {key!r} has shape {tuple(shape)}, expected {want_shape} (the metadata's unit count)")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in offsets)):
+        _fail(f"tensor {key!r}: data_offsets must be two non-negative integers")
+    start, end = offsets
+    size = int(np.prod(want_shape)) * (1 if want_dtype == "U8" else 4)
+    if end - start != size:
+        _fail(f"tensor {key!r}: data_offsets {offsets} span {end - start} bytes but its shape needs {size}")
+    return want_dtype, want_shape, start, end
+
+
+# -- the tensors ---------------------------------------------------------------------------------------
+
+def _array(buf: bytearray, dtype: str, offset: int, count: int) -> torch.Tensor:
+    a = np.frombuffer(buf, dtype=_NP[dtype], count=count, offset=offset)
+    if not a.dtype.isnative or offset % a.dtype.itemsize:  # a big-endian host, or data off its alignment
+        a = a.astype(a.dtype.newbyteorder("="), copy=True)
+    return torch.from_numpy(a)
+
+
+def _build(meta, entries: List[ModuleEntry], specs: Optional[Dict[str, _Spec]], buf: bytearray) -> MapParts:
+    nb = len(BAND_NAMES)
+    units = [e.units for e in entries]
+    if specs is None:  # canonical: every module's omega, beta, bands, then every module's flags
+        total = sum(units)
+        pieces = torch.split(_array(buf, "F32", 0, FLOATS_PER_UNIT * total), [s for d in units for s in (d, d, 2 * nb * d)])
+        omegas, betas = pieces[0::3], pieces[1::3]
+        bands = [p.view(nb, 2, d) for p, d in zip(pieces[2::3], units)]
+        flags = torch.split(_array(buf, "U8", 4 * FLOATS_PER_UNIT * total, total), units)
+    else:
+        def get(key):
+            dtype, shape, start, end = specs[key]
+            return _array(buf, dtype, start, (end - start) // (1 if dtype == "U8" else 4)).view(shape)
+
+        omegas = [get(f"{e.name}/omega") for e in entries]
+        betas = [get(f"{e.name}/beta") for e in entries]
+        bands = [get(f"{e.name}/bands") for e in entries]
+        flags = [get(f"{e.name}/flags") for e in entries]
+    check_values([e.name for e in entries], omegas, betas, bands, flags)
+    parts = MapParts({k: v for k, v in meta.items() if k not in ("modules", "bands", "format")}, [])
+    for e, o, b, bd, f in zip(entries, omegas, betas, bands, flags):
+        parts.modules.append((e.name, UnitTransport._checked(o, b, bd, f, e.method, e.default_support), e.layout,
+                              e.output_index))
+    return parts
+
+
+__all__ = ["MapParts", "read_map_file", "read_map_bytes"]

@@ -5,6 +5,14 @@ when an attention mask ``(B, T)`` (1 = real token) is given; ``(B, C, H, W)`` is
 space (the unit is the channel). Reductions run in float32. ``"none"`` keeps every
 token / pixel as its own row (``(rows, D)``) and is the only op whose memory grows with
 sequence length.
+
+``"mean_nosink"`` is the token mean without each sequence's first real token. In decoder LMs
+the first position is an *attention sink* (the BOS token, or the first word when the
+tokenizer adds none): its activations are many times larger than the others' in a few
+dimensions, so a plain mean over a short text is dominated by it and a shift fitted on such
+means (Mean-AcT, a mean-difference vector) carries that token's noise into every position.
+A sequence with one real token keeps that token. On ``(B, D)`` and ``(B, C, H, W)`` inputs it
+is the plain mean.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from typing import Optional
 
 import torch
 
-POOLINGS = ("mean", "max", "min", "last", "none")
+POOLINGS = ("mean", "max", "min", "last", "none", "mean_nosink")
 
 
 def pool(x: torch.Tensor, pooling: str = "mean", attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -23,6 +31,7 @@ def pool(x: torch.Tensor, pooling: str = "mean", attention_mask: Optional[torch.
     x = x.detach()
     if x.ndim == 2:
         return x.to(torch.float32, copy=True)
+    tokens = False
     if x.ndim == 4:
         b, c = x.shape[:2]
         x = x.float().flatten(2).transpose(1, 2)  # (B, HW, C)
@@ -31,11 +40,22 @@ def pool(x: torch.Tensor, pooling: str = "mean", attention_mask: Optional[torch.
         attention_mask = None
     elif x.ndim == 3:
         x = x.float()
+        tokens = True
     else:
         raise ValueError(f"cannot pool an activation of shape {tuple(x.shape)}: expected (B, D), (B, T, D) or (B, C, H, W)")
     mask = None
     if attention_mask is not None and tuple(attention_mask.shape) == tuple(x.shape[:2]):
         mask = attention_mask.to(device=x.device).bool()
+    if pooling == "mean_nosink":
+        if tokens:  # (B, T, D): drop each sequence's first real token unless it is the only one
+            if mask is None:
+                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            first = mask.int().argmax(1)  # first real token, whatever the padding side
+            many = mask.sum(1) > 1
+            rows = torch.arange(x.shape[0], device=x.device)[many]
+            mask = mask.clone()
+            mask[rows, first[many]] = False
+        pooling = "mean"
     if pooling == "none":
         rows = x[mask] if mask is not None else x.reshape(-1, x.shape[-1])
         return rows.contiguous()

@@ -11,7 +11,16 @@ interpolation, paper Eq. 1)::
 
     T_λ(a) = (1 - λ) a + λ (ω a + β) = (1 + λ(ω - 1)) a + λ β
 
-``λ = 0`` returns the input unchanged, bit for bit. Any real ``λ`` is accepted.
+``λ = 0`` returns the input unchanged, bit for bit. Any real ``λ`` with ``|λ| ≤
+STRENGTH_LIMIT`` (1000) is accepted; a larger or non-finite one is refused.
+
+Ranges (what a transport may hold; the estimators, the map writer and the strict reader all
+keep them): ``|ω| ≤ OMEGA_LIMIT`` (1e8: a steeper slope means a source spread below 1e-8 of
+the target's, a unit the estimators treat as constant), ``|β| ≤ BETA_LIMIT`` (1e15), band
+bounds any finite float32 with ``lower ≤ upper``. Then for ``|λ| ≤ 1000`` the coefficients
+``a = 1 + λ(ω − 1)`` (``|a| ≤ 1e11``) and ``c = λβ`` (``|c| ≤ 1e18``) are finite in float32
+and so is ``a x + c`` for every activation below 1e26 in magnitude; float16 results saturate
+at ±65504 (see :meth:`UnitTransport.kernel`).
 
 Layouts (``x`` is the activation tensor):
 
@@ -58,6 +67,13 @@ UNBOUNDED = "all"
 SUPPORT_CHOICES: Tuple[str, ...] = BAND_NAMES + (UNBOUNDED,)
 LAYOUTS = ("auto", "tokens", "spatial_mean", "per_pixel")
 
+#: The largest |λ| accepted anywhere (apply, steer, bake, a map's default strength).
+STRENGTH_LIMIT = 1000.0
+#: The largest |ω| a transport may hold (see the module docstring).
+OMEGA_LIMIT = 1e8
+#: The largest |β| a transport may hold.
+BETA_LIMIT = 1e15
+
 #: Bit flags per unit, stored in map files.
 FLAG_CONSTANT_SOURCE = 1
 FLAG_CONSTANT_TARGET = 2
@@ -75,6 +91,40 @@ def normalize_support(support: Optional[str]) -> str:
         f"unknown support {support!r}: choose one of {', '.join(SUPPORT_CHOICES)} "
         "(a quantile band of the source, or 'all' for the unbounded support)"
     )
+
+
+def check_strength(strength, what: str = "strength") -> float:
+    """``strength`` as a float if it is a finite number with ``|λ| ≤ STRENGTH_LIMIT``, else a
+    ValueError that names the range."""
+    try:
+        lam = float(strength)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{what} must be a number, got {strength!r}") from None
+    if not math.isfinite(lam):
+        raise ValueError(f"{what} must be a finite number, got {strength!r}")
+    if abs(lam) > STRENGTH_LIMIT:
+        raise ValueError(f"{what} {lam:g} is outside the supported range ±{STRENGTH_LIMIT:g}: such a strength "
+                         "turns activations into meaningless values (use |λ| of a few units; 1 is the full map)")
+    return lam
+
+
+def range_problem(omega: torch.Tensor, beta: torch.Tensor, bands: torch.Tensor) -> Optional[str]:
+    """None when ω, β and the bands are within the ranges of the module docstring, else what is
+    wrong, naming the first offending unit."""
+    for what, v, limit in (("omega", omega, OMEGA_LIMIT), ("beta", beta, BETA_LIMIT), ("bands", bands, None)):
+        finite = torch.isfinite(v)
+        if not bool(finite.all()):
+            unit = int((~finite).flatten().nonzero()[0, 0]) % max(v.shape[-1], 1)
+            return (f"{what} holds NaN or inf (unit {unit}): a transport needs finite numbers (for 'everywhere' use "
+                    "support 'all' instead of infinite band bounds)")
+        if limit is not None and v.numel() and float(v.abs().max()) > limit:
+            flat = int((v.abs() > limit).flatten().nonzero()[0, 0])
+            return (f"{what} of unit {flat % v.shape[-1]} is {float(v.flatten()[flat]):.4g}, outside the supported "
+                    f"range ±{limit:g} (no fitted map comes near it)")
+    if bands.ndim == 3 and bands.shape[1] == 2 and bool((bands[:, 0] > bands[:, 1]).any()):
+        k, unit = (bands[:, 0] > bands[:, 1]).nonzero()[0].tolist()
+        return f"support band {BAND_NAMES[k]!r} of unit {unit} has its lower bound above its upper bound"
+    return None
 
 
 @dataclass(eq=False)
@@ -107,11 +157,19 @@ class UnitTransport:
             raise ValueError(f"bands must have shape ({len(BAND_NAMES)}, 2, {d[0]}), got {tuple(self.bands.shape)}")
         if self.flags.shape != d:
             raise ValueError(f"flags must have shape ({d[0]},), got {tuple(self.flags.shape)}")
-        for what, v in (("omega", self.omega), ("beta", self.beta), ("bands", self.bands)):
-            if not bool(torch.isfinite(v).all()):
-                raise ValueError(f"{what} holds NaN or inf: a transport needs finite numbers (for 'everywhere' use "
-                                 "support 'all' instead of infinite band bounds)")
+        problem = range_problem(self.omega, self.beta, self.bands)
+        if problem:
+            raise ValueError(problem)
         self.default_support = normalize_support(self.default_support)
+
+    @classmethod
+    def _checked(cls, omega, beta, bands, flags, method: str, default_support: str) -> "UnitTransport":
+        """Build without re-checking: for callers that have checked shapes and ranges in bulk
+        (the map reader checks every module of a file in a few passes)."""
+        t = cls.__new__(cls)
+        t.omega, t.beta, t.bands, t.flags = omega, beta, bands, flags
+        t.method, t.default_support, t._cache = method, default_support, {}
+        return t
 
     @property
     def units(self) -> int:
@@ -137,7 +195,7 @@ class UnitTransport:
         key = ("coef", float(strength), dtype, device)
         hit = self._cache.get(key)
         if hit is None:
-            lam = float(strength)
+            lam = check_strength(strength)
             with ordinary_tensors():
                 a = 1.0 + lam * (self.omega.double() - 1.0)
                 c = lam * self.beta.double()
@@ -178,8 +236,7 @@ class UnitTransport:
                 f"activation has {x.shape[channel_dim]} units on dim {channel_dim} (shape {tuple(x.shape)}) "
                 f"but the map has {self.units}"
             )
-        if not math.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength!r}")
+        strength = check_strength(strength)
         if strength == 0:
             return x
         return self.kernel(strength, support, layout, x.dtype, x.device)(x, False)
@@ -299,8 +356,8 @@ def _closed_band(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype, a_minus
     largest below ``hi``, so ``lo < x < hi  <=>  lo' <= x <= hi'`` for every ``x`` of ``dtype``
     (the float32 test of the reference, also for float16 / bfloat16 activations). ``a - 1``
     and ``c`` are zeroed on units whose band holds no value at all (``lo' > hi'``, e.g. a
-    constant source unit): there the map is the identity whatever the test says (``clamp``
-    with ``min > max`` returns ``max``)."""
+    constant source unit, or a band beyond the range of ``dtype``), and their bounds set to
+    ``[0, 0]`` (finite): there the map is the identity whatever the test says."""
     r_lo, r_hi = lo.to(dtype), hi.to(dtype)
     up = torch.nextafter(r_lo, torch.full_like(r_lo, float("inf")))
     down = torch.nextafter(r_hi, torch.full_like(r_hi, float("-inf")))
@@ -310,6 +367,9 @@ def _closed_band(lo: torch.Tensor, hi: torch.Tensor, dtype: torch.dtype, a_minus
     if bool(empty.any()):
         a_minus_1 = a_minus_1.masked_fill(empty, 0)
         c = c.masked_fill(empty, 0)
+        # a band beyond the dtype's range gives an infinite bound here (float16: a band below
+        # -65504); clamp would return it and 0 * inf is NaN, so an empty band becomes [0, 0]
+        lo2, hi2 = lo2.masked_fill(empty, 0), hi2.masked_fill(empty, 0)
     return lo2, hi2, a_minus_1, c
 
 

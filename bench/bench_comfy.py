@@ -151,7 +151,7 @@ def bench_fit(args):
     def run(pairs, procedure, batch_size, pattern=pattern):
         layers = "custom pattern" if pattern else args.fit_layers
         return fit_node.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0,
-                            size, size, args.steps, batch_size=batch_size)
+                            size, size, batch_size=batch_size)
 
     sim_pairs = prompts.build_pairs("style: watercolor", 8, 0)
     cau_pairs = prompts.build_pairs("style: watercolor", 4, 0)
@@ -174,7 +174,7 @@ def bench_fit(args):
             print(f"  {label}: {times[label][-1]:.2f} s", file=sys.stderr, flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, loadavg {os.getloadavg()[0]:.2f}\n")
     print(f"### ComfyUI Fit node: quarter-width SDXL UNet + 3-layer SDXL-width CLIPs (ComfyUI classes), "
-          f"{size}x{size} px ({size // 8}x{size // 8} latent), first of {args.steps} steps, cfg 1\n")
+          f"{size}x{size} px ({size // 8}x{size // 8} latent), first step, cfg 1\n")
     print("| group | layers | variant | runs | min s | median s | max s | median speed-up |\n|---|---|---|---|---|---|---|---|")
     for group in dict.fromkeys(g for g, *_ in variants):
         labels = [label for g, label, *_ in variants if g == group]

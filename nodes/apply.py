@@ -6,12 +6,15 @@ which shares the same modules) no hook exists. With cfg > 1 only the conditional
 (``transformer_options["cond_or_uncond"] == 0``) are steered unless ``steer_negative`` is on.
 
 Fused mode (``mode=FUSED``): every module whose fixed-λ map folds exactly
-(``act_core.bake.fold_factors``: support "all", not a spatial-mean map with ω ≠ 1 on a 4-D
+(``act_core.fold.fold_factors``: support "all", not a spatial-mean map with ω ≠ 1 on a 4-D
 output) becomes a ComfyUI "diff" weight patch on the clone, ``Δw = (a − 1) ⊙ w``,
 ``Δb = (a − 1) ⊙ b + c``; ComfyUI adds it when it loads the clone and restores the weights when
 it unloads it. Weights hold for the whole sampling and act on every batch row, so fused mode
 needs the full window and steers both CFG halves; the modules that cannot fold keep the hooks
-above, also on both halves, so the result equals hooks mode with ``steer_negative`` on.
+above, also on both halves, so the result equals hooks mode with ``steer_negative`` on. The
+default everywhere (diffusers, hooks mode, fused mode) is to steer only the conditional rows:
+fused mode therefore refuses, at the first UNet call that holds unconditional rows (cfg > 1),
+unless ``steer_negative`` is on; at cfg 1 (distilled models) there are none.
 
 CLIP: the clone's ``encode_token_weights`` is object-patched to run inside ``act_core.steer``;
 ComfyUI applies the patch only while that clone is the loaded CLIP.
@@ -20,11 +23,12 @@ ComfyUI applies the patch only while that clone is the loaded CLIP.
 from __future__ import annotations
 
 from act_core import SteerHandle, steer
-from act_core.bake import fold_delta
+from act_core.fold import fold_delta
 from act_core.mapfile import MapFileError
 
 from . import comfy_compat as cc
 from .comfy_compat import TransportMapType, io
+from .masks import LayerMask, as_mask_batch
 from .steering import (block_strengths, check_architecture, component_subset, local_name_map, rows_gate,
                        split_foldable, step_in_window)
 
@@ -39,7 +43,7 @@ WINDOWS = (PERCENT, STEPS)
 
 
 def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0, steer_negative=False, per_block="",
-                   mode=HOOKS, window=PERCENT):
+                   mode=HOOKS, window=PERCENT, mask=None):
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(repr(m) for m in MODES)}")
     if window not in WINDOWS:
@@ -55,6 +59,11 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
             f"start_percent {start_percent} to end_percent {end_percent}: set start_percent 0 and end_percent 1, "
             f"or choose mode {HOOKS!r} for a window"
         )
+    if mask is not None:
+        if fused:
+            raise ValueError(f"a mask steers only part of the image, which weight patches cannot: choose mode {HOOKS!r} "
+                             "with a mask, or disconnect the mask")
+        mask = as_mask_batch(mask)
     local = local_name_map(sub, "diffusion_model")
     unet = model.model.diffusion_model
     try:
@@ -67,6 +76,7 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
     hooked = sub
     if fused:
         folds, reasons = split_foldable(unet, sub, strengths, local)
+        folds, reasons = _keep_coarse_weights_hooked(model, folds, reasons, local)
         for n, factors in folds.items():
             for attr, (scale, shift) in factors.items():
                 key = f"diffusion_model.{local[n]}.{attr}"
@@ -77,21 +87,35 @@ def apply_to_model(model, tmap, strength=1.0, start_percent=0.0, end_percent=1.0
             "AcT fused mode: %d of %d UNet layers fused as weight patches, %d hooked, %d at strength 0%s%s",
             len(folds), len(sub), len(reasons), len(sub) - len(folds) - len(reasons),
             f" (hooked e.g. {first[0]}: {first[1]})" if first else "",
-            "" if steer_negative else "; both CFG halves are steered in this mode ('steer negative' has no effect)",
+            "" if steer_negative else "; with cfg > 1 turn on 'steer negative' (weights act on both CFG halves)",
         )
-        steer_negative = True  # a patched weight acts on both halves; the hooked rest does the same
 
-    if hooked is None:
-        out = model.clone()
-    else:
-        out = cc.add_unet_wrapper(model, _hook_wrapper(model, hooked, strengths, local, start_percent, end_percent,
-                                                       steer_negative, window))
+    wrapper = None
+    if hooked is not None:  # in fused mode the hooked rest acts on both halves, like the weights
+        wrapper = _hook_wrapper(model, hooked, strengths, local, start_percent, end_percent,
+                                steer_negative or fused, window, mask)
+    if fused and not steer_negative and (diffs or hooked is not None):
+        wrapper = _cond_only_guard(wrapper)
+    out = model.clone() if wrapper is None else cc.add_unet_wrapper(model, wrapper)
     if diffs:
         cc.add_weight_diffs(out, diffs)
     return out
 
 
-def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, steer_negative, window=PERCENT):
+def _keep_coarse_weights_hooked(model, folds, reasons, local):
+    """Layers whose weights are stored in float8 stay hooked (see ``comfy_compat.coarse_weight_dtype``)."""
+    kept, reasons = {}, dict(reasons)
+    for n, factors in folds.items():
+        coarse = next(filter(None, (cc.coarse_weight_dtype(model, f"diffusion_model.{local[n]}.{a}") for a in factors)), None)
+        if coarse is None:
+            kept[n] = factors
+        else:
+            reasons[n] = (f"its weights are stored in {coarse}: a folded weight would be rounded to float8 "
+                          "(hooks transport the activations, which ComfyUI computes in a wider dtype)")
+    return kept, reasons
+
+
+def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, steer_negative, window=PERCENT, mask=None):
     """DIFFUSION_MODEL wrapper: act_core hooks for ``sub`` around each UNet call inside the window
     (``PERCENT``: ComfyUI's percent of denoising, as ConditioningSetTimestepRange; ``STEPS``: the
     fraction of the sampler's steps, see :func:`step_in_window`)."""
@@ -100,6 +124,7 @@ def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, stee
     full = (start_percent, end_percent) == (0.0, 1.0)
     strengths = {n: strengths[n] for n in sub.maps}
     handles = {}  # one SteerHandle per UNet module, re-attached around every call
+    compiled_part = cc.CompiledPartCheck([local[n] for n in sub.maps])
 
     def inside(transformer_options) -> bool:
         sigma = cc.current_sigma(transformer_options)
@@ -114,12 +139,43 @@ def _hook_wrapper(model, sub, strengths, local, start_percent, end_percent, stee
     def wrapper(unet_module, call, transformer_options):
         if not inside(transformer_options):
             return call()
+        _refuse_compiled_part(compiled_part(unet_module))
         handle = handles.get(id(unet_module))
         if handle is None or handle.model is not unet_module:
             handle = handles[id(unet_module)] = SteerHandle(unet_module, sub, strengths, name_map=local.__getitem__)
         handle.gate = None if steer_negative else rows_gate(lambda b: cc.cond_rows(transformer_options, b))
+        if mask is not None:  # the mask resized to each layer's grid (nodes/masks.py)
+            handle.mask = LayerMask(mask, lambda: cc.latent_hw(transformer_options), cc.cond_chunks(transformer_options))
         with handle.attach():
             return call()
+
+    return wrapper
+
+
+def _refuse_compiled_part(path):
+    if path is not None:
+        raise RuntimeError(
+            f"the UNet part {path!r} is compiled with torch.compile (a node compiled this block) and holds steered "
+            "layers: TorchDynamo ignores forward hooks added after it compiled (and keeps ones it saw), so steering "
+            f"there would be silently lost or leak into other runs. Use mode {FUSED!r} with a map that folds "
+            "completely (support 'all'), compile the whole model with TorchCompileModel instead (steered calls "
+            "then run uncompiled), or remove the compile node."
+        )
+
+
+def _cond_only_guard(inner=None):
+    """DIFFUSION_MODEL wrapper for fused mode without ``steer_negative``: weight patches cannot
+    leave the unconditional rows alone, so a UNet call that holds them (cfg > 1) is refused with
+    the fix, instead of silently steering the negative half that hooks mode would not."""
+
+    def wrapper(unet_module, call, transformer_options):
+        if cc.has_uncond_rows(transformer_options):
+            raise ValueError(
+                f"mode {FUSED!r} patches the weights, which steers the negative (unconditional) half too, but "
+                "'steer negative' is off and this sampler runs cfg > 1: turn 'steer negative' on to steer both halves, "
+                f"or choose mode {HOOKS!r} to steer only the positive half (cfg 1 models need neither)"
+            )
+        return inner(unet_module, call, transformer_options) if inner else call()
 
     return wrapper
 
@@ -153,7 +209,8 @@ class ApplyToModel(io.ComfyNode):
                 "only the positive (conditional) half is steered unless 'steer negative' is on. Mode 'fused (weight "
                 "patches)' folds every layer whose map is affine per unit (support 'all'; no spatial-mean GroupNorm "
                 "map with ω ≠ 1) into that layer's weight and bias as ComfyUI weight patches: no per-step cost, the "
-                "whole schedule, both CFG halves; the other layers keep hooks (the console log says how many of each)."
+                "whole schedule; weights act on both CFG halves, so with cfg > 1 it needs 'steer negative' on; the "
+                "other layers keep hooks (the console log says how many of each)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The model to steer (a patched clone is returned)."),
@@ -170,23 +227,28 @@ class ApplyToModel(io.ComfyNode):
                 io.Combo.Input("mode", options=list(MODES), default=HOOKS, optional=True,
                                tooltip="hooks: steer layer outputs at every UNet call (any map, window, cond-only). "
                                        "fused (weight patches): fold the map into the weights that ComfyUI patches in "
-                                       "when it loads the model (no per-step cost); needs start 0 and end 1 and steers "
-                                       "both CFG halves (the same for cfg 1 models such as Lightning/Turbo); layers "
+                                       "when it loads the model (no per-step cost); needs start 0 and end 1, and with "
+                                       "cfg > 1 'steer negative' on (weights act on both halves; cfg 1 models such as "
+                                       "Lightning/Turbo have no negative half); layers "
                                        "that cannot fold exactly keep hooks, the console log says how many."),
                 io.Combo.Input("window", options=list(WINDOWS), default=PERCENT, optional=True,
                                tooltip="How start/end are counted. percent of denoising: ComfyUI's convention (as "
                                        "ControlNet and timestep ranges), by noise level. fraction of steps: by the "
                                        "sampler's steps, a step is steered when its middle lies inside the window, "
                                        "e.g. 0 to 0.5 of a 4-step Lightning schedule = steps 1 and 2, exactly."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional: steer only inside this mask (1 = steer, 0 = leave alone; any "
+                                      "resolution, resized to each layer; one per image or one for the batch). "
+                                      "Hooks mode only."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The steered model clone.")],
         )
 
     @classmethod
     def execute(cls, model, transport_map, strength, start_percent, end_percent, steer_negative, per_block="",
-                mode=HOOKS, window=PERCENT) -> io.NodeOutput:
+                mode=HOOKS, window=PERCENT, mask=None) -> io.NodeOutput:
         return io.NodeOutput(apply_to_model(model, transport_map, strength, start_percent, end_percent, steer_negative,
-                                            per_block or "", mode or HOOKS, window or PERCENT))
+                                            per_block or "", mode or HOOKS, window or PERCENT, mask))
 
 
 class ApplyToClip(io.ComfyNode):

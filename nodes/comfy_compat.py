@@ -108,6 +108,10 @@ def latent_channels(model) -> int:
     return int(getattr(model.model.latent_format, "latent_channels", 4))
 
 
+#: seed range of every seed input of the pack, as KSampler's
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
 def empty_latent(model, width: int, height: int, batch: int = 1) -> torch.Tensor:
     return torch.zeros(batch, latent_channels(model), max(1, height // 8), max(1, width // 8))
 
@@ -125,7 +129,7 @@ def sample(model, positive, negative, latent: torch.Tensor, seed: int, steps: in
     """Run ComfyUI's own sampler (the KSampler path) and return the denoised latent.
 
     ``noise`` (same shape as the latent) replaces the seeded noise ComfyUI would draw for the
-    whole latent batch; see :func:`shared_noise` for one noise repeated over a batch.
+    whole latent batch (the Fit node passes one :func:`act_core.diffusion.noise.prompt_noise` per row).
     ``noise_mask`` and ``batch_index`` are a LATENT's own keys (inpainting masks, latents taken
     from a batch), used as KSampler uses them.
     """
@@ -138,16 +142,10 @@ def sample(model, positive, negative, latent: torch.Tensor, seed: int, steps: in
                                denoise=denoise, noise_mask=noise_mask, seed=seed, disable_pbar=True)
 
 
-def shared_noise(model, latent: torch.Tensor, seed: int, batch: int) -> torch.Tensor:
-    """The noise ComfyUI draws for ONE latent of ``latent``'s size from ``seed``, repeated ``batch`` times.
-
-    ``latent``: ``(1, C, H, W)``; returns ``(batch, C', H, W)`` where every row equals
-    ``prepare_noise(latent, seed)[0]`` (a batched ``prepare_noise`` would give each row
-    different noise).
-    """
-    one = _fix_latent(model, latent[:1])
-    noise = comfy.sample.prepare_noise(one, seed)
-    return noise.repeat(batch, *([1] * (noise.ndim - 1)))
+def noise_shape(model, latent: torch.Tensor):
+    """``(C, H, W)`` of the noise ComfyUI's sampler takes for one latent of ``latent``'s size
+    (the channel count of the model's latent format, as KSampler fixes empty latents)."""
+    return tuple(_fix_latent(model, latent[:1]).shape[1:])
 
 
 def concat_conditioning(conds: Sequence[Any]) -> List[List[Any]]:
@@ -234,7 +232,8 @@ def add_unet_wrapper(model, wrapper: Callable) -> Any:
         return wrapper(executor.class_obj, lambda: executor(*args, **kwargs), transformer_options)
 
     m = model.clone()
-    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
+                           outside_torch_compile(diffusion_model_wrapper))
     return m
 
 
@@ -286,6 +285,12 @@ def cond_rows(transformer_options, batch: int) -> Optional[torch.Tensor]:
         return None
     chunk = batch // len(cu)
     return torch.tensor([c == 0 for c in cu for _ in range(chunk)], dtype=torch.bool)
+
+
+def has_uncond_rows(transformer_options) -> bool:
+    """True when this model call holds unconditional (negative-prompt) rows, i.e. cfg > 1."""
+    cu = transformer_options.get("cond_or_uncond") if transformer_options else None
+    return bool(cu) and any(c != 0 for c in cu)
 
 
 def current_sigma(transformer_options) -> Optional[float]:
@@ -362,3 +367,104 @@ def comfy_version() -> str:
         return str(comfyui_version.__version__)
     except Exception:  # pragma: no cover - very old or very new layouts
         return "unknown"
+
+
+# -- torch.compile (TorchCompileModel) ---------------------------------------------------------
+
+def outside_torch_compile(fn: Callable) -> Callable:
+    """``fn`` (and everything it calls: the whole steered UNet forward) runs eagerly, never traced
+    by torch.compile.
+
+    ComfyUI's TorchCompileModel compiles the UNet. TorchDynamo does not guard on forward hooks
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``, True by default): a graph traced while
+    steering hooks were attached would keep running them after they were removed (steering the
+    input MODEL), and a graph traced without them would ignore them. Steered UNet calls
+    therefore run uncompiled; unsteered calls of the same model (another clone, the input
+    MODEL) stay compiled, and fused mode with every layer folded adds no wrapper at all, so it
+    keeps the compiled speed. Outside torch.compile the only cost is one context switch per
+    UNet call.
+    """
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    if disable is None:  # pragma: no cover - torch < 2.1 has no torch.compiler
+        return fn
+    return disable(fn, recursive=True)
+
+
+def torch_compiled(model) -> bool:
+    """True when ComfyUI's TorchCompileModel (``comfy_api.torch_helpers``) is set on ``model``."""
+    return bool(getattr(model, "model_options", {}).get("torch_compile_kwargs"))
+
+
+class CompiledPartCheck:
+    """Finds a steered module inside a torch.compile'd part of a model tree.
+
+    Nodes that compile single blocks put a TorchDynamo ``OptimizedModule`` in place of the block
+    (an object patch). Its compiled graph keeps whichever forward hooks existed when it was
+    traced (TorchDynamo does not guard on hooks), so steering hooks below it would be lost or,
+    worse, kept after removal. Built once from the hooked module paths; calling it walks only
+    their ancestors (a few hundred dictionary look-ups for a full SDXL map).
+    """
+
+    def __init__(self, names: Sequence[str]):
+        self.trie: Dict[str, dict] = {}
+        for name in names:
+            node = self.trie
+            for part in name.split("."):
+                node = node.setdefault(part, {})
+
+    def __call__(self, root) -> Optional[str]:
+        """The path of the first compiled module above (or at) a steered module, else None."""
+        import sys
+
+        eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+        compiled = getattr(eval_frame, "OptimizedModule", None)
+        if compiled is None:  # TorchDynamo never imported: nothing can be compiled
+            return None
+        stack = [(root, self.trie, "")]
+        while stack:
+            module, node, path = stack.pop()
+            for part, below in node.items():
+                child = module._modules.get(part) if isinstance(module, torch.nn.Module) else None
+                if child is None:
+                    child = getattr(module, part, None)
+                here = f"{path}.{part}" if path else part
+                if isinstance(child, compiled):
+                    return here
+                if child is not None and below:
+                    stack.append((child, below, here))
+        return None
+
+
+# -- low-precision weights -----------------------------------------------------------------------
+
+def coarse_weight_dtype(model, key: str) -> Optional[str]:
+    """The dtype name of parameter ``key`` (e.g. ``diffusion_model.out.0.weight``) when its storage
+    is too coarse to hold a folded weight, else None.
+
+    Float8 weights (``weight_dtype`` fp8_e4m3fn / fp8_e5m2 of the diffusion model loader, fp8
+    checkpoints) keep 3 or 2 mantissa bits, and ComfyUI rounds a patched float8 weight
+    stochastically: ``a·w`` would carry up to 6–12 % noise per unit, far more than the weights' own
+    rounding. float16 / bfloat16 / float32 weights fold at their own precision.
+    """
+    import comfy.model_patcher
+
+    weight, _, _ = comfy.model_patcher.get_key_weight(model.model, key)
+    dtype = weight.dtype
+    if dtype.is_floating_point and dtype.itemsize == 1:
+        return str(dtype).replace("torch.", "")
+    return None
+
+
+# -- masks ---------------------------------------------------------------------------------------
+
+def latent_hw(transformer_options) -> Optional[tuple]:
+    """``(H, W)`` of the latent the UNet is denoising in this call (ComfyUI records the input's
+    shape as ``original_shape`` when the UNet starts), or None when unknown."""
+    shape = transformer_options.get("original_shape") if transformer_options else None
+    return (int(shape[-2]), int(shape[-1])) if shape is not None and len(shape) >= 4 else None
+
+
+def cond_chunks(transformer_options) -> int:
+    """How many conditioning chunks (cond / uncond) this UNet call stacks in its batch."""
+    cu = transformer_options.get("cond_or_uncond") if transformer_options else None
+    return len(cu) if cu else 1

@@ -77,7 +77,7 @@ def core_procedure(procedure: str, modules) -> str:
     return core
 
 
-def fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, procedure, seed, width, height, steps,
+def fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, procedure, seed, width, height,
         batch_size=DEFAULT_BATCH_SIZE):
     """Fit and return a TransportMap with canonical names; cancellable through ComfyUI's interrupt.
 
@@ -111,13 +111,13 @@ def fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, proc
         if one_pass:  # act_core ticks (layers fitted, layers) from inside the one forward pass
             bar.update_absolute(min(step, total), total)
 
-    runner = ComfyRunner(model, clip, seed, width, height, steps, on_prompts=on_prompts, batch_size=batch_size)
+    runner = ComfyRunner(model, clip, seed, width, height, on_prompts=on_prompts, batch_size=batch_size)
     try:
         tmap = fit_map(
             runner, src, tgt, modules, method=METHODS[method], pooling="mean", procedure=core,
             support=None if support == "method default" else support, progress=progress,
             **prompt_pairs.get("meta", {}), layers=layers if LAYER_PRESETS.get(layers) else (custom_pattern or ""),
-            collection={"seed": int(seed), "width": int(width), "height": int(height), "steps": int(steps),
+            collection={"seed": int(seed), "width": int(width), "height": int(height), "noise": "prompt_noise",
                         "step": "first", "cfg": 1.0, "batch_size": len(src) + len(tgt) if one_pass else batch_size,
                         "fitted_in": f"ComfyUI {cc.comfy_version()}"},
         )
@@ -158,18 +158,17 @@ class FitTransportMap(io.ComfyNode):
                 io.Combo.Input("support", options=SUPPORTS, default="method default",
                                tooltip="Quantile band of the source inside which values are transported (q_0_100 = the observed range; all = everywhere)."),
                 io.Combo.Input("procedure", options=list(PROCEDURES), default="simultaneous",
-                               tooltip="simultaneous: every layer fitted on the unsteered model (one pass per batch of prompts). "
+                               tooltip="simultaneous (default): every layer fitted on the unsteered model (one pass per batch of prompts). "
                                        "causal: each layer fitted with the layers before it already steered (usually better); one "
                                        "forward pass with ALL source and target prompts in a single batch, so memory is about that of "
                                        "sampling all prompts at once (batch_size is not used). causal (low memory): the same result, "
                                        "layer by layer in batches of batch_size (about layers/2 times slower). Text-encoder layers "
-                                       "always use the low-memory way."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1,
-                             tooltip="Noise seed for the collection pass (the same noise for every prompt)."),
+                                       "always use the low-memory way. The default is simultaneous because causal needs all prompts in "
+                                       "memory at once and gave the same effect on the project's miniature SDXL."),
+                io.Int.Input("seed", default=0, min=0, max=cc.MAX_SEED,
+                             tooltip="Noise seed for the collection pass (each prompt gets its own noise from it)."),
                 io.Int.Input("width", default=1024, min=64, max=4096, step=64, tooltip="Width of the collection latent in pixels."),
                 io.Int.Input("height", default=1024, min=64, max=4096, step=64, tooltip="Height of the collection latent in pixels."),
-                io.Int.Input("steps", default=20, min=1, max=200,
-                             tooltip="Scheduler steps; activations are taken at the first step, so this sets that step's noise level."),
                 io.Int.Input("batch_size", default=DEFAULT_BATCH_SIZE, min=1, max=4096,
                              tooltip="Prompts sampled together per UNet pass (simultaneous and causal (low memory)). Faster when "
                                      "larger; memory grows with it (like an Empty Latent batch of this size). Lower it if you run "
@@ -179,9 +178,9 @@ class FitTransportMap(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, prompt_pairs, method, layers, support, procedure, seed, width, height, steps,
+    def execute(cls, model, clip, prompt_pairs, method, layers, support, procedure, seed, width, height,
                 batch_size=DEFAULT_BATCH_SIZE, custom_pattern="") -> io.NodeOutput:
-        tmap = fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, procedure, seed, width, height, steps,
+        tmap = fit(model, clip, prompt_pairs, method, layers, custom_pattern, support, procedure, seed, width, height,
                    batch_size)
         return io.NodeOutput(tmap)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from act_core.diffusion import prompts as act_prompts
 
+from . import comfy_compat as cc
 from .comfy_compat import PromptPairsType, io, ui
 
 CATEGORY = "steering/act"
@@ -64,7 +65,7 @@ class PromptPairs(io.ComfyNode):
                                tooltip="A shipped style, your own style tags, a shipped concept to remove, or your own two prompt lists."),
                 io.Int.Input("count", default=32, min=2, max=1024,
                              tooltip="Number of prompt pairs (the paper uses 64-512; more is slower to fit but steadier)."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed for drawing captions and style tags."),
+                io.Int.Input("seed", default=0, min=0, max=cc.MAX_SEED, tooltip="Seed for drawing captions and style tags."),
                 io.String.Input("tags", default="", multiline=False, optional=True,
                                 tooltip="Comma-separated style tags; replaces the shipped tags of the chosen style."),
                 io.String.Input("captions", default="", multiline=True, optional=True,

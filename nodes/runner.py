@@ -3,10 +3,10 @@
 Each prompt is encoded with the CLIP, one prompt at a time (text-encoder hooks fire there).
 When UNet modules are hooked, up to ``batch_size`` prompts are then sampled together with
 ComfyUI's own sampler at ``cfg = 1`` (ComfyUI then runs only the conditional batch): their
-conditionings are stacked into one batch (:func:`comfy_compat.concat_conditioning`) and
-every row starts from the SAME noise, the noise a single prompt gets from ``seed``
-(:func:`comfy_compat.shared_noise`), so the activations equal those of one-prompt-at-a-time
-sampling up to float rounding. The collector stops the forward pass after the last hooked
+conditionings are stacked into one batch (:func:`comfy_compat.concat_conditioning`) and every
+row starts from its prompt's own noise, :func:`act_core.diffusion.noise.prompt_noise` (seeded
+with ``seed`` and the prompt's text: the rule of the diffusers runner too), so the activations
+equal those of one-prompt-at-a-time sampling up to float rounding. The collector stops the forward pass after the last hooked
 module, so only the first denoising step runs, and only up to that module.
 
 ``batch_size`` is writable: act_core's one-pass ``causal`` procedure sets it to the number
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence
 
+from act_core.diffusion.noise import batch_noise
 from act_core.hooks import ActivationCollector, StopForward, run_until_stop
 from act_core.selection import ordered
 
@@ -33,13 +34,13 @@ def check_batch_size(batch_size) -> int:
 
 
 class ComfyRunner:
-    def __init__(self, model, clip, seed: int, width: int, height: int, steps: int,
+    def __init__(self, model, clip, seed: int, width: int, height: int,
                  on_prompts: Optional[Callable[[int], None]] = None, sampler_name: str = "euler",
                  scheduler: str = "normal", batch_size: int = 1):
         self.comfy_model, self.clip = model, clip
         self.model = cc.model_tree(model, clip)
         self.architecture = cc.architecture(model)
-        self.seed, self.steps = int(seed), int(steps)
+        self.seed = int(seed)
         self.batch_size = check_batch_size(batch_size)
         self.sampler_name, self.scheduler = sampler_name, scheduler
         self.latent = cc.empty_latent(model, width, height)
@@ -64,7 +65,7 @@ class ComfyRunner:
                 cc.check_interrupted()
                 conds.append(cc.encode(self.clip, text))
             cc.check_interrupted()
-            run_until_stop(self._sample, cc.concat_conditioning(conds), len(chunk))
+            run_until_stop(self._sample, cc.concat_conditioning(conds), chunk)
             self.on_prompts(len(chunk))
 
     def order(self, names: Sequence[str]) -> List[str]:
@@ -90,14 +91,16 @@ class ComfyRunner:
         try:
             cond = run_until_stop(cc.encode, self.clip, "")
             if cond is not None and any(n.startswith(UNET_ROOT + ".") for n in names):
-                run_until_stop(self._sample, cond, 1)
+                run_until_stop(self._sample, cond, [""])
         finally:
             for h in handles:
                 h.remove()
         return seen + [n for n in ordered(self.model, names) if n not in seen]
 
-    def _sample(self, positive, rows: int):
-        latent = self.latent.repeat(rows, 1, 1, 1)
-        noise = cc.shared_noise(self.comfy_model, self.latent, self.seed, rows)
-        return cc.sample(self.comfy_model, positive, self._negative, latent, self.seed, self.steps, 1.0,
+    def _sample(self, positive, texts: Sequence[str]):
+        latent = self.latent.repeat(len(texts), 1, 1, 1)
+        noise = batch_noise(self.seed, texts, cc.noise_shape(self.comfy_model, self.latent))
+        # the collector stops the pass inside the first step, whose noise level (the schedule's
+        # largest sigma) does not depend on the step count: one step is the whole schedule here
+        return cc.sample(self.comfy_model, positive, self._negative, latent, self.seed, 1, 1.0,
                          self.sampler_name, self.scheduler, noise=noise)

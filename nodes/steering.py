@@ -12,7 +12,7 @@ import re
 from typing import Dict, Iterable, Mapping, Optional
 
 from act_core.diffusion.families import sdxl as act_names
-from act_core.bake import BakeError, fold_factors
+from act_core.fold import FoldError, fold_factors
 from act_core.mapfile import MapFileError, TransportMap
 
 log = logging.getLogger("act_steering")
@@ -153,7 +153,7 @@ def split_foldable(root, tmap: TransportMap, strengths: Mapping[str, float], nam
     """Which modules of ``tmap`` fold exactly into their own weights at their own strength.
 
     Returns ``(folds, hooked)``: ``folds = {name: {attr: (scale, shift)}}`` (see
-    ``act_core.bake.fold_factors``; modules at strength 0 are left out of both, they are the
+    ``act_core.fold.fold_factors``; modules at strength 0 are left out of both, they are the
     identity) and ``hooked = {name: reason}`` for modules that keep steering hooks (a band
     support, a spatial-mean map with ω ≠ 1 on a 4-D output, no bias for a non-zero offset).
     The support is each map's default support, the one the hooks use.
@@ -166,10 +166,17 @@ def split_foldable(root, tmap: TransportMap, strengths: Mapping[str, float], nam
         if tmap.output_index.get(n) is not None:
             hooked[n] = "the steered output is an element of a tuple, not the layer's affine output"
             continue
+        module = root.get_submodule(name_map[n])
         try:
-            folds[n] = fold_factors(root.get_submodule(name_map[n]), t, lam, None, tmap.layouts.get(n, "auto"))
-        except BakeError as e:
+            factors = fold_factors(module, t, lam, None, tmap.layouts.get(n, "auto"))
+        except FoldError as e:
             hooked[n] = str(e)
+            continue
+        missing = [a for a in factors if getattr(module, a, None) is None]
+        if missing:  # a weight patch can only change parameters that exist
+            hooked[n] = f"the layer has no {' or '.join(missing)} parameter to patch"
+        else:
+            folds[n] = factors
     return folds, hooked
 
 

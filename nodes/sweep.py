@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import comfy_compat as cc
-from .apply import apply_to_model
+from .apply import HOOKS, MODES, PERCENT, WINDOWS, apply_to_model
 from .comfy_compat import TransportMapType, io, ui
 
 CATEGORY = "steering/act"
@@ -62,8 +62,9 @@ class StrengthSweep(io.ComfyNode):
             display_name="Strength sweep (AcT)",
             category=CATEGORY,
             description=(
-                "Renders the same seed once per strength λ with the map applied to the model (as 'Apply transport map "
-                "to model'), decodes with the VAE and returns a labelled grid plus the images. λ = 0 is the unsteered model."
+                "Renders the same seed once per strength λ with the map applied to the model exactly as 'Apply transport "
+                "map to model' with the same options (window, steer negative, per-block factors, mode) would, decodes "
+                "with the VAE and returns a labelled grid plus the images. λ = 0 is the unsteered model."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The SDXL-family model."),
@@ -73,13 +74,26 @@ class StrengthSweep(io.ComfyNode):
                 io.Latent.Input("latent_image", tooltip="Starting latent (Empty Latent Image)."),
                 io.Vae.Input("vae", tooltip="VAE to decode the results."),
                 io.String.Input("strengths", default="0, 0.5, 1, 1.5", tooltip="Comma-separated λ values, one image each."),
-                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=True,
+                io.Int.Input("seed", default=0, min=0, max=cc.MAX_SEED, control_after_generate=True,
                              tooltip="Noise seed, the same for every λ."),
                 io.Int.Input("steps", default=20, min=1, max=200, tooltip="Sampling steps."),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale."),
                 io.Combo.Input("sampler_name", options=cc.sampler_names(), default="euler", tooltip="Sampler."),
                 io.Combo.Input("scheduler", options=cc.scheduler_names(), default="normal", tooltip="Scheduler."),
                 io.Int.Input("columns", default=4, min=1, max=16, tooltip="Images per grid row."),
+                # the options of 'Apply transport map to model', applied at every λ of the sweep
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="As in 'Apply transport map to model': start of the steered window."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="As in 'Apply transport map to model': end of the steered window."),
+                io.Boolean.Input("steer_negative", default=False, optional=True,
+                                 tooltip="As in 'Apply transport map to model': also steer the negative half when cfg > 1."),
+                io.String.Input("per_block", default="", optional=True,
+                                tooltip="As in 'Apply transport map to model': per-block factors on λ, e.g. 'down=0, up=1.5'."),
+                io.Combo.Input("mode", options=list(MODES), default=HOOKS, optional=True,
+                               tooltip="As in 'Apply transport map to model': hooks or fused (weight patches)."),
+                io.Combo.Input("window", options=list(WINDOWS), default=PERCENT, optional=True,
+                               tooltip="As in 'Apply transport map to model': how start/end are counted."),
             ],
             outputs=[io.Image.Output(display_name="grid", tooltip="Labelled grid, one tile per λ."),
                      io.Image.Output(display_name="images", tooltip="The images as a batch, in λ order.")],
@@ -88,14 +102,16 @@ class StrengthSweep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, transport_map, positive, negative, latent_image, vae, strengths, seed, steps, cfg,
-                sampler_name, scheduler, columns) -> io.NodeOutput:
+                sampler_name, scheduler, columns, start_percent=0.0, end_percent=1.0, steer_negative=False, per_block="",
+                mode=HOOKS, window=PERCENT) -> io.NodeOutput:
         values = parse_strengths(strengths)
         latent = latent_image["samples"]
         bar = cc.progress_bar(len(values))
         images = []
         for i, lam in enumerate(values):
             cc.check_interrupted()
-            m = apply_to_model(model, transport_map, lam)
+            m = apply_to_model(model, transport_map, lam, start_percent, end_percent, steer_negative, per_block or "",
+                               mode or HOOKS, window or PERCENT)
             out = cc.sample(m, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler,
                             noise_mask=latent_image.get("noise_mask"), batch_index=latent_image.get("batch_index"))
             images.append(cc.decode(vae, out))

@@ -28,3 +28,27 @@ def test_comfy_requirements_never_install_torch():
     reqs = [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
     assert reqs, "requirements.txt lists nothing"
     assert not any(r.lower().startswith(("torch", "torchvision", "torchaudio")) for r in reqs)
+
+
+def test_license_matches_pyproject_and_no_placeholder_url():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'license = { text = "MIT" }' in text and (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert "example.invalid" not in text
+
+
+def test_no_absolute_machine_paths_in_tracked_files():
+    """Docs, code and reports speak of the project alone: paths are relative to the repository."""
+    import re
+
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    pattern = re.compile(rb"(^|[^A-Za-z0-9_.])/(work|root|home/[a-z]+)/[A-Za-z]")
+    bad = []
+    for name in filter(None, files):
+        path = ROOT / name.decode()
+        if not path.is_file() or path.stat().st_size > 2_000_000:
+            continue
+        data = path.read_bytes()
+        if b"\0" in data[:4096]:
+            continue
+        bad += [f"{name.decode()}: {m.group(0)!r}" for m in pattern.finditer(data)]
+    assert not bad, bad[:10]

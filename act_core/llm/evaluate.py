@@ -13,6 +13,10 @@ Scorers (all offline):
   among it and the false answers) and MC2 (normalised probability mass on true answers),
   answers scored as ``log p(" " + answer | primer + "Q: ...\\nA:")``.
 - :func:`perplexity` (from :mod:`act_core.llm.adapter`) on neutral text for the cost.
+- :class:`Vader`: VADER (Hutto & Gilbert, 2014), a rule-based sentiment lexicon from the
+  ``vaderSentiment`` package: a judge that shares nothing with this project's data or models
+  (the MiniLM centroid judge above is built from sentences written for this project, so it
+  is "independent" only in using held-out sentences and another network).
 
 :func:`sweep` runs generation + scoring for a list of strengths λ; :func:`markdown_table` and
 :func:`line_plot` (PIL, no matplotlib) render the result.
@@ -81,6 +85,31 @@ class CentroidScorer:
         return self.embedder.embed(texts) @ self.c_pos
 
 
+class Vader:
+    """VADER sentiment (a lexicon + rules, no network, no training on our data): ``compound`` in [-1, 1].
+
+    Usual thresholds: positive when ``compound >= 0.05``, negative when ``<= -0.05``.
+    """
+
+    def __init__(self):
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError:
+            raise ImportError("the VADER judge needs the vaderSentiment package: pip install --no-deps vaderSentiment==3.3.2 "
+                              "(tools/bootstrap.sh installs it)") from None
+        self._sia = SentimentIntensityAnalyzer()
+
+    def compound(self, texts: Sequence[str]) -> torch.Tensor:
+        """``(N,)`` float64 compound scores."""
+        return torch.tensor([self._sia.polarity_scores(str(t))["compound"] for t in texts], dtype=torch.float64)
+
+
+def keyword_hits(texts: Sequence[str], keywords: Sequence[str]) -> torch.Tensor:
+    """``(N,)`` 0/1: does each text contain a keyword (whole word, suffixes s/es/ed/ing allowed)?"""
+    rx = re.compile(r"\b(" + "|".join(re.escape(k.lower()) for k in keywords) + r")(?:s|es|ed|ing)?\b")
+    return torch.tensor([1.0 if rx.search(t.lower()) else 0.0 for t in texts], dtype=torch.float64)
+
+
 def keyword_rate(texts: Sequence[str], keywords: Sequence[str]) -> float:
     """Fraction of ``texts`` that contain at least one keyword as a whole word (suffixes s, es, ed, ing allowed)."""
     if not texts:
@@ -106,6 +135,26 @@ def mc_prompt(question: str, primer: str = QA_PRIMER) -> str:
     return f"{primer}Q: {question}\nA:"
 
 
+def mc_item_scores(model, tokenizer, items: Sequence[MCItem], primer: str = QA_PRIMER, batch_size: int = 8,
+                   prefix: str = "") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-item ``(mc1 (N,) 0/1, mc2 (N,))`` float64 (see :func:`mc_scores`); ``prefix`` goes before the primer."""
+    prompts, conts = [], []
+    for it in items:
+        for a in list(it.correct) + list(it.incorrect):
+            prompts.append(prefix + mc_prompt(it.question, primer))
+            conts.append(" " + a)
+    lp, _ = sequence_logprobs(model, tokenizer, prompts, conts, batch_size=batch_size)
+    mc1, mc2 = [], []
+    pos = 0
+    for it in items:
+        nc, ni = len(it.correct), len(it.incorrect)
+        s = lp[pos : pos + nc + ni]
+        pos += nc + ni
+        mc1.append(float(s[0] > s[nc:].max()))
+        mc2.append(float(torch.softmax(s, 0)[:nc].sum()))  # normalised over this item's answers
+    return torch.tensor(mc1, dtype=torch.float64), torch.tensor(mc2, dtype=torch.float64)
+
+
 def mc_scores(model, tokenizer, items: Sequence[MCItem], primer: str = QA_PRIMER, batch_size: int = 8) -> Dict[str, float]:
     """``{"mc1": ..., "mc2": ..., "n": ...}`` from answer log-likelihoods (sum over answer tokens).
 
@@ -113,25 +162,8 @@ def mc_scores(model, tokenizer, items: Sequence[MCItem], primer: str = QA_PRIMER
     false answer. MC2: mean over items of ``Σ_true p / Σ_all p`` (probabilities = exp of the
     summed log-likelihoods). Wrap in :func:`act_core.steer` to score a steered model.
     """
-    prompts, conts, owner = [], [], []
-    for k, it in enumerate(items):
-        for a in list(it.correct) + list(it.incorrect):
-            prompts.append(mc_prompt(it.question, primer))
-            conts.append(" " + a)
-            owner.append(k)
-    lp, _ = sequence_logprobs(model, tokenizer, prompts, conts, batch_size=batch_size)
-    mc1 = mc2 = 0.0
-    pos = 0
-    for it in items:
-        nc, ni = len(it.correct), len(it.incorrect)
-        s = lp[pos : pos + nc + ni]
-        pos += nc + ni
-        true_s, false_s = s[:nc], s[nc:]
-        mc1 += float(true_s[0] > false_s.max())
-        p = torch.softmax(s, 0)  # normalised over this item's answers
-        mc2 += float(p[:nc].sum())
-    n = len(items)
-    return {"mc1": mc1 / n, "mc2": mc2 / n, "n": n}
+    mc1, mc2 = mc_item_scores(model, tokenizer, items, primer, batch_size)
+    return {"mc1": float(mc1.mean()), "mc2": float(mc2.mean()), "n": len(items)}
 
 
 def mc_fit_texts(items: Sequence[MCItem], primer: str = "") -> Tuple[List[str], List[str]]:
@@ -225,6 +257,6 @@ def markdown_table(rows: Sequence[Mapping[str, object]], columns: Optional[Seque
 
 
 __all__ = [
-    "MiniLM", "CentroidScorer", "keyword_rate", "mc_scores", "mc_prompt", "mc_fit_texts", "QA_PRIMER",
+    "MiniLM", "CentroidScorer", "Vader", "keyword_hits", "keyword_rate", "mc_scores", "mc_item_scores", "mc_prompt", "mc_fit_texts", "QA_PRIMER",
     "sweep", "SweepPoint", "markdown_table", "line_plot",
 ]

@@ -50,20 +50,13 @@ from ..hooks import steer
 from .presets import is_norm, out_features
 from ..mapfile import TransportMap, prompts_digest
 from ..files import atomic_write_bytes
-from ..transport import UNBOUNDED, normalize_support
+from ..fold import FoldError, effective_support, fold_factors, folded
+from ..transport import UNBOUNDED
 
 _BLOCK_RE = re.compile(r"^(.*)\.(\d+)$")
 
 
-class FoldError(ValueError):
-    """A map cannot be folded into weights (exactly) for this model."""
-
-
 # -- llama.cpp control vectors ------------------------------------------------------------------
-
-
-def _effective_support(tmap: TransportMap, name: str, support: Optional[str]) -> str:
-    return normalize_support(support if support is not None else tmap.maps[name].default_support)
 
 
 def control_vector_directions(tmap: TransportMap, support: Optional[str] = None) -> Tuple[str, Dict[int, torch.Tensor]]:
@@ -82,7 +75,7 @@ def control_vector_directions(tmap: TransportMap, support: Optional[str] = None)
                 f"module {name!r} has slopes ω ≠ 1 ({t.method} map); a control vector is a pure shift: "
                 "fit with method='mean' (Mean-AcT), or fold a Linear-AcT map into weights with fold_map"
             )
-        if _effective_support(tmap, name, support) != UNBOUNDED:
+        if effective_support(t, support) != UNBOUNDED:
             raise ValueError(
                 f"module {name!r} uses support {t.default_support!r}; llama.cpp shifts every value, which equals the "
                 "map only with support='all' (fit or export with support='all')"
@@ -104,13 +97,19 @@ def control_vector_directions(tmap: TransportMap, support: Optional[str] = None)
 
 
 def export_control_vector(tmap: TransportMap, path, model_hint: Optional[str] = None, layer_count: Optional[int] = None,
-                          support: Optional[str] = None) -> Path:
-    """Write a llama.cpp control-vector GGUF (``direction.k`` = β of block ``k``), atomically.
+                          support: Optional[str] = None, scale: float = 1.0) -> Path:
+    """Write a llama.cpp control-vector GGUF (``direction.k`` = ``scale``·β of block ``k``), atomically.
 
     ``model_hint`` defaults to the map's architecture (llama.cpp's ``general.architecture`` of
     the model, e.g. ``"llama"``). ``layer_count`` defaults to the highest exported block index.
-    Use ``--control-vector-scaled file.gguf λ`` in llama.cpp for strength λ.
+    ``scale`` bakes a strength into the file (e.g. the scale the harness matched to a KL
+    budget), so that llama.cpp's ``--control-vector-scaled file.gguf 1.0`` is that strength; it
+    is recorded as ``controlvector.act_scale``.
     """
+    import math
+
+    if not math.isfinite(float(scale)) or float(scale) == 0:
+        raise ValueError(f"scale must be a finite, non-zero number, got {scale!r}")
     import gguf
     import numpy as np
 
@@ -126,8 +125,9 @@ def export_control_vector(tmap: TransportMap, path, model_hint: Optional[str] = 
         w = gguf.GGUFWriter(str(tmp), "controlvector")
         w.add_string("controlvector.model_hint", str(hint))
         w.add_int32("controlvector.layer_count", int(layer_count or max(dirs)))
+        w.add_float32("controlvector.act_scale", float(scale))
         for k in sorted(dirs):
-            w.add_tensor(f"direction.{k}", np.ascontiguousarray(dirs[k].numpy().astype(np.float32)))
+            w.add_tensor(f"direction.{k}", np.ascontiguousarray((dirs[k] * float(scale)).numpy().astype(np.float32)))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -145,6 +145,7 @@ class ControlVector:
     model_hint: str
     layer_count: int
     directions: Dict[int, torch.Tensor] = field(default_factory=dict)
+    scale: float = 1.0  # the strength baked into the directions by export_control_vector (1 if not recorded)
 
     def to_map(self, blocks: str = "model.layers", architecture: Optional[str] = None) -> TransportMap:
         """An equivalent Mean-AcT :class:`TransportMap` (ω = 1, β = direction, support ``all``)."""
@@ -190,7 +191,9 @@ def read_control_vector(path) -> ControlVector:
         if not m or int(m.group(1)) == 0:
             raise ValueError(f"tensor {t.name!r} in {str(path)!r} is not a valid direction.N (N >= 1)")
         dirs[int(m.group(1))] = torch.from_numpy(t.data.astype("float32").reshape(-1).copy())
-    return ControlVector(str(field_value("controlvector.model_hint") or ""), int(field_value("controlvector.layer_count") or 0), dirs)
+    scale = field_value("controlvector.act_scale")
+    return ControlVector(str(field_value("controlvector.model_hint") or ""), int(field_value("controlvector.layer_count") or 0), dirs,
+                         1.0 if scale is None else float(scale))
 
 
 # -- folding into weights ----------------------------------------------------------------------
@@ -263,11 +266,6 @@ def _consumers(model: nn.Module, norm_names: List[str]) -> Dict[str, List[str]]:
     return found
 
 
-def _linear_weight_rows(module: nn.Module, w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Scale output units of a Linear (``(out, in)``) or Conv1D (``(in, out)``) weight by ``a``."""
-    return w * a[:, None] if isinstance(module, nn.Linear) else w * a[None, :]
-
-
 def _linear_apply(module: nn.Module, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """``W c`` for a Linear, ``c W`` for a Conv1D: the output shift caused by an input shift ``c``."""
     return w @ c if isinstance(module, nn.Linear) else c @ w
@@ -283,8 +281,8 @@ def fold_map(model: nn.Module, tmap: TransportMap, strength: Optional[float] = N
     their scale): that is the check that folding is exact for this model.
     """
     lam = tmap.default_strength if strength is None else float(strength)
-    for name in tmap.maps:
-        s = _effective_support(tmap, name, support)
+    for name, t in tmap.maps.items():
+        s = effective_support(t, support)
         if s != UNBOUNDED:
             raise FoldError(
                 f"module {name!r} uses support {s!r}: with quantile bands the map depends on each value, so no fixed "
@@ -303,46 +301,45 @@ def fold_map(model: nn.Module, tmap: TransportMap, strength: Optional[float] = N
     norms = [n for n in tmap.maps if is_norm(model.get_submodule(n))]
     needs_consumers = [n for n in norms if not isinstance(getattr(model.get_submodule(n), "bias", None), torch.Tensor)]
     consumers = _consumers(model, needs_consumers) if needs_consumers else {}
+    device = next(model.parameters()).device
     for name, t in tmap.maps.items():
         module = model.get_submodule(name)
-        a, c = (v.double().to(next(model.parameters()).device) for v in t.coefficients(lam, torch.float64, torch.device("cpu")))
-        if out_features(module) is not None:
-            w = get(f"{name}.weight")
-            cur[f"{name}.weight"] = _linear_weight_rows(module, w, a)
-            b = get(f"{name}.bias")
-            if b is None:
-                if torch.any(c != 0):
-                    added.append(name)
-                b = torch.zeros_like(c)
-            cur[f"{name}.bias"] = a * b + c
-        elif is_norm(module):
-            width = module.weight.shape[-1]
-            off = _norm_gain_offset(module, width)
-            w = get(f"{name}.weight")
-            cur[f"{name}.weight"] = a * (w + off) - off
-            b = get(f"{name}.bias")
-            if b is not None:
-                cur[f"{name}.bias"] = a * b + c
-            elif torch.any(c != 0):
-                users = consumers.get(name, [])
-                if not users:
-                    raise FoldError(f"norm {name!r} has no bias and no linear layer was seen reading its output directly (e.g. a "
-                                     "tied LM head reads it through a view), so its offset c cannot be folded; keep "
-                                     "hooks for this module or fold a map without it")
-                for u in users:
-                    um = model.get_submodule(u)
-                    uw = get(f"{u}.weight")
-                    ub = get(f"{u}.bias")
-                    if ub is None:
-                        ub = torch.zeros(out_features(um), dtype=torch.float64, device=c.device)
-                        added.append(u)
-                    cur[f"{u}.bias"] = ub + _linear_apply(um, uw, c)
-                notes.append(f"{name}: offset folded into {', '.join(users)}")
-        else:
+        norm = is_norm(module)
+        if out_features(module) is None and not norm:
             raise FoldError(
                 f"module {name!r} ({type(module).__name__}) is neither a linear layer nor a norm; only those can be folded "
                 "(residual-stream Mean-AcT maps export as llama.cpp control vectors instead)"
             )
+        off = _norm_gain_offset(module, module.weight.shape[-1]) if norm else 0.0
+        try:
+            factors = fold_factors(module, t, lam, support, tmap.layouts.get(name, "auto"), gain_offset=off,
+                                   missing_bias="add")
+        except FoldError as e:
+            raise FoldError(f"module {name!r}: {e}") from None
+        for attr, (scale, shift) in factors.items():
+            key = f"{name}.{attr}"
+            if attr == "bias" and norm and key not in params:
+                # a bias-free norm (RMSNorm): its offset c goes into every linear layer reading its output,
+                # W (y + c) + b = W y + (b + W c)
+                users = consumers.get(name, [])
+                if not users:
+                    raise FoldError(f"norm {name!r} has no bias and no linear layer was seen reading its output directly (e.g. a "
+                                    "tied LM head reads it through a view), so its offset c cannot be folded; keep "
+                                    "hooks for this module or fold a map without it")
+                c = shift.to(device)
+                for u in users:
+                    um = model.get_submodule(u)
+                    ub = get(f"{u}.bias")
+                    if ub is None:
+                        ub = torch.zeros(out_features(um), dtype=torch.float64, device=device)
+                        added.append(u)
+                    cur[f"{u}.bias"] = ub + _linear_apply(um, get(f"{u}.weight"), c)
+                notes.append(f"{name}: offset folded into {', '.join(users)}")
+                continue
+            p = get(key)
+            if p is None:
+                added.append(name)
+            cur[key] = folded(p, scale, shift, device=device)
     state = {k: v.to(params[k].dtype if k in params else model.get_submodule(k.rsplit('.', 1)[0]).weight.dtype).contiguous()
              for k, v in cur.items()}
     result = FoldResult(state, sorted(set(added)), lam, None, notes)
@@ -409,7 +406,7 @@ def apply_folded(model: nn.Module, result) -> nn.Module:
             mod_name, attr = k.rsplit(".", 1)
             mod = model.get_submodule(mod_name)
             if attr != "bias":
-                raise KeyError(f"the model has no parameter {k!r}")
+                raise ValueError(f"the model has no parameter {k!r}: these folded weights belong to another model")
             ref = mod.weight
             mod.bias = nn.Parameter(v.to(device=ref.device, dtype=ref.dtype).clone(), requires_grad=ref.requires_grad)
     return model
@@ -436,6 +433,106 @@ def save_folded(result: FoldResult, path, tmap: Optional[TransportMap] = None) -
     return path
 
 
+def _bias_switches(model: nn.Module, needed: List[str]) -> Dict[str, List[str]]:
+    """``{config switch: [bias parameter names it creates]}``: the fewest boolean ``*_bias``
+    config switches whose models have a bias on every module in ``needed`` (checked by
+    building the model on the meta device), or a :class:`FoldError`."""
+    cfg = model.config
+    flags = [k for k, v in cfg.to_dict().items() if k.endswith("_bias") and v is False]
+    have = {n for n, _ in model.named_parameters()}
+    created: Dict[str, List[str]] = {}
+    for f in flags:
+        c = type(cfg).from_dict({**cfg.to_dict(), f: True})
+        with torch.device("meta"):
+            probe = type(model)(c)
+        created[f] = sorted(n for n, _ in probe.named_parameters() if n.endswith(".bias") and n not in have)
+    want = {f"{m}.bias" for m in needed}
+    chosen: Dict[str, List[str]] = {}
+    for f in sorted(created, key=lambda f: len(created[f])):
+        if want - {b for bs in chosen.values() for b in bs} and want & set(created[f]):
+            chosen[f] = created[f]
+    missing = want - {b for bs in chosen.values() for b in bs}
+    if missing:
+        raise FoldError(
+            f"folding adds biases to {sorted(missing)[:3]}, but {type(model).__name__}'s config has no switch that gives "
+            "those layers a bias, so plain from_pretrained could not load them. Fold a map on modules that have a bias "
+            "(or a norm with consumers that do), or keep the map as hooks"
+        )
+    return chosen
+
+
+def save_folded_model(model: nn.Module, tokenizer, result: FoldResult, folder, tmap: Optional[TransportMap] = None,
+                      verify: bool = True, atol: float = 1e-4) -> Path:
+    """Write a COMPLETE model folder with the fold applied: config (with the bias switches the
+    fold needs, e.g. Llama ``attention_bias`` / ``mlp_bias``), weights, tokenizer. Plain
+    ``AutoModelForCausalLM.from_pretrained(folder)`` loads it without act_core.
+
+    Modules that a switch gives a bias but the fold did not touch get a zero bias (no change).
+    With ``verify`` the folder is loaded back with plain ``from_pretrained`` and its logits on a
+    probe batch are compared with the hooked model's (:class:`FoldError` past ``atol``,
+    relative to the logits' scale); the folder is written atomically (temporary folder, rename).
+    """
+    import copy
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    if folder.suffix == ".safetensors":
+        raise ValueError(f"{folder.name!r} looks like a file; give a folder name for a complete model (or use save_folded "
+                         "for a bare state dict)")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    switches = _bias_switches(model, result.added_bias) if result.added_bias else {}
+    out = copy.deepcopy(model)
+    apply_folded(out, result)
+    with torch.no_grad():
+        for biases in switches.values():
+            for b in biases:
+                mod = out.get_submodule(b.rsplit(".", 1)[0])
+                if getattr(mod, "bias", None) is None:
+                    w = mod.weight
+                    n = w.shape[-1] if type(mod).__name__ == "Conv1D" else w.shape[0]
+                    mod.bias = nn.Parameter(torch.zeros(n, dtype=w.dtype, device=w.device), requires_grad=False)
+    for f in switches:
+        setattr(out.config, f, True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=str(folder.parent)))
+    try:
+        out.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        info = {"act_folded": {"strength": result.strength, "added_bias": result.added_bias, "bias_switches": sorted(switches),
+                               "architecture": tmap.architecture if tmap else None,
+                               "modules": list(tmap.maps) if tmap else None, "notes": result.notes}}
+        (tmp / "act_folded.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+        if verify:
+            _verify_folder(model, tmp, tmap, result.strength, atol)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.replace(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _verify_folder(model: nn.Module, folder: Path, tmap: Optional[TransportMap], lam: float, atol: float) -> float:
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(folder), dtype=next(model.parameters()).dtype).eval()
+    ids = _probe_ids(model)
+    ctx = steer(model, tmap, strength=lam, support=UNBOUNDED) if tmap is not None else None
+    with torch.no_grad():
+        if ctx is not None:
+            with ctx:
+                want = model(input_ids=ids).logits.float()
+        else:
+            want = model(input_ids=ids).logits.float()
+        got = loaded(input_ids=ids.to(next(loaded.parameters()).device)).logits.float().to(want.device)
+    err = float((want - got).abs().max())
+    if err > atol * max(1.0, float(want.abs().max())):
+        raise FoldError(f"the saved folder does not reproduce the steered model (max |diff| = {err:.3g})")
+    return err
+
+
 def load_folded(path) -> Dict[str, torch.Tensor]:
     """Read a folded state dict written by :func:`save_folded`."""
     from safetensors.torch import load_file
@@ -445,5 +542,5 @@ def load_folded(path) -> Dict[str, torch.Tensor]:
 
 __all__ = [
     "export_control_vector", "read_control_vector", "control_vector_directions", "ControlVector",
-    "fold_map", "apply_folded", "save_folded", "load_folded", "FoldResult", "FoldError",
+    "fold_map", "apply_folded", "save_folded", "save_folded_model", "load_folded", "FoldResult", "FoldError",
 ]

@@ -248,6 +248,28 @@ def resolve_preset(model: nn.Module, spec: str) -> Dict[str, Optional[int]]:
     return chosen
 
 
+#: Default fitting settings per architecture (``config.model_type``), from the equal-KL harness
+#: (``bench/lm_harness.py``, reports/llm/HARNESS.md, "Search" tables: Linear-AcT at 0.5 nat on
+#: held-out search prompts). Llama (SmolLM2): attention outputs with Q_o were best or tied-best on
+#: both searched tasks (sentiment 0.75, toxicity 1.00; all_ln fell to 0.31 on sentiment).
+#: Gemma 3: attention outputs with the unbounded support (sentiment 0.81 vs 0.50 with Q_o;
+#: toxicity tied at 1.00 for every setting). Sink-free pooling: within noise of plain mean for
+#: these layers, and needed for residual-stream maps. Other architectures get ``FALLBACK``.
+DEFAULTS: Dict[str, Dict[str, Optional[str]]] = {
+    "llama": {"layers": "attention", "pooling": "mean_nosink", "support": None},
+    "gemma3_text": {"layers": "attention", "pooling": "mean_nosink", "support": "all"},
+}
+FALLBACK: Dict[str, Optional[str]] = {"layers": "attention", "pooling": "mean_nosink", "support": None}
+
+
+def default_settings(model_or_architecture) -> Dict[str, Optional[str]]:
+    """``{"layers", "pooling", "support"}`` for a model (or a ``model_type`` string); ``support``
+    None means the method's own default (``q_0_100`` for Linear-AcT)."""
+    arch = model_or_architecture if isinstance(model_or_architecture, str) else \
+        getattr(getattr(model_or_architecture, "config", None), "model_type", None)
+    return dict(DEFAULTS.get(arch, FALLBACK))
+
+
 def describe_presets(model: nn.Module) -> Dict[str, str]:
     """``{preset: "N modules, first: ..."}`` or the reason it does not apply (for CLI listings)."""
     out = {}
@@ -260,4 +282,4 @@ def describe_presets(model: nn.Module) -> Dict[str, str]:
     return out
 
 
-__all__ = ["PRESETS", "PresetError", "resolve_preset", "parse_preset", "is_preset", "find_blocks", "block_roles", "describe_presets"]
+__all__ = ["DEFAULTS", "FALLBACK", "default_settings", "PRESETS", "PresetError", "resolve_preset", "parse_preset", "is_preset", "find_blocks", "block_roles", "describe_presets"]

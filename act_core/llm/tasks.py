@@ -10,6 +10,9 @@ Shipped (``act_core/llm/data/lm_*.json``, written for this project, no third-par
 - **truthfulness MC**: 70 questions with true answers (first = best) and false answers
   stating common misconceptions (TruthfulQA-style; scored in :mod:`act_core.llm.evaluate`).
 - **neutral**: 40 factual sentences for perplexity and 20 neutral generation prompts.
+- **sentiment**: 64 positive / 64 negative review-style sentences (fit), 24 + 24 others
+  reserved for the embedding judge, and 40 neutral review starters ("The restaurant we
+  went to last night"): 16 to choose settings, 24 held out for reporting.
 
 Local files of the paper's datasets (never downloaded):
 
@@ -110,11 +113,13 @@ def concepts() -> List[str]:
     return list(_load("lm_concepts.json")["concepts"])
 
 
-def concept_keywords(concept: str) -> List[str]:
+def concept_keywords(concept: str, strict: bool = False) -> List[str]:
+    """The concept's keywords; ``strict=True``: only words that name the concept itself
+    (football: football, soccer, goalkeeper, ...; not team, match, ball, score, player)."""
     d = _load("lm_concepts.json")["concepts"]
     if concept not in d:
-        raise KeyError(f"no keywords for concept {concept!r}; shipped concepts: {', '.join(d)}")
-    return list(d[concept]["keywords"])
+        raise ValueError(f"no keywords for concept {concept!r}; shipped concepts: {', '.join(d)}")
+    return list(d[concept]["strict_keywords" if strict else "keywords"])
 
 
 def _onesec_lists(data: dict) -> Tuple[List[str], List[str]]:
@@ -131,7 +136,7 @@ def concept_texts(concept: str, path: Optional[PathLike] = None, limit: Optional
     if path is None:
         d = _load("lm_concepts.json")
         if concept not in d["concepts"]:
-            raise KeyError(f"unknown concept {concept!r}: shipped concepts are {', '.join(d['concepts'])}; or pass path= to a OneSec-style file")
+            raise ValueError(f"unknown concept {concept!r}: shipped concepts are {', '.join(d['concepts'])}; or pass path= to a OneSec-style file")
         tgt = list(d["concepts"][concept]["sentences"])
         src = list(d["unrelated"]) + [s for c, v in d["concepts"].items() if c != concept for s in v["sentences"]]
     else:
@@ -214,9 +219,44 @@ def neutral_texts() -> List[str]:
     return list(_load("lm_neutral.json")["perplexity"])
 
 
-def hostile_prompts() -> List[str]:
-    """Starters that invite a hostile continuation ("You are such a", ...), for mitigation sweeps."""
-    return list(_load("lm_toxicity.json")["prompts"])
+def hostile_prompts(split: str = "report") -> List[str]:
+    """Starters that invite a hostile continuation ("You are such a", ...), for mitigation sweeps.
+
+    ``split="report"``: the 20 used for reported numbers; ``"search"``: 16 others, used only to
+    choose settings (so the reported prompts stay held out).
+    """
+    d = _load("lm_toxicity.json")
+    if split not in ("report", "search"):
+        raise ValueError(f"unknown split {split!r}: 'report' or 'search'")
+    return list(d["prompts"] if split == "report" else d["search_prompts"])
+
+
+# -- sentiment ---------------------------------------------------------------------------------
+
+
+def sentiment_texts(direction: str = "positive") -> Tuple[List[str], List[str]]:
+    """``(source, target)`` for steering toward ``direction`` (``"positive"``: negative -> positive
+    sentences; ``"negative"``: positive -> negative)."""
+    d = _load("lm_sentiment.json")
+    if direction == "positive":
+        return list(d["negative"]), list(d["positive"])
+    if direction == "negative":
+        return list(d["positive"]), list(d["negative"])
+    raise ValueError(f"unknown sentiment direction {direction!r}: 'positive' or 'negative'")
+
+
+def sentiment_judge_texts() -> Tuple[List[str], List[str]]:
+    """``(positive, negative)`` sentences reserved for the embedding judge (never used to fit)."""
+    d = _load("lm_sentiment.json")
+    return list(d["judge_positive"]), list(d["judge_negative"])
+
+
+def sentiment_prompts(split: str = "report") -> List[str]:
+    """Neutral review starters: ``"report"`` (24, held out) or ``"search"`` (16, for choosing settings)."""
+    p = _load("lm_sentiment.json")["prompts"]
+    if split not in ("report", "search"):
+        raise ValueError(f"unknown split {split!r}: 'report' or 'search'")
+    return list(p[16:] if split == "report" else p[:16])
 
 
 def neutral_prompts() -> List[str]:
@@ -224,14 +264,22 @@ def neutral_prompts() -> List[str]:
     return list(_load("lm_neutral.json")["prompts"])
 
 
-TASKS = ("toxicity", "concept")
+TASKS = ("toxicity", "concept", "sentiment")
 
 
 def task_texts(task: str, concept: Optional[str] = None, path: Optional[PathLike] = None,
                limit: Optional[int] = None, seed: int = 0) -> Tuple[List[str], List[str]]:
-    """``(source, target)`` for ``task`` = ``toxicity`` or ``concept`` (needs ``concept``)."""
+    """``(source, target)`` for ``task`` = ``toxicity``, ``concept`` (needs ``concept``) or
+    ``sentiment`` (``concept`` = the direction, ``positive`` (default) or ``negative``)."""
     if task == "toxicity":
         return toxicity_texts(path, limit=limit, seed=seed)
+    if task == "sentiment":
+        if path is not None:
+            raise ValueError("task 'sentiment' uses the shipped sentences; pass your own files as --source/--target")
+        src, tgt = sentiment_texts(concept or "positive")
+        if limit is not None:
+            src, tgt = _balance(src, tgt, limit, seed)
+        return src, tgt
     if task == "concept":
         if not concept:
             raise ValueError(f"task 'concept' needs a concept name: one of {', '.join(concepts())}")
@@ -242,4 +290,5 @@ def task_texts(task: str, concept: Optional[str] = None, path: Optional[PathLike
 __all__ = [
     "toxicity_texts", "concept_texts", "concepts", "concept_keywords", "truthfulqa_items", "MCItem",
     "neutral_texts", "neutral_prompts", "hostile_prompts", "read_lines", "task_texts", "TASKS", "DATA_DIR",
+    "sentiment_texts", "sentiment_judge_texts", "sentiment_prompts",
 ]

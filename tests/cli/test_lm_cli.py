@@ -108,3 +108,79 @@ def test_cli_errors(tiny, capsys, argv, message):
     assert rc == 2
     assert "error:" in err and message in err
     assert not (tiny / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--layers", "atention"], "unknown layer preset 'atention'"),
+    (["--layers", "attention[x]"], "unknown layer preset"),
+    (["--layers", r"model\.layers\.(0"], "not a valid regular expression"),
+    (["--support", "q_1_2"], "unknown support 'q_1_2'"),
+    (["--task", "concept", "--concept", "dragons"], "unknown concept 'dragons'"),
+    (["--task", "concept"], "needs --concept"),
+])
+def test_fit_checks_arguments_before_loading_the_model(tmp_path, capsys, argv, message):
+    """The model path does not exist: had the model been loaded first, the error would name the path."""
+    base = ["lm-fit", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "x.safetensors")]
+    if "--task" not in argv:
+        base += ["--task", "toxicity"]
+    rc, out, err = run(capsys, *(base + argv))
+    assert rc == 2 and message in err and "does not exist" not in err
+
+
+def test_generate_and_eval_check_support_before_loading(tmp_path, capsys):
+    rc, _, err = run(capsys, "lm-generate", "--model", str(tmp_path / "none"), "--support", "bogus")
+    assert rc == 2 and "unknown support 'bogus'" in err
+    rc, _, err = run(capsys, "lm-eval", "--model", str(tmp_path / "none"), "--map", str(tmp_path / "m.safetensors"),
+                     "--task", "concept", "--out", str(tmp_path / "e"))
+    assert rc == 2 and "needs --concept" in err
+    rc, _, err = run(capsys, "lm-eval", "--model", str(tmp_path / "none"), "--map", str(tmp_path / "m.safetensors"),
+                     "--task", "custom", "--out", str(tmp_path / "e"))
+    assert rc == 2 and "--task custom needs --source FILE and --target FILE" in err
+
+
+def test_causal_reference_procedure_is_offered(tiny, capsys):
+    m = tiny / "cr.safetensors"
+    rc, out, err = run(capsys, "lm-fit", "--model", str(tiny / "model"), "--task", "toxicity", "--limit", "8",
+                       "--layers", "attention", "--procedure", "causal_reference", "--out", str(m))
+    assert rc == 0, err
+    assert TransportMap.load(m).meta["procedure"] == "causal_reference"
+
+
+def test_eval_scores_a_users_own_task_files(tiny, capsys):
+    m = tiny / "own.safetensors"
+    assert run(capsys, "lm-fit", "--model", str(tiny / "model"), "--source", str(tiny / "src.txt"), "--target",
+               str(tiny / "tgt.txt"), "--layers", "attention", "--support", "all", "--out", str(m))[0] == 0
+    prompts = tiny / "own_prompts.txt"
+    prompts.write_text("You are\nThe weather\n", encoding="utf-8")
+    rc, out, err = run(capsys, "lm-eval", "--model", str(tiny / "model"), "--map", str(m), "--task", "custom",
+                       "--source", str(tiny / "src.txt"), "--target", str(tiny / "tgt.txt"), "--prompts", str(prompts),
+                       "--strengths", "0,8", "--max-new-tokens", "4", "--out", str(tiny / "own"))
+    assert rc == 0, err
+    rows = json.loads((tiny / "own" / "eval.json").read_text())
+    assert [r["λ"] for r in rows] == ["0", "8"] and all(0 <= r["target_frac"] <= 1 for r in rows)
+    assert rows[0]["target_score"] != rows[1]["target_score"]  # the judge sees the steered continuations
+
+
+def test_fold_writes_a_complete_model_folder(tiny, capsys):
+    m = tiny / "attn_all.safetensors"
+    assert run(capsys, "lm-fit", "--model", str(tiny / "model"), "--task", "toxicity", "--limit", "10",
+               "--layers", "attention", "--support", "all", "--out", str(m))[0] == 0
+    rc, out, err = run(capsys, "lm-export", "--map", str(m), "--fold", str(tiny / "folded"), "--model", str(tiny / "model"),
+                       "--strength", "0.5")
+    assert rc == 0, err and "complete model" in out
+    assert (tiny / "folded" / "config.json").is_file() and (tiny / "folded" / "tokenizer.json").is_file()
+    cfg = json.loads((tiny / "folded" / "config.json").read_text())
+    assert cfg["attention_bias"] is True  # o_proj got the offset as a bias
+
+
+def test_eval_sentiment_uses_vader_and_the_embedding_judge(tiny, capsys):
+    pytest.importorskip("vaderSentiment")
+    m = tiny / "sent.safetensors"
+    assert run(capsys, "lm-fit", "--model", str(tiny / "model"), "--task", "sentiment", "--concept", "negative", "--limit", "8",
+               "--layers", "attention", "--out", str(m))[0] == 0
+    assert TransportMap.load(m).meta["task"] == "sentiment"
+    rc, out, err = run(capsys, "lm-eval", "--model", str(tiny / "model"), "--map", str(m), "--task", "sentiment",
+                       "--concept", "negative", "--strengths", "0", "--max-new-tokens", "3", "--out", str(tiny / "sent"))
+    assert rc == 0, err
+    row = json.loads((tiny / "sent" / "eval.json").read_text())[0]
+    assert set(row) >= {"negative_frac (VADER)", "negative_frac (MiniLM)", "ppl"}

@@ -203,3 +203,20 @@ def test_lm_commands_bad_inputs(tmp_path, capsys):
         rc, _, err = _run(capsys, *argv)
         assert rc == 2 and ": error: " in err and expect in err, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.safetensors", "src.txt"]
+
+
+def test_user_error_is_one_line_and_a_bug_shows_its_traceback(tmp_path, capsys, monkeypatch):
+    rc, _, err = _run(capsys, "inspect", tmp_path / "missing.safetensors")
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+    def bug(path):
+        return {}["no such key"]  # an internal KeyError: a bug, not a user error
+
+    monkeypatch.setattr(TransportMap, "load", staticmethod(bug))
+    (tmp_path / "m.safetensors").write_bytes(b"x")
+    rc, _, err = _run(capsys, "inspect", tmp_path / "m.safetensors")
+    assert rc == 1 and "Traceback" in err and "KeyError" in err and "internal error" in err, err
+    monkeypatch.undo()
+    monkeypatch.setenv("ACT_STEER_DEBUG", "1")
+    rc, _, err = _run(capsys, "inspect", tmp_path / "missing.safetensors")
+    assert rc == 2 and "Traceback" in err and err.strip().endswith("does not exist"), err

@@ -40,8 +40,9 @@ def install_pack(custom_nodes: Path) -> Path:
 
 
 class ComfyServer:
-    def __init__(self, comfy_dir: Path, base: Path):
+    def __init__(self, comfy_dir: Path, base: Path, pythonpath=()):
         self.comfy_dir, self.base = Path(comfy_dir).resolve(), Path(base).resolve()
+        self.pythonpath = [str(p) for p in pythonpath]  # first on the server's path (an older version's frontend)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "server.log"
@@ -50,7 +51,8 @@ class ComfyServer:
     def start(self, timeout: float = 180.0, extra_args=()) -> "ComfyServer":
         env = dict(os.environ)
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                   PYTHONPATH=str(ROOT / "tools" / "comfy_shim"), PYTHONDONTWRITEBYTECODE="1")
+                   PYTHONPATH=os.pathsep.join([*self.pythonpath, str(ROOT / "tools" / "comfy_shim")]),
+                   PYTHONDONTWRITEBYTECODE="1")
         cmd = [sys.executable, str(self.comfy_dir / "main.py"), "--cpu", "--listen", "127.0.0.1",
                "--port", str(self.port), "--disable-auto-launch", "--base-directory", str(self.base),
                "--database-url", "sqlite:///:memory:", *extra_args]

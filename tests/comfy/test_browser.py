@@ -16,7 +16,12 @@ import cdp
 import comfy_harness as srv
 import ui2api
 
-pytestmark = pytest.mark.comfy
+from conftest import VERSION, comfyui_setup  # noqa: E402
+
+pytestmark = [pytest.mark.comfy, pytest.mark.slow,
+              pytest.mark.skipif(VERSION != comfyui_setup.COMFYUI_VERSION,
+                                 reason="drives the DOM of ComfyUI 0.3.75's frontend (1.32.9); ACT_COMFYUI_VERSION picks another")]
+
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "_artifacts"
@@ -88,3 +93,32 @@ def test_frontend_lists_nodes_and_loads_a_workflow(comfy_server, object_info, br
     assert shot.stat().st_size > 10_000
     new = _real_errors(b.errors()[before:])
     assert not new, new
+
+
+LAYOUT = """(() => {
+  const nodes = app.graph._nodes.map(n => ({id: n.id, type: n.type, b: Array.from(n.getBounding()),
+      size: Array.from(n.size), min: Array.from(n.computeSize())}));
+  const groups = (app.graph._groups || app.graph.groups || []).map(g => ({title: g.title, b: Array.from(g._bounding || g.bounding)}));
+  return {nodes, groups};
+})()"""
+
+
+def test_every_template_is_drawn_without_overlaps(comfy_server, browser):
+    """As the frontend draws them: each node is at least its computed minimum size (so the saved size
+    is what is drawn), no two node rectangles overlap, and groups hold their nodes."""
+    from test_workflows import rects_overlapping
+
+    b = browser
+    b.call("Page.navigate", url=comfy_server.url)
+    b.wait_for("!!(window.app && window.app.graph && window.LiteGraph && document.querySelector('canvas'))", 120)
+    for path in sorted((ROOT / "workflows").glob("*.json")):
+        b.evaluate(f"app.loadGraphData({path.read_text()})")
+        time.sleep(0.5)
+        drawn = b.evaluate(LAYOUT)
+        small = [(n["type"], n["size"], n["min"]) for n in drawn["nodes"]
+                 if n["size"][0] + 0.5 < n["min"][0] or n["size"][1] + 0.5 < n["min"][1]]
+        assert not small, (path.name, small)
+        rects = [(f"{n['id']}:{n['type']}", (n["b"][0], n["b"][1], n["b"][0] + n["b"][2], n["b"][1] + n["b"][3]))
+                 for n in drawn["nodes"]]
+        assert not rects_overlapping(rects), (path.name, rects_overlapping(rects))
+        assert len(drawn["groups"]) == len(json.loads(path.read_text()).get("groups", [])), path.name

@@ -1,5 +1,5 @@
-"""Batched collection in the Fit node (issue 7): prompts sampled batch_size at a time with one
-shared noise give the maps of one-at-a-time sampling; one-pass "causal" equals "causal (low memory)".
+"""Batched collection in the Fit node: prompts sampled batch_size at a time (each with its own
+noise) give the maps of one-at-a-time sampling; one-pass "causal" equals "causal (low memory)".
 
 Tiny SDXL built from ComfyUI's own classes (tests/comfy/act_tiny_sdxl). Maps are compared per
 layer on omega, beta and the support bands; the largest difference is printed.
@@ -41,7 +41,7 @@ def model_clip(tiny_pack):
 
 
 def _fit(mods, model, clip, pairs, batch_size, procedure="simultaneous", layers="UNet norms", pattern=""):
-    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE, 2,
+    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE,
                         batch_size=batch_size)
 
 
@@ -69,7 +69,7 @@ def test_batched_collection_gives_the_activations_of_one_prompt_at_a_time(mods, 
     modules = mods.fit.select(mods.cc.model_tree(model, clip), "UNet norms", "")
     runs = {}
     for bs in (1, 4):
-        runner = mods.runner.ComfyRunner(model, clip, 0, SIZE, SIZE, 2, batch_size=bs)
+        runner = mods.runner.ComfyRunner(model, clip, 0, SIZE, SIZE, batch_size=bs)
         runs[bs], _ = collect(runner, pairs["source"], modules)
     worst = max(float((runs[1][n] - runs[4][n]).abs().max()) for n in modules)
     print(f"pooled activations, batch 1 vs 4, {len(modules)} UNet norms: max |diff| {worst:.2e}")
@@ -92,21 +92,37 @@ def test_batched_simultaneous_fit_equals_one_prompt_at_a_time(mods, model_clip):
     assert four.meta["collection"]["batch_size"] == 4
     # batching changes nothing else: a different seed does change the map (the test can fail)
     other = mods.fit.fit(model, clip, pairs, "Linear-AcT", "UNet norms", "", "method default", "simultaneous", 1,
-                         SIZE, SIZE, 2, batch_size=4)
+                         SIZE, SIZE, batch_size=4)
     assert any(not torch.allclose(one[n].beta, other[n].beta, rtol=RTOL, atol=ATOL) for n in one.maps)
 
 
-def test_every_row_of_a_batch_gets_the_noise_of_a_single_prompt(mods, model_clip):
-    import comfy.sample
+def test_each_prompt_gets_its_own_noise_by_the_rule_of_the_diffusers_runner(mods, model_clip, monkeypatch):
+    """Every row starts from ``prompt_noise(seed, its prompt)``, whatever the batch, as the diffusers
+    runner's latents do (one collection-noise rule for both)."""
+    from act_core.diffusion.noise import prompt_noise
+    from act_core.hooks import ActivationCollector
 
-    model, _ = model_clip
-    latent = mods.cc.empty_latent(model, SIZE, SIZE)
-    noise = mods.cc.shared_noise(model, latent, 5, 3)
-    assert noise.shape == (3,) + tuple(latent.shape[1:])
-    single = comfy.sample.prepare_noise(latent, 5)
-    for row in noise:
-        assert torch.equal(row, single[0])
-    assert not torch.equal(comfy.sample.prepare_noise(latent.repeat(3, 1, 1, 1), 5)[1], single[0])
+    model, clip = model_clip
+    seen = []
+    real = mods.cc.sample
+
+    def spy(*a, noise=None, **k):
+        seen.append(noise.clone())
+        return real(*a, noise=noise, **k)
+
+    monkeypatch.setattr(mods.cc, "sample", spy)
+    texts = ["a red cat", "a blue dog", "a green boat"]
+    for batch_size in (3, 1):
+        seen.clear()
+        runner = mods.runner.ComfyRunner(model, clip, 5, SIZE, SIZE, batch_size=batch_size)
+        name = next(n for n, _ in runner.model.named_modules() if n.endswith("middle_block.0.in_layers.0"))
+        with ActivationCollector(runner.model, [name], stop_after=True) as col:
+            runner.run(texts, col)
+        rows = torch.cat(seen)
+        assert rows.shape[0] == 3
+        for row, text in zip(rows, texts):
+            assert torch.equal(row, prompt_noise(5, text, row.shape))
+    assert not torch.equal(rows[0], rows[1])
 
 
 def test_long_and_short_prompts_batch_like_one_at_a_time(mods, model_clip):

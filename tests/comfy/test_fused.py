@@ -2,7 +2,8 @@
 
 Fused mode keeps no hook for a module whose fixed-λ map folds exactly into its weight and bias
 (support "all"; per-pixel/token layouts, or ω = 1); every other module keeps hooks. Weight
-patches act on both CFG halves, so fused mode is compared with hooks mode + steer_negative.
+patches act on both CFG halves, so at cfg > 1 fused mode needs steer_negative (it refuses
+otherwise) and is compared with hooks mode + steer_negative.
 """
 
 import logging
@@ -31,7 +32,7 @@ def fitted(mods, tiny_pack):
     """The 'UNet norms' Linear-AcT map as the Fit node makes it (spatial-mean GroupNorms, band support)."""
     model, clip = tiny_pack.build(seed=0)
     pairs = mods.prompts.build_pairs("style: watercolor", 4, 0)
-    return mods.fit.fit(model, clip, pairs, "Linear-AcT", "UNet norms", "", "method default", "simultaneous", 0, SIZE, SIZE, 2)
+    return mods.fit.fit(model, clip, pairs, "Linear-AcT", "UNet norms", "", "method default", "simultaneous", 0, SIZE, SIZE)
 
 
 def _variant(tmap, support="all", per_pixel=True):
@@ -77,7 +78,7 @@ def test_fused_equals_hooks_and_the_input_model_is_untouched(mods, tiny, fitted)
     tmap = _variant(fitted)
     state = {k: v.clone() for k, v in model.model.state_dict().items()}
     base = _sample(mods, model, clip)
-    fused_model = _apply(mods, model, tmap, mode=mods.apply.FUSED)
+    fused_model = _apply(mods, model, tmap, mode=mods.apply.FUSED, steer_negative=True)
     assert len(fused_model.patches) == 2 * len(tmap), "every norm's weight and bias is patched"
     assert not _hooked(fused_model), "nothing is hooked when every module folds"
     fused = _sample(mods, fused_model, clip)
@@ -91,7 +92,7 @@ def test_fused_equals_hooks_and_the_input_model_is_untouched(mods, tiny, fitted)
     assert torch.equal(_sample(mods, fused_model, clip), fused)
     # per-block strengths: each module folds at its own λ
     pb = "down=0, mid=0.5, up=1.5"
-    _close(_sample(mods, _apply(mods, model, tmap, per_block=pb, mode=mods.apply.FUSED), clip),
+    _close(_sample(mods, _apply(mods, model, tmap, per_block=pb, mode=mods.apply.FUSED, steer_negative=True), clip),
            _sample(mods, _apply(mods, model, tmap, per_block=pb, steer_negative=True), clip), base)
 
 
@@ -108,12 +109,13 @@ def test_a_new_fused_patch_is_based_on_the_original_weights(mods, tiny, fitted):
     a second fused Apply on the input MODEL must still fold into the original weights."""
     model, clip = tiny
     tmap = _variant(fitted)
-    key = "diffusion_model.out.0.weight"
-    original = model.model.state_dict()[key].clone()
+    original = {k: v.clone() for k, v in model.model.state_dict().items()}
     base = _sample(mods, model, clip)
-    _sample(mods, _apply(mods, model, tmap, 1.0, mode=mods.apply.FUSED), clip)
-    assert not torch.equal(model.model.state_dict()[key], original), "the test needs the patched weights in place"
-    half = _sample(mods, _apply(mods, model, tmap, 0.5, mode=mods.apply.FUSED), clip)
+    first = _apply(mods, model, tmap, 1.0, mode=mods.apply.FUSED, steer_negative=True)
+    _sample(mods, first, clip)
+    now = model.model.state_dict()
+    assert any(not torch.equal(now[k], original[k]) for k in first.patches), "the test needs the patched weights in place"
+    half = _sample(mods, _apply(mods, model, tmap, 0.5, mode=mods.apply.FUSED, steer_negative=True), clip)
     _close(half, _sample(mods, _apply(mods, model, tmap, 0.5, steer_negative=True), clip), base)
 
 
@@ -125,7 +127,7 @@ def test_mixed_spatial_mean_groupnorms_stay_hooked(mods, tiny, fitted, caplog):
     assert 0 < len(spatial) < len(tmap)
     base = _sample(mods, model, clip)
     with caplog.at_level(logging.INFO, logger="act_steering"):
-        mixed_model = _apply(mods, model, tmap, mode=mods.apply.FUSED)
+        mixed_model = _apply(mods, model, tmap, mode=mods.apply.FUSED, steer_negative=True)
     n_fused = len(tmap) - len(spatial)
     assert f"{n_fused} of {len(tmap)} UNet layers fused as weight patches, {len(spatial)} hooked" in caplog.text
     assert len(mixed_model.patches) == 2 * n_fused and _hooked(mixed_model)
@@ -140,7 +142,7 @@ def test_band_support_keeps_hooks(mods, tiny, fitted):
     model, clip = tiny
     assert fitted.default_support != "all"  # Linear-AcT's default band q_0_100
     base = _sample(mods, model, clip)
-    band_model = _apply(mods, model, fitted, mode=mods.apply.FUSED)
+    band_model = _apply(mods, model, fitted, mode=mods.apply.FUSED, steer_negative=True)
     assert not band_model.patches, "a band support never folds"
     out = _sample(mods, band_model, clip)
     assert not torch.equal(out, base)
@@ -174,7 +176,7 @@ def test_fused_folds_into_the_weights_as_the_input_model_patches_them(mods, tiny
     lora = model.clone()
     assert sorted(lora.add_patches({k: (torch.randn(sd[k].shape, generator=g) * 0.3,) for k in keys})) == sorted(keys)
     base = _sample(mods, lora, clip)
-    fused = _sample(mods, _apply(mods, lora, tmap, mode=mods.apply.FUSED), clip)
+    fused = _sample(mods, _apply(mods, lora, tmap, mode=mods.apply.FUSED, steer_negative=True), clip)
     _close(fused, _sample(mods, _apply(mods, lora, tmap, steer_negative=True), clip), base)
 
 
@@ -189,7 +191,7 @@ def test_fused_mode_through_the_server(comfy_server, object_info):
     assert "fused (weight patches)" in json.dumps(object_info["ActApplyToModel"]["input"]["optional"]["mode"])
     ui = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "act_style_control.json").read_text())
     overrides = {"ckpt_name": TINY, "width": 64, "height": 64, "steps": 2, "count": 4, "support": "all",
-                 "mode": "fused (weight patches)"}
+                 "mode": "fused (weight patches)", "steer_negative": True}
     prompt = ui2api.convert(ui, object_info, overrides=overrides)
     assert [n["inputs"]["mode"] for n in prompt.values() if n["class_type"] == "ActApplyToModel"] == ["fused (weight patches)"]
     entry = comfy_server.run(prompt, timeout=300, workflow=ui)
@@ -197,3 +199,16 @@ def test_fused_mode_through_the_server(comfy_server, object_info):
     line = [l for l in comfy_server.log().splitlines() if "AcT fused mode:" in l][-1]
     fused, total = (int(x) for x in line.split("AcT fused mode: ")[1].split(" UNet layers")[0].split(" of "))
     assert 0 < fused < total, line  # LayerNorms fused, spatial-mean GroupNorms hooked
+
+
+def test_fused_without_steer_negative_refuses_cfg_and_runs_at_cfg_1(mods, tiny, fitted):
+    """The default is to steer only the positive half; weights cannot, so fused mode says so at cfg > 1
+    instead of silently steering the negative half (which would change the image against hooks mode)."""
+    model, clip = tiny
+    tmap = _variant(fitted)
+    fused = _apply(mods, model, tmap, mode=mods.apply.FUSED)
+    with pytest.raises(ValueError, match="turn 'steer negative' on"):
+        _sample(mods, fused, clip, cfg=5.0)
+    assert count_hooks(model.model) == 0
+    base = _sample(mods, model, clip, cfg=1.0)
+    _close(_sample(mods, fused, clip, cfg=1.0), _sample(mods, _apply(mods, model, tmap), clip, cfg=1.0), base)

@@ -22,7 +22,7 @@ def mods(pack):
 def _fit(mods, model, clip, layers="UNet norms", procedure="simultaneous", goal="style: watercolor", count=4, pattern="",
          batch_size=4):
     pairs = mods.prompts.build_pairs(goal, count, 0)
-    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE, 2,
+    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE,
                         batch_size)
 
 
@@ -222,9 +222,9 @@ def test_save_load_info_and_bad_names(mods, tiny, comfy_env):
     model, clip = tiny
     tmap = _fit(mods, model, clip, goal="negate: pink_elephant")
     path = mods.files.save_map(tmap, "neg_test")
-    assert path.endswith("act_maps/neg_test.safetensors")
-    assert "neg_test.safetensors" in mods.cc.list_maps()
-    back = mods.files.load_map("neg_test.safetensors")
+    assert path.endswith("act_maps/neg_test_00001_.safetensors")
+    assert "neg_test_00001_.safetensors" in mods.cc.list_maps()
+    back = mods.files.load_map("neg_test_00001_.safetensors")
     assert list(back.maps) == list(tmap.maps)
     assert torch.equal(back[list(tmap.maps)[0]].omega, tmap[list(tmap.maps)[0]].omega)
     text = mods.info.describe(back)
@@ -245,7 +245,7 @@ def test_map_for_another_model_type_fails_clearly(mods, tiny):
     llm = TransportMap(tmap.maps, tmap.layouts, tmap.output_index, {**tmap.meta, "architecture": "llama"})
     path = mods.files.save_map(llm, "llm_map")
     with pytest.raises(MapFileError, match="fitted on a 'llama' model"):
-        mods.files.load_map("llm_map.safetensors")
+        mods.files.load_map(path.replace("\\", "/").rsplit("/", 1)[-1])
     with pytest.raises(MapFileError, match="SDXL"):
         mods.apply.apply_to_model(model, llm, 1.0)
     # a map for a bigger SDXL (different unit counts) names the mismatch
@@ -311,6 +311,15 @@ def test_sweep_grid_labels_and_zero_is_unsteered(mods, tiny, tiny_pack):
     h, w = imgs.shape[1:3]
     assert grid.shape[0] == 1 and grid.shape[2] == 2 * w and grid.shape[1] > h
     assert out.ui is not None
+    # the sweep honours the Apply node's options: each λ image equals Apply + KSampler with the same options
+    options = dict(start_percent=0.0, end_percent=0.5, steer_negative=True, per_block="down=0")
+    with torch.inference_mode():
+        _, swept = mods.sweep.StrengthSweep.execute(model, tmap, pos, neg, latent, vae, "1", 5, STEPS, 5.0, "euler",
+                                                    "normal", 1, **options).result
+        applied = mods.apply.apply_to_model(model, tmap, 1.0, options["start_percent"], options["end_percent"],
+                                            options["steer_negative"], options["per_block"])
+        expected = cc.decode(vae, cc.sample(applied, pos, neg, latent["samples"], 5, STEPS, 5.0))
+    assert torch.equal(swept, expected) and not torch.equal(swept, imgs[1:2])
 
 
 def test_sweep_at_zero_equals_ksampler_with_an_inpaint_mask_and_batch_index(mods, tiny, tiny_pack):

@@ -56,7 +56,7 @@ def _rss_mb():
 def _fit(mods, model, clip, goal="style: watercolor", count=2, layers="custom pattern", pattern=MID,
          procedure="simultaneous"):
     pairs = mods.prompts.build_pairs(goal, count, 0)
-    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE, 2,
+    return mods.fit.fit(model, clip, pairs, "Linear-AcT", layers, pattern, "method default", procedure, 0, SIZE, SIZE,
                         batch_size=2)
 
 
@@ -211,6 +211,7 @@ def test_interrupt_during_save_keeps_the_old_file(mods, model_clip, two_maps, mo
     path = mods.files.save_map(map_a, "rel_cancel_save")
     before = open(path, "rb").read()
     folder = os.path.dirname(path)
+    listing = sorted(os.listdir(folder))
 
     def cancelled_fsync(fd):  # the user cancels while the bytes are being flushed to disk
         raise mm.InterruptProcessingException()
@@ -220,43 +221,48 @@ def test_interrupt_during_save_keeps_the_old_file(mods, model_clip, two_maps, mo
         mods.files.SaveMap.execute(map_b, "rel_cancel_save")
     monkeypatch.undo()
     assert open(path, "rb").read() == before, "a cancelled save changed the existing map"
-    assert not [f for f in os.listdir(folder) if f.endswith(".tmp")], "a temporary file was left behind"
-    assert list(mods.files.load_map("rel_cancel_save.safetensors").maps) == list(map_a.maps)
-    # the next save works and replaces the file
-    mods.files.SaveMap.execute(map_b, "rel_cancel_save")
-    back = mods.files.load_map("rel_cancel_save.safetensors")
+    assert sorted(os.listdir(folder)) == listing, "a cancelled save left a file (partial map or .tmp) behind"
+    assert list(mods.files.load_map(os.path.basename(path)).maps) == list(map_a.maps)
+    # the next save works: the next number, the old file untouched (the Save node never overwrites)
+    nxt = mods.files.SaveMap.execute(map_b, "rel_cancel_save").result[0]
+    assert os.path.basename(nxt) == os.path.basename(path).replace("_00001_", "_00002_")
+    back = mods.files.load_map(os.path.basename(nxt))
     k = list(map_b.maps)[0]
-    assert torch.equal(back[k].omega, map_b[k].omega)
+    assert torch.equal(back[k].omega, map_b[k].omega) and open(path, "rb").read() == before
     os.unlink(path)
+    os.unlink(nxt)
 
 
 @pytest.mark.parametrize("failure", ["disk full", "permission"])
 def test_save_node_disk_full_or_permission_error_is_clear_and_keeps_the_file(mods, two_maps, monkeypatch, failure):
-    import tempfile
-
     map_a, map_b = two_maps
     path = mods.files.save_map(map_a, "rel_disk")
     before = open(path, "rb").read()
     folder = os.path.dirname(path)
+    listing = sorted(os.listdir(folder))
     if failure == "disk full":
         def boom(fd):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
         monkeypatch.setattr(os, "fsync", boom)
     else:
-        def boom(*a, **k):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), folder)
+        real_open = os.open
 
-        monkeypatch.setattr(tempfile, "mkstemp", boom)
+        def boom(p, flags, *a, **k):  # creating the temporary file is not allowed
+            if flags & os.O_CREAT:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), folder)
+            return real_open(p, flags, *a, **k)
+
+        monkeypatch.setattr(os, "open", boom)
     with pytest.raises(OSError) as e:
         mods.files.SaveMap.execute(map_b, "rel_disk")
     monkeypatch.undo()
     msg = str(e.value)
-    assert "rel_disk.safetensors" in msg, msg  # names the file
+    assert "rel_disk_NNNNN_.safetensors" in msg, msg  # names the file
     assert "unchanged" in msg, msg  # says what happened to the old one
     assert ("free" in msg) if failure == "disk full" else ("writable" in msg), msg  # and how to fix it
     assert open(path, "rb").read() == before
-    assert not [f for f in os.listdir(folder) if f.endswith(".tmp")]
+    assert sorted(os.listdir(folder)) == listing
     os.unlink(path)
 
 
@@ -296,7 +302,7 @@ def test_every_node_names_the_bad_input(mods, model_clip, two_maps, comfy_env):
         P.PromptPairs.execute("negate: unicorn_zebra", 4, 0)
     pairs = P.build_pairs("style: watercolor", 2, 0)
     fit_args = dict(model=model, clip=clip, prompt_pairs=pairs, method="Linear-AcT", layers="custom pattern",
-                    support="method default", procedure="simultaneous", seed=0, width=SIZE, height=SIZE, steps=2)
+                    support="method default", procedure="simultaneous", seed=0, width=SIZE, height=SIZE)
     # Fit: empty / unknown layer pattern, unknown preset choice, empty prompt lists, unknown method
     with pytest.raises(ValueError, match="pattern is empty"):
         F.FitTransportMap.execute(**fit_args, custom_pattern="  ")
@@ -320,7 +326,7 @@ def test_every_node_names_the_bad_input(mods, model_clip, two_maps, comfy_env):
     with pytest.raises(MapFileError, match="Apply transport map to model"):
         A.ApplyToClip.execute(clip, map_a, 1.0)
     # Save / Load: bad names, nonexistent file, a corrupt file in act_maps
-    with pytest.raises(ValueError, match="invalid map file name"):
+    with pytest.raises(ValueError, match="invalid filename_prefix '../outside'"):
         mods.files.SaveMap.execute(map_a, "../outside")
     assert mods.files.LoadMap.validate_inputs("../x.safetensors") != True  # noqa: E712
     with pytest.raises(FileNotFoundError, match="no map 'missing.safetensors'"):

@@ -28,7 +28,7 @@ def server_maps(comfy_server, pack, tiny_pack):
     names = []
     for name, goal in (("rel_a", "style: watercolor"), ("rel_b", "negate: pink_elephant")):
         pairs = prompts.build_pairs(goal, 2, 0)
-        tmap = fit.fit(model, clip, pairs, "Linear-AcT", "UNet norms", "", "method default", "simultaneous", 0, 64, 64, 2,
+        tmap = fit.fit(model, clip, pairs, "Linear-AcT", "UNet norms", "", "method default", "simultaneous", 0, 64, 64,
                        batch_size=2)
         tmap.save(folder / f"{name}.safetensors")
         names.append(f"{name}.safetensors")

@@ -42,6 +42,14 @@ def test_pack_loads_without_import_failure_and_lists_every_node(comfy_server, ob
     assert "Linear-AcT" in json.dumps(object_info["ActFitTransportMap"]["input"]["required"]["method"])
 
 
+def test_every_seed_input_has_ksamplers_range(object_info):
+    ks = object_info["KSampler"]["input"]["required"]["seed"][1]
+    seeds = {node_id: spec[1] for node_id in NODE_IDS for group in ("required", "optional")
+             for name, spec in object_info[node_id]["input"].get(group, {}).items() if name == "seed"}
+    assert len(seeds) >= 3, seeds
+    assert all((o["min"], o["max"]) == (ks["min"], ks["max"]) for o in seeds.values()), (ks, seeds)
+
+
 def test_workflows_appear_in_the_template_browser(comfy_server):
     templates = comfy_server.get("/workflow_templates")
     assert sorted(templates.get("act-steering", [])) == sorted(p.stem for p in WORKFLOWS)
@@ -53,6 +61,7 @@ def test_workflows_appear_in_the_template_browser(comfy_server):
 ORDER = ["act_fit_then_save.json"] + [p.name for p in WORKFLOWS if p.name != "act_fit_then_save.json"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ORDER)
 def test_shipped_workflow_runs(comfy_server, object_info, name):
     ui = _workflow(name)
@@ -66,21 +75,21 @@ def test_shipped_workflow_runs(comfy_server, object_info, name):
         assert any(img["type"] == "output" for img in saved), f"{name}: no image written"
         for img in saved:
             assert (comfy_server.base / img["type"] / img.get("subfolder", "") / img["filename"]).is_file()
-    if "ActSaveMap" in types:
-        assert (comfy_server.base / "models" / "act_maps" / "watercolor_sdxl.safetensors").is_file()
+    if "ActSaveMap" in types:  # the Save node's counter: watercolor_sdxl_00001_.safetensors on the first run
+        assert (comfy_server.base / "models" / "act_maps" / "watercolor_sdxl_00001_.safetensors").is_file()
     if "ActMapInfo" in types:
         texts = [t for out in outputs.values() for t in out.get("text", [])]
         assert any("recommended strength" in t for t in texts), outputs
 
 
 def test_saved_map_is_listed_and_offered_by_the_loader(comfy_server):
-    assert "watercolor_sdxl.safetensors" in comfy_server.get("/models/act_maps")
+    assert "watercolor_sdxl_00001_.safetensors" in comfy_server.get("/models/act_maps")
     info = comfy_server.get("/object_info/ActLoadMap")["ActLoadMap"]
-    assert "watercolor_sdxl.safetensors" in json.dumps(info["input"]["required"]["map_name"])
+    assert "watercolor_sdxl_00001_.safetensors" in json.dumps(info["input"]["required"]["map_name"])
 
 
 def test_extra_model_paths_folder_is_honoured(comfy_server):
-    src = comfy_server.base / "models" / "act_maps" / "watercolor_sdxl.safetensors"
+    src = comfy_server.base / "models" / "act_maps" / "watercolor_sdxl_00001_.safetensors"
     extra = comfy_server.base / "extra_maps"
     shutil.copy2(src, extra / "extra_watercolor.safetensors")
     (extra / "readme.txt").write_text("not a map")
@@ -112,8 +121,8 @@ def test_interrupt_during_fit_ends_cleanly_and_writes_no_file(comfy_server):
         "3": {"class_type": "ActFitTransportMap", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "prompt_pairs": ["2", 0], "method": "Linear-AcT",
             "layers": "custom pattern", "custom_pattern": r"unet\.mid_block\..*norm.*", "support": "method default",
-            "procedure": "causal (low memory)", "seed": 0, "width": 64, "height": 64, "steps": 2, "batch_size": 8}},
-        "4": {"class_type": "ActSaveMap", "inputs": {"transport_map": ["3", 0], "name": "interrupted_map"}},
+            "procedure": "causal (low memory)", "seed": 0, "width": 64, "height": 64, "batch_size": 8}},
+        "4": {"class_type": "ActSaveMap", "inputs": {"transport_map": ["3", 0], "filename_prefix": "interrupted_map"}},
     }
     client = "interrupt-test"
     ws = comfy_server.websocket(client)

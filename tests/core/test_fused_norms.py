@@ -267,27 +267,39 @@ def test_one_norm_under_two_names_is_fused_once_and_hooked_once(rng):
 def test_a_deep_copy_made_while_steered_runs_its_own_plain_layer(rng):
     import copy
 
+    from act_core import count_hooks
+
     model = Tokens()
     x = torch.randn(2, 3, 16, generator=rng)
-    with torch.no_grad(), steer(model, one_map(16, rng, "tokens")):
+    with torch.no_grad(), steer(model, one_map(16, rng, "tokens")) as h:
+        assert h.fused == ["norm"]
         twin = copy.deepcopy(model)
-    with torch.no_grad():
-        twin.norm.weight.mul_(3.0)  # the copy has its own parameters...
+        # the copy carries neither the replaced forward nor any hook
+        assert "forward" not in twin.norm.__dict__ and count_hooks(twin) == 0
+        twin.norm.weight.mul_(3.0)  # the copy has its own parameters and runs its own plain layer
         got = twin(x)
-        del twin.norm.forward  # ...and once the leftover attribute is gone, its plain layer
-        want = twin(x)
+    with torch.no_grad():
+        h = torch.nn.functional.layer_norm(twin.lin(x), (16,), twin.norm.weight, twin.norm.bias, twin.norm.eps)
+        want = twin.out(h)
     assert torch.equal(got, want)
 
 
 def test_a_layer_norm_map_with_layout_auto_on_a_4d_output_uses_the_hook(rng):
-    """layout 'auto' reads a 4-D output as (B, C, H, W); the hook path decides, as with fuse=False."""
+    """layout 'auto' reads a 4-D output as (B, C, H, W): on a LayerNorm, whose units are its last
+    axis, that is the wrong axis, refused at the first forward by both paths (before: steered
+    along dim 1 when H happened to equal the width)."""
+    from act_core import MapFileError, count_hooks
+
     model = torch.nn.Sequential(torch.nn.LayerNorm(4))
     t = fit_transport(torch.randn(64, 4, generator=rng), torch.randn(64, 4, generator=rng) + 1, "mean", "all")
     tmap = TransportMap()
     tmap.add("0", t, "auto", None)
-    x = torch.randn(2, 4, 3, 4, generator=rng)  # H == C: the hook transports along dim 1
-    hooked, fused, names = run_both(model, tmap, x)
-    assert torch.equal(fused, hooked)
+    x = torch.randn(2, 4, 3, 4, generator=rng)  # H == C
+    for fuse in (False, True):
+        with pytest.raises(MapFileError, match="units are on the last axis"), torch.no_grad():
+            with steer(model, tmap, fuse=fuse):
+                model(x)
+        assert count_hooks(model) == 0
     x3 = torch.randn(2, 5, 4, generator=rng)  # tokens: fused
     hooked, fused, names = run_both(model, tmap, x3)
     torch.testing.assert_close(fused, hooked, atol=2e-5, rtol=1e-5)

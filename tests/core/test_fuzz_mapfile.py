@@ -124,6 +124,35 @@ def test_huge_or_lying_header_length(n):
     assert outcome(struct.pack("<Q", n) + GOOD[8:]) == "rejected"
 
 
+@settings(max_examples=200, **SETTINGS)
+@given(where=st.sampled_from(["meta", "entry", "header"]),
+       value=st.one_of(
+           st.integers(1, 3000).map(lambda n: "[" * n + "]" * n),
+           st.integers(1, 3000).map(lambda n: '{"a":' * n + "0" + "}" * n),
+           st.integers(1, 6000).map(lambda n: "9" * n),
+           st.sampled_from(["1e400", "-1e999", "NaN", "Infinity", "-Infinity", "3.4e38", "1e308", "-0.0",
+                            '"\\ud800"', '"\\udfff\\ud800"', '"' + "x" * 5000 + '"']),
+       ),
+       key=st.sampled_from(["default_strength", "architecture", "units", "output_index", "extra"]))
+def test_extreme_json_and_values(where, value, key):
+    """Deep nesting, huge or non-finite numbers, lone surrogates: MapFileError or a valid map, never a raw error."""
+    header, body = split(GOOD)
+    text = header["__metadata__"]["act"]
+    marker = '"__X__"'
+    meta = json.loads(text)
+    if where == "meta":
+        meta[key] = "__X__"
+    elif where == "entry":
+        meta["modules"]["layers.0"][key] = "__X__"
+    header["__metadata__"]["act"] = json.dumps(meta).replace(marker, value)
+    if where == "header":
+        raw = json.dumps(header)[:-1] + ', "' + key + '": ' + value + "}"
+        data = struct.pack("<Q", len(raw.encode())) + raw.encode() + body
+    else:
+        data = join(header, body)
+    outcome(data)
+
+
 class Model(torch.nn.Module):
     def __init__(self, widths):
         super().__init__()
@@ -142,10 +171,10 @@ def test_map_for_another_model_is_refused_before_attaching(widths):
         tmap.check_model(model)
     COUNTS["refused by check_model"] += 1
     assert count_hooks(model) == 0
-    if len(widths) < 2:  # a missing module: attaching fails as a whole, leaving no hook behind
-        with pytest.raises(AttributeError):
-            attach(model, tmap)
-        assert count_hooks(model) == 0
+    # a missing module or a width mismatch: attaching checks the model first and attaches nothing
+    with pytest.raises(MapFileError, match="does not fit this model"):
+        attach(model, tmap)
+    assert count_hooks(model) == 0
 
 
 def test_fuzz_summary(request):
@@ -154,5 +183,6 @@ def test_fuzz_summary(request):
         request.config._act_report = getattr(request.config, "_act_report", [])
         request.config._act_report.append(
             f"map-file fuzz: {total} hostile files/cases: " + ", ".join(f"{v} {k}" for k, v in sorted(COUNTS.items()))
+            + ", 0 raw exceptions (any other exception fails the test)"
         )
     assert COUNTS["rejected with MapFileError"] >= 500 or total == 0

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from act_core import ActivationCollector, TransportMap, attach, count_hooks, fit_transport, pool, run_until_stop, select_modules, steer
+from act_core.mapfile import MapFileError
 
 
 class Net(torch.nn.Module):
@@ -125,17 +126,57 @@ def test_attach_handle_per_module_strength_and_gate(rng):
     assert torch.allclose(gated[0], only_c[0])
     with steer(net, tmap, strength=1.0, gate=lambda name, out: False):
         assert torch.equal(net(x), before)
-    with pytest.raises(KeyError, match="not in the map"):
+    with pytest.raises(ValueError, match="not in the map"):
         attach(net, tmap, strength={"zzz": 1.0})
     assert count_hooks(net) == 0
 
 
-def test_attach_failure_leaves_no_hook(rng):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_mask_blends_exactly_and_combines_with_the_gate(rng, fuse):
+    """``mask``: lerp(x, T(x), w), exactly x where w = 0 and T(x) where w = 1; rows the gate skips stay x."""
+    net = Net()
+    x = torch.randn(4, 6, 8)
+    before = net(x)
+    c = make_map(net, rng).subset(["c"])
+    with steer(net, c, strength=1.0, fuse=fuse):
+        full = net(x)
+    w = torch.zeros(1, 6, 1)
+    w[:, :3] = 1.0  # the first three tokens
+    with steer(net, c, strength=1.0, fuse=fuse, mask=lambda name, out: w):
+        masked = net(x)
+        assert count_hooks(net) == 1
+    assert torch.equal(masked[:, :3], full[:, :3]) and torch.equal(masked[:, 3:], before[:, 3:])
+    half = torch.full((1, 6, 1), 0.25)
+    with steer(net, c, strength=1.0, fuse=fuse, mask=lambda name, out: half):
+        torch.testing.assert_close(net(x), before + 0.25 * (full - before))
+    rows = torch.tensor([True, False, True, False])
+    with steer(net, c, strength=1.0, fuse=fuse, gate=lambda name, out: rows, mask=lambda name, out: w):
+        both = net(x)
+    assert torch.equal(both[rows], masked[rows]) and torch.equal(both[~rows], before[~rows])
+    with steer(net, c, strength=1.0, fuse=fuse, mask=lambda name, out: None):
+        assert torch.equal(net(x), full)
+    assert count_hooks(net) == 0 and torch.equal(net(x), before)
+
+
+def test_attach_checks_the_model_first_and_failure_leaves_no_hook(rng, monkeypatch):
     net = Net()
     tmap = make_map(net, rng)
     tmap.add("missing", tmap["a"])
-    with pytest.raises(AttributeError):
+    with pytest.raises(MapFileError, match="module 'missing' not found"):
         attach(net, tmap)
+    assert count_hooks(net) == 0
+    wide = make_map(net, rng)
+    wide.add("a", fit_transport(torch.randn(50, 3, generator=rng), torch.randn(50, 3, generator=rng)))
+    with pytest.raises(MapFileError, match="has 8 units but the map has 3"):  # before the first forward
+        attach(net, wide)
+    assert count_hooks(net) == 0
+
+    def broken(*a, **k):  # the last module's registration fails: the earlier ones are removed again
+        raise RuntimeError("registration failed")
+
+    monkeypatch.setattr(net.c, "register_forward_hook", broken)
+    with pytest.raises(RuntimeError, match="registration failed"):
+        attach(net, make_map(net, rng), fuse=False)
     assert count_hooks(net) == 0
 
 

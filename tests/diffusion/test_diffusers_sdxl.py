@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from act_core import fit_transport
 from act_core.diffusion import pipeline as D
 from act_core.diffusion.images import read_image_settings, save_image
 from act_core.fitting import collect
@@ -198,3 +199,66 @@ def test_step_maps_experiment(pipe):
     assert _hooks(pipe) == 0 and np.array_equal(_img(pipe, steps=2), base)
     with pytest.raises(ValueError, match="only cover UNet"):
         D.fit_step_maps(pipe, src, tgt, layers="text_encoder_fast", steps=2)
+
+
+def test_steer_and_bake_take_the_pipeline_itself(pipe, rng):
+    """``steer(pipe, tmap)`` / ``bake(pipe, tmap, λ)`` on a diffusers pipeline, as a user writes them."""
+    from act_core import steer
+    from act_core.bake import bake
+    from act_core.diffusion.families.sdxl import sdxl_module_tree
+
+    tree = sdxl_module_tree(pipe)
+    tmap = TransportMap(meta={"architecture": "sdxl"})
+    for name in ("unet.mid_block.attentions.0.transformer_blocks.0.norm1", "text_encoder.final_layer_norm"):
+        d = tree.get_submodule(name).normalized_shape[0]
+        tmap.add(name, fit_transport(torch.randn(32, d, generator=rng), torch.randn(32, d, generator=rng) + 1,
+                                     "linear", support="all"), "tokens")
+    before = _img(pipe)
+    with steer(pipe, tmap, strength=1.0):
+        hooked = _img(pipe)
+    assert not np.allclose(hooked, before)
+    with bake(pipe, tmap, strength=1.0):
+        assert _hooks(pipe) == 0
+        baked = _img(pipe)
+    assert np.allclose(baked, hooked, atol=1e-4)
+    assert np.array_equal(_img(pipe), before)
+    with pytest.raises(TypeError, match="expected a torch.nn.Module"):
+        with steer(object(), tmap):
+            pass
+
+
+def test_collection_noise_is_one_rule_per_prompt(pipe):
+    """The diffusers runner's initial latents are ``prompt_noise(seed, prompt)``, the rule of the
+    ComfyUI Fit node (tests/comfy/test_fit_batch.py): per prompt, independent of batching."""
+    from act_core.diffusion.noise import prompt_noise
+
+    runner = D.SDXLRunner(pipe, seed=7, **SIZE)
+    lat = runner._latents(["a cat", "a dog"])
+    for row, p in zip(lat, ["a cat", "a dog"]):
+        assert torch.equal(row, prompt_noise(7, p, row.shape).to(row.dtype))
+    assert torch.equal(runner._latents(["a dog"])[0], lat[1]) and not torch.equal(lat[0], lat[1])
+
+
+def test_cfg_steers_only_the_conditional_rows_by_default(pipe, style_map):
+    """One default everywhere: with guidance > 1 only the conditional half of the UNet batch is
+    steered (ComfyUI's hooks mode does the same; its fused mode refuses instead of differing)."""
+    gate = D.cond_rows_gate(2)
+    assert gate("unet.conv_in", torch.zeros(4, 3)).tolist() == [False, False, True, True]
+    assert gate("unet.conv_in", torch.zeros(2, 3)) is True  # no negative half in this call
+    assert gate("text_encoder.final_layer_norm", torch.zeros(4, 3)) is True
+    seen = []  # outputs of a block downstream of steered norms, per UNet call: rows [negative; conditional]
+    block = pipe.unet.mid_block.resnets[0]
+    h = block.register_forward_hook(lambda m, a, o: seen.append(o.detach().clone()))
+    try:
+        base = _img(pipe, guidance=5.0)
+        plain = seen[:]
+        seen.clear()
+        cond_only = _img(pipe, style_map, guidance=5.0)
+        steered = seen[:]
+        seen.clear()
+        both = _img(pipe, style_map, guidance=5.0, steer_negative=True)
+    finally:
+        h.remove()
+    assert not np.allclose(cond_only, base) and not np.allclose(cond_only, both)
+    # the first UNet call has the same inputs in both runs: its negative row is untouched, bit for bit
+    assert torch.equal(steered[0][:1], plain[0][:1]) and not torch.allclose(steered[0][1:], plain[0][1:])

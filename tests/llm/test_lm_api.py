@@ -267,3 +267,59 @@ def test_token_modes_follow_the_cache_state_even_for_one_token_prompts():
     assert not torch.allclose(first_scores("prompt"), plain)  # the prefill is the prompt pass: steered
     assert torch.equal(first_scores("generated"), plain)  # ...and not a decoding step
     assert count_hooks(model) == 0
+
+
+def test_unknown_method_is_a_clear_error(llama):
+    model, tok = llama
+    with pytest.raises(ValueError, match="unknown method 'lineer'.*linear"):
+        fit_lm_map(model, tok, HOSTILE, FRIENDLY, method="lineer")
+    from act_core.mapfile import map_meta_defaults
+
+    with pytest.raises(ValueError, match="unknown method 'bogus'"):
+        map_meta_defaults("bogus", "mean", "simultaneous", "llama")
+
+
+def test_one_text_is_enough_for_generate_and_perplexity(llama):
+    model, tok = llama
+    one = perplexity(model, tok, "The weather is lovely today.")
+    assert one.shape == (1,) and torch.equal(one, perplexity(model, tok, ["The weather is lovely today."]))
+    assert generate_texts(model, tok, "Once upon a time", max_new_tokens=3) == generate_texts(model, tok, ["Once upon a time"], 3)
+    with pytest.raises(ValueError, match="at least one text"):
+        perplexity(model, tok, [])
+
+
+def test_rotary_embedding_is_refused(llama):
+    model, tok = llama
+    with pytest.raises(ValueError, match="RotaryEmbedding.*not activations"):
+        fit_lm_map(model, tok, HOSTILE, FRIENDLY, layers=[r"model\.rotary_emb"])
+    with pytest.raises(ValueError, match="RotaryEmbedding"):
+        fit_lm_map(model, tok, HOSTILE, FRIENDLY, layers=[r"model\.(rotary_emb|layers\.0\.mlp\.down_proj)"])
+    assert count_hooks(model) == 0
+
+
+def test_nesting_steer_lm_with_the_same_map_is_refused(llama, tmap):
+    model, tok = llama
+    with steer_lm(model, tmap, 1.0):
+        once = _logits(model, tok)
+        with pytest.raises(RuntimeError, match="already steering this model"):
+            with steer_lm(model, tmap, 1.0):
+                pass
+        assert torch.equal(once, _logits(model, tok))  # the outer block is untouched
+    assert count_hooks(model) == 0
+    other = fit_lm_map(model, tok, FRIENDLY, HOSTILE, layers="attention", support="all")
+    with steer_lm(model, tmap, 1.0), steer_lm(model, other, 1.0):  # different maps compose
+        both = _logits(model, tok)
+    assert not torch.equal(both, once)
+
+
+def test_defaults_follow_the_architecture_table(llama):
+    from act_core.llm.presets import DEFAULTS, FALLBACK, default_settings
+
+    model, tok = llama
+    assert default_settings(model) == DEFAULTS["llama"] and default_settings("unknown-arch") == FALLBACK
+    m = fit_lm_map(model, tok, HOSTILE, FRIENDLY)
+    assert m.meta["layers"] == DEFAULTS["llama"]["layers"] and m.meta["pooling"] == DEFAULTS["llama"]["pooling"]
+    g, gt = make_model("gemma3", layers=2)
+    gm = fit_lm_map(g, gt, HOSTILE, FRIENDLY)
+    assert gm.meta["default_support"] == DEFAULTS["gemma3_text"]["support"] == "all"
+    assert fit_lm_map(model, tok, HOSTILE, FRIENDLY).meta["default_support"] == "q_0_100"  # llama: Linear-AcT's own

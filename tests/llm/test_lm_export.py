@@ -107,3 +107,56 @@ def test_fold_refuses_bands_and_inexact_cases(tmp_path):
     res_map = fit_lm_map(model, tok, HOSTILE, FRIENDLY, layers="residual", method="linear", support="all")
     with pytest.raises(FoldError, match="neither a linear layer nor a norm"):
         fold_map(model, res_map, 1.0)
+
+
+@pytest.mark.parametrize("layers", ["attention", "all_ln"])  # all_ln: RMSNorm offsets go into q/k/v/gate/up biases
+def test_folded_model_folder_loads_with_plain_from_pretrained(llama, tmp_path, layers):
+    import json
+    import subprocess
+    import sys
+
+    from act_core.llm.export import save_folded_model
+
+    model, tok = llama
+    tmap = fit_lm_map(model, tok, HOSTILE, FRIENDLY, layers=layers, method="linear", support="all")
+    res = fold_map(model, tmap, strength=0.8)
+    folder = save_folded_model(model, tok, res, tmp_path / "folded", tmap)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["attention_bias"] is True and cfg["mlp_bias"] is (layers == "all_ln")
+    with torch.no_grad(), steer(model, tmap, 0.8, support="all"):
+        want = model(input_ids=IDS).logits
+    assert not list(tmp_path.glob(".folded.*"))  # the temporary folder is gone
+    if layers != "all_ln":
+        return  # save_folded_model already reloaded it with plain from_pretrained; one fresh interpreter is enough
+    torch.save(IDS, tmp_path / "ids.pt")
+    # a fresh interpreter, transformers only: no act_core, no strict=False, no bias switch by hand
+    code = ("import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r}).eval(); AutoTokenizer.from_pretrained({str(folder)!r})\n"
+            f"ids = torch.load({str(tmp_path / 'ids.pt')!r})\n"
+            "with torch.no_grad(): out = m(input_ids=ids).logits\n"
+            f"torch.save(out, {str(tmp_path / 'out.pt')!r}); assert 'act_core' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_refuses_a_bias_no_config_switch_can_create(tmp_path):
+    from act_core.llm.export import save_folded_model
+
+    model, tok = make_model("qwen2", layers=2)  # Qwen2's o_proj has no bias and no switch for one
+    tmap = fit_lm_map(model, tok, HOSTILE, FRIENDLY, layers="attention", method="linear", support="all")
+    res = fold_map(model, tmap, strength=1.0)
+    with pytest.raises(FoldError, match="no switch"):
+        save_folded_model(model, tok, res, tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
+def test_control_vector_scale_is_baked_in(llama, tmp_path):
+    model, tok = llama
+    tmap = fit_lm_map(model, tok, HOSTILE, FRIENDLY, layers="residual[1:]", method="mean", support="all")
+    cv = read_control_vector(export_control_vector(tmap, tmp_path / "s.gguf", scale=2.5))
+    assert cv.scale == 2.5
+    torch.testing.assert_close(cv.directions[1], 2.5 * tmap["model.layers.1"].beta)
+    with pytest.raises(ValueError, match="non-zero"):
+        export_control_vector(tmap, tmp_path / "z.gguf", scale=0.0)
