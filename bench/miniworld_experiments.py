@@ -1,7 +1,8 @@
 """The miniature study, end to end: reports/miniworld/REPORT.md from one command.
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python bench/miniworld_experiments.py          # everything (~2 h, 1 core)
-    python bench/miniworld_experiments.py --phases quality,screen,student --n 24 --seeds 0   # a quicker look
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python bench/miniworld_experiments.py          # everything (hours, 1 core)
+    python bench/miniworld_experiments.py --phases report     # re-derive REPORT.md, plots, grids from results.json (~1 min)
+    python bench/miniworld_experiments.py --quick             # a small end-to-end run into ./miniworld-quick (~10 min)
 
 Phases (each resumable: finished cells in results.json are reused, so an interrupted run continues):
 
@@ -32,6 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PHASES = ("quality", "screen", "student", "teacher", "confirm", "report")
+#: --quick: the paper's recipe, the best AcT variants and the baselines (regex over method names)
+QUICK_METHODS = (r"^UNet norms, Linear, q_0_100 \(paper\)$|^text layers, Linear, q_0_100$|, phrase-gated$|"
+                 r"^text layers, EOS-token fit, Linear all|^prompt:|^NAG α 1 τ 2.5|^negative prompt 'a small red k'|"
+                 r"^mean-difference vector, text layers$")
 
 
 def main(argv=None) -> int:
@@ -41,8 +46,26 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=48, help="held-out test prompts per cell")
     ap.add_argument("--seeds", default="0,1,2", help="generation seeds per cell")
     ap.add_argument("--targets", default=None, help="restrict to some targets, e.g. poster,circle")
+    ap.add_argument("--teacher-n", type=int, default=None, help="test prompts per teacher cell (default: --n)")
+    ap.add_argument("--teacher-seeds", default=None, help="seeds per teacher cell (default: --seeds)")
+    ap.add_argument("--quality-n", type=int, default=None, help="captions per style in the quality phase (default 64)")
+    ap.add_argument("--quality-seeds", default=None, help="seeds in the quality phase (default 0,1,2)")
+    ap.add_argument("--quality-latent", type=int, default=128, help="prompts for the students' latent error")
+    ap.add_argument("--only", default=None, help="regex: run only the methods whose name matches (student/teacher)")
+    ap.add_argument("--exclude", default=None, help="regex: skip the methods whose name matches (student/teacher)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true",
+                    help="a small end-to-end run (12 prompts × 1 seed, the core methods, every phase but the screen) "
+                         "into ./miniworld-quick unless --out is given: checks the pipeline, not the claims")
     args = ap.parse_args(argv)
+    if args.quick:
+        if args.out == ap.get_default("out"):
+            args.out = "miniworld-quick"
+        args.n, args.seeds, args.teacher_n, args.teacher_seeds = 12, "0", 12, "0"
+        args.quality_n, args.quality_seeds, args.quality_latent = 4, "0", 8
+        args.only = args.only or QUICK_METHODS
+        if args.phases == ap.get_default("phases"):
+            args.phases = "quality,student,teacher,report"
 
     import torch
 
@@ -57,6 +80,15 @@ def main(argv=None) -> int:
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
     seeds = tuple(int(s) for s in args.seeds.split(","))
+    regime_n = {"student": args.n, "teacher": args.teacher_n or args.n}
+    regime_seeds = {"student": seeds,
+                    "teacher": tuple(int(s) for s in args.teacher_seeds.split(",")) if args.teacher_seeds else seeds}
+
+    def wanted(method) -> bool:
+        import re
+
+        return ((args.only is None or re.search(args.only, method.name) is not None)
+                and (args.exclude is None or re.search(args.exclude, method.name) is None))
     results.setdefault("settings", {"n": args.n, "seeds": list(seeds), "n_fit": S.N_FIT, "teacher": MW.GENERATION,
                                     "student": {"steps": 4, "guidance": 0.0}})
     phases = set(args.phases.split(","))
@@ -83,7 +115,10 @@ def main(argv=None) -> int:
     if "quality" in phases:
         from act_core.diffusion.miniworld import quality as Q
 
-        results["quality"] = Q.measure_all(judges, log=log, done=results.get("quality"))
+        qn = args.quality_n or Q.N_SCENES
+        qs = tuple(int(s) for s in args.quality_seeds.split(",")) if args.quality_seeds else Q.SEEDS
+        results["quality"] = Q.measure_all(judges, log=log, done=results.get("quality"), n=qn, seeds=qs,
+                                           n_latent=args.quality_latent)
         save()
     pipes = {}
 
@@ -106,12 +141,14 @@ def main(argv=None) -> int:
     for regime in ("student", "teacher"):
         if regime not in phases:
             continue
-        st = S.Study(regime, pipe(regime), judges, results, n=args.n, seeds=seeds, log=log, save=save)
+        st = S.Study(regime, pipe(regime), judges, results, n=regime_n[regime], seeds=regime_seeds[regime], log=log,
+                     save=save)
         for task, ts in targets.items():
             for t in ts:
                 st.run_cell(task, t, None, None)
                 for m in S.main_methods(task, regime, screened[task]):
-                    st.run(task, t, m)
+                    if wanted(m):
+                        st.run(task, t, m)
         log(f"[{regime}] done ({time.time() - t0:.0f}s)")
         save()
     if "confirm" in phases:
@@ -120,8 +157,8 @@ def main(argv=None) -> int:
         for regime in ("student", "teacher"):
             if not any(c["regime"] == regime for c in results.get("cells", {}).values()):
                 continue
-            st = S.Study(regime, pipe(regime), judges, results, n=args.n, seeds=seeds, eval_seed=S.CONFIRM_SEED,
-                         store="confirm", log=log, save=save)
+            st = S.Study(regime, pipe(regime), judges, results, n=regime_n[regime], seeds=regime_seeds[regime],
+                         eval_seed=S.CONFIRM_SEED, store="confirm", log=log, save=save)
             for task, ts in targets.items():
                 catalogue = {m.name: m for m in S.main_methods(task, regime, screened[task])}
                 for name, value, target in R.confirm_plan(results, regime, task):

@@ -69,10 +69,16 @@ def spec_style_control():
 
 
 def spec_concept_negation():
-    nodes = [(1, CKPT), (2, _pairs("negate: pink_elephant")), (3, _fit()), (4, _apply(1.0))]
-    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 0), 4, "model"), ((3, 0), 4, "transport_map")]
-    _sampling_tail(nodes, links, (4, 0), (1, 1), "a city street at noon, with a pink elephant", 5, prefix="act_negation")
-    return "Concept negation: remove a pink elephant that the prompt asks for", nodes, links
+    """Negation on SDXL base with CFG: the map is fitted on the text encoders' layers and applied to the
+    CLIP. Pooled negation maps on UNet norms (the paper's layers) removed the other object as often as
+    the named one on the miniature; text-encoder maps kept more of it (reports/miniworld/REPORT.md,
+    the negation tables of both regimes)."""
+    nodes = [(1, CKPT), (2, _pairs("negate: pink_elephant")), (3, _fit("text encoder layers")),
+             (4, ("ActApplyToClip", {"strength": 1.0}))]
+    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 1), 4, "clip"),
+             ((3, 0), 4, "transport_map")]
+    _sampling_tail(nodes, links, (1, 0), (4, 0), "a city street at noon, with a pink elephant", 5, prefix="act_negation")
+    return "Concept negation: remove a pink elephant that the prompt asks for (text-encoder map)", nodes, links
 
 
 def spec_fit_then_save():
@@ -162,10 +168,17 @@ _GROUPS = ("**1 · Fit** runs each source and target prompt through the model on
            "one transport per layer. **2 · Apply** steers a copy of the model with strength λ (0 = off, 1 = the "
            "full transport). **3 · Sample** is the usual text-to-image graph.")
 NOTES = {
-    "act_style_control": f"{_SDXL_BASE}\n\n{_GROUPS}\n\n**Change first:** the style in *Prompt pairs* and your "
-                         "prompt in the first *CLIP Text Encode*; then λ in *Apply* (try 0.5–1.5).",
-    "act_concept_negation": f"{_SDXL_BASE}\n\n{_GROUPS}\n\n**Change first:** the concept in *Prompt pairs* "
-                            "(negate: …), then λ. The prompt names the concept on purpose: λ = 0 draws it.",
+    "act_style_control": f"{_SDXL_BASE}\n\n{_GROUPS}\n\nUNet norms are the paper's layers and the ones masks "
+                         "and fused mode need. For style alone, maps on the text encoders' layers "
+                         "(*act_text_encoder_style*) did better in the project's measurements "
+                         "(reports/miniworld/REPORT.md, style tables).\n\n**Change first:** the style in *Prompt "
+                         "pairs* and your prompt in the first *CLIP Text Encode*; then λ in *Apply* (try 0.5–1.5).",
+    "act_concept_negation": f"{_SDXL_BASE}\n\n{_GROUPS} The map is fitted on the text encoders' layers and "
+                            "applied to the CLIP: UNet-norm negation maps removed the other objects too in the "
+                            "project's measurements (reports/miniworld/REPORT.md, negation tables), and a negative "
+                            "prompt remains a strong alternative with CFG.\n\n**Change first:** the concept in "
+                            "*Prompt pairs* (negate: …), then λ in *Apply to CLIP*. The prompt names the concept on "
+                            "purpose: λ = 0 draws it.",
     "act_fit_then_save": f"{_SDXL_BASE}\n\n**1 · Fit** a map from 64 prompt pairs and save it to "
                          "`models/act_maps` (*Save map* numbers the files, never overwrites). Run it once; "
                          "then use *Load and apply*.\n\n**Change first:** the goal in *Prompt pairs* and the file "
@@ -184,7 +197,8 @@ NOTES = {
                         "mode `hooks`.",
     "act_text_encoder_style": f"{_SDXL_BASE}\n\n{_GROUPS} Here the map is fitted on the text encoders' layers "
                               "and applied to the CLIP (not the UNet), which moves style the way the prompt "
-                              "would.\n\n**Change first:** the style in *Prompt pairs*, then λ in *Apply to CLIP*.",
+                              "would: the setting that did best for style on SDXL with CFG in the project's "
+                              "measurements (reports/miniworld/REPORT.md, teacher style table).\n\n**Change first:** the style in *Prompt pairs*, then λ in *Apply to CLIP*.",
     "act_few_step": "**Expects** a distilled few-step SDXL (SDXL-Lightning 4-step, SDXL-Turbo, or the project's "
                     "miniature student) in *Load Checkpoint*; KSampler at 4 steps, cfg 1, euler, scheduler simple, "
                     "an empty negative prompt (CFG is off). The paper's image results are in this regime.\n\n"

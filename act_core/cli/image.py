@@ -38,12 +38,21 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=positive_int, default=None, help="image height=width in pixels (default: the model's, 1024)")
 
 
-def _fit_args(p: argparse.ArgumentParser) -> None:
+#: The default layers per command, from the miniature study (reports/miniworld/REPORT.md). Style: maps on
+#: the text encoders' layers beat the paper's UNet norms in both regimes ("Style: 4-step distilled student"
+#: and "Style: 20-step teacher, CFG 4" tables; earlier/REPORT.md for the teacher's single-seed study).
+#: Negation: no pooled map meets the goal in either regime; text-encoder maps keep more of the other
+#: object than UNet norms ("Negation" tables), so they are the default there too.
+DEFAULT_LAYERS = {"fit-style": "text_encoder_layers", "fit-negation": "text_encoder_layers"}
+
+
+def _fit_args(p: argparse.ArgumentParser, command: str) -> None:
     g = p.add_argument_group("fitting")
     g.add_argument("--out", required=False, help="output map file (.safetensors)")
-    g.add_argument("--layers", default="unet_norms",
-                   help="a layer preset (default unet_norms: every UNet normalisation, as in the paper) or "
-                        "comma-separated full-match regexes over canonical names; see --list-presets")
+    g.add_argument("--layers", default=DEFAULT_LAYERS[command],
+                   help=f"a layer preset (default {DEFAULT_LAYERS[command]}: CLIP-L and CLIP-G layers, which steered "
+                        "better than the paper's unet_norms in the project's measurements, reports/miniworld/REPORT.md) "
+                        "or comma-separated full-match regexes over canonical names; see --list-presets")
     g.add_argument("--method", default="linear", choices=["linear", "mean", "gaussian", "aura"])
     g.add_argument("--procedure", default="simultaneous", choices=["simultaneous", "causal", "causal_reference"],
                    help="default simultaneous (every layer on the unsteered model); causal fits each layer with the "
@@ -66,7 +75,7 @@ def register(sub) -> None:
     p.add_argument("--tags", help="your own comma-separated style tags (replace the shipped ones)")
     p.add_argument("--list", action="store_true", help="list the shipped styles and exit")
     _model_args(p)
-    _fit_args(p)
+    _fit_args(p, "fit-style")
     p.set_defaults(handler=_fit_style)
 
     p = sub.add_parser("fit-negation", help="fit a concept-negation map (captions + concept -> plain captions)",
@@ -75,7 +84,7 @@ def register(sub) -> None:
     p.add_argument("--concept", help="a shipped concept (see --list), e.g. pink_elephant")
     p.add_argument("--list", action="store_true", help="list the shipped concepts and exit")
     _model_args(p)
-    _fit_args(p)
+    _fit_args(p, "fit-negation")
     p.set_defaults(handler=_fit_negation)
 
     p = sub.add_parser("generate", help="generate images with a map applied at a strength")

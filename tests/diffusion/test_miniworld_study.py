@@ -122,3 +122,40 @@ def test_tradeoff_plot_writes_a_png(tmp_path):
                          tmp_path / "p.png")
     img = Image.open(path)
     assert img.size == (460 + 330, 460)
+
+
+def _cell(regime, task, target, method, value, presence, content, group="paper", n=4):
+    """A stored cell with one seed: per-prompt booleans given as lists."""
+    return {"regime": regime, "task": task, "target": target, "method": method, "value": value, "group": group,
+            "n": n, "seeds": [0], "presence": S._bits(np.asarray([presence])),
+            "content": S._bits(np.asarray([content])), "color_gone": S._bits(np.asarray([content]))}
+
+
+def test_report_averages_partial_methods_over_their_targets_and_pairs_on_common_targets():
+    from act_core.diffusion.miniworld import report as R
+
+    cells = {}
+
+    def add(*a, **k):
+        c = _cell(*a, **k)
+        cells[S.cell_key(c["regime"], c["task"], c["target"], c["method"], c["value"])] = c
+
+    for t in W.SHAPES:  # unsteered and an AcT curve on every target; a baseline on the circle only
+        add("student", "negation", t, "unsteered", None, [1, 1, 1, 1], [1, 1, 1, 1], group="unsteered")
+        add("student", "negation", t, "act", 1.0, [0, 0, 0, 1], [1, 1, 1, 0])  # presence .25, content .75
+        add("student", "negation", t, "act", 2.0, [0, 0, 0, 0], [0, 0, 0, 0])
+    add("student", "negation", "circle", "base", 1.0, [1, 1, 0, 0], [1, 1, 1, 1], group="baseline")
+    results = {"cells": cells}
+    assert R.regime_targets(results, "student", "negation") == tuple(W.SHAPES)
+    assert R.complete(results, "student", "negation", "act") and not R.complete(results, "student", "negation", "base")
+    v, m, cs = R.best(results, "student", "negation", "act")
+    assert v == 1.0 and m["presence"][0] == pytest.approx(0.25) and m["content"][0] == pytest.approx(0.75)
+    assert R.sample_size(cs) == "3 × 4 × 1"
+    (row,) = R.versus(results, "student", "negation")
+    # on the circle only: AcT min(1 - .25, .75) = .75, baseline min(1 - .5, 1) = .5
+    assert row["targets"] == ("circle",) and row["act_score"] == pytest.approx(0.75)
+    assert row["baseline_score"] == pytest.approx(0.5) and row["difference"][0] == pytest.approx(0.25)
+    lines = []
+    R._best_table(results, "student", "negation", lines.append)
+    text = "\n".join(lines)
+    assert "some targets only" in text and "(circle)" in text

@@ -62,8 +62,10 @@ def judged_rates(pipe, judges, n: int = N_SCENES, seeds=SEEDS, **gen) -> Dict[st
     return out
 
 
-def measure_all(judges, log: Callable[[str], None] = print, done: Optional[dict] = None, n_latent: int = 128) -> dict:
-    """``{config: {"rates": …, "seconds_per_image": …, "latent_mse": …}}`` (``done`` entries are kept)."""
+def measure_all(judges, log: Callable[[str], None] = print, done: Optional[dict] = None, n_latent: int = 128,
+                n: int = N_SCENES, seeds=SEEDS) -> dict:
+    """``{config: {"rates": …, "seconds_per_image": …, "latent_mse": …, "n": …, "seeds": …}}`` (``done``
+    entries are kept); ``n`` captions per style × ``seeds``; ``n_latent`` prompts for the latent error."""
     from . import STUDENTS, load
     from . import distill as D
 
@@ -78,9 +80,9 @@ def measure_all(judges, log: Callable[[str], None] = print, done: Optional[dict]
             continue
         pipe = _pipe(cfg)
         t0 = time.time()
-        rates = judged_rates(pipe, judges, **cfg["gen"])
-        sec = (time.time() - t0) / (len(W.STYLES) * N_SCENES * len(SEEDS))
-        row = {"rates": rates, "seconds_per_image": round(sec, 4)}
+        rates = judged_rates(pipe, judges, n=n, seeds=seeds, **cfg["gen"])
+        sec = (time.time() - t0) / (len(W.STYLES) * n * len(seeds))
+        row = {"rates": rates, "seconds_per_image": round(sec, 4), "n": n, "seeds": list(seeds), "n_latent": n_latent}
         steps = cfg["gen"].get("steps", pipe.act_defaults["steps"])
         if steps <= 4:
             if val is None:

@@ -53,9 +53,17 @@ def methods(results: dict, regime: str, task: str) -> List[str]:
     return seen
 
 
+def measured_targets(results, regime, task, method) -> Tuple[str, ...]:
+    """The targets (in the task's order) on which ``method`` has at least one cell."""
+    have = {c["target"] for c in _cells(results, regime=regime, task=task, method=method)}
+    return tuple(t for t in TARGETS[task] if t in have)
+
+
 def curve(results, regime, task, method, targets=None) -> List[Tuple[Optional[float], Dict[str, tuple], List[dict]]]:
-    """Per knob value: (value, {metric: (mean, lo, hi)} averaged over targets, the cells)."""
-    targets = targets or TARGETS[task]
+    """Per knob value: (value, {metric: (mean, lo, hi)} averaged over targets, the cells). ``targets``
+    default: every target the method was measured on (a method run on a subset of the targets is
+    averaged over that subset; tables say which)."""
+    targets = targets or measured_targets(results, regime, task, method)
     by_value: Dict[Optional[float], List[dict]] = {}
     for c in _cells(results, regime=regime, task=task, method=method):
         if c["target"] in targets:
@@ -64,9 +72,26 @@ def curve(results, regime, task, method, targets=None) -> List[Tuple[Optional[fl
     for v, cells in by_value.items():
         if len(cells) != len(targets):
             continue
+        cells = sorted(cells, key=lambda c: targets.index(c["target"]))
         metrics = ["presence", "content"] + (["color_gone"] if task == "negation" else [])
         out.append((v, {m: S.summarize(cells, m) for m in metrics}, cells))
     return sorted(out, key=lambda x: -1 if x[0] is None else x[0])
+
+
+def regime_targets(results, regime, task) -> Tuple[str, ...]:
+    """The targets measured in this regime and task (those with an unsteered cell)."""
+    return measured_targets(results, regime, task, "unsteered")
+
+
+def complete(results, regime, task, method) -> bool:
+    """Was ``method`` measured on every target of the regime (so its average compares with the others)?"""
+    return measured_targets(results, regime, task, method) == regime_targets(results, regime, task)
+
+
+def sample_size(cells: Sequence[dict]) -> str:
+    """``targets × prompts × seeds`` of a point, e.g. ``3 × 48 × 3``."""
+    c = cells[0]
+    return f"{len(cells)} × {c['n']} × {len(c['seeds'])}"
 
 
 def best(results, regime, task, method, targets=None):
@@ -174,9 +199,15 @@ def _setup(results, add, st):
     add("- **Regimes**: the *teacher* (the miniature SDXL, 20 Euler steps, CFG 4) and its *4-step student* "
         "(distilled here, Euler with trailing timesteps 999/749/499/249, no CFG: the regime of the paper's "
         "SDXL-Lightning experiments).")
-    add(f"- **Cells**: every point below is {st.get('n')} held-out test prompts × seeds {st.get('seeds')} "
-        f"= {st.get('n', 0) * len(st.get('seeds', []))} images, judged image by image. The prompts are captions of "
-        "evaluation scenes that are not among the fit prompts; every method sees the same prompts and initial noise.")
+    sizes = {}
+    for c in results.get("cells", {}).values():
+        sizes.setdefault(c["regime"], set()).add((c["n"], len(c["seeds"])))
+    per = "; ".join(f"{r}: " + ", ".join(f"{n} prompts × {k} seed{'s' if k > 1 else ''} = {n * k} images"
+                                         for n, k in sorted(v, reverse=True)) for r, v in sorted(sizes.items()))
+    add(f"- **Cells**: one point (one target, one method, one knob value) is held-out test prompts × seeds, judged "
+        f"image by image ({per or 'none yet'}). Tables give targets × prompts × seeds per row. The prompts are "
+        "captions of evaluation scenes that are not among the fit prompts; every method sees the same prompts and "
+        "initial noise (paired).")
     add(f"- **Maps**: `fit_sdxl_map` on {st.get('n_fit')} prompt pairs, activations collected in ONE step at t = 999 "
         "with CFG off (the reference's procedure) and applied at every denoising step. Style pairs: caption → caption + "
         "\", in X style\". Negation pairs (`remove`): a two-object caption naming the shape → the same caption without "
@@ -287,9 +318,9 @@ def _screen(results, add):
 
 def _best_table(results, regime, task, add):
     metrics = ["presence", "content"] + (["color_gone"] if task == "negation" else [])
-    add("| method | group | knob | best value | " + " | ".join(metrics) + " | score |")
-    add("|---|---|---|---|" + "---|" * (len(metrics) + 1))
-    rows = []
+    head = ("| method | group | knob | best value | targets × prompts × seeds | " + " | ".join(metrics) + " | score |",
+            "|---|---|---|---|---|" + "---|" * (len(metrics) + 1))
+    full, partial = [], []
     for name in methods(results, regime, task):
         b = best(results, regime, task, name)
         if b is None:
@@ -297,10 +328,23 @@ def _best_table(results, regime, task, add):
         v, m, cells = b
         c0 = cells[0]
         s = score(task, m["presence"][0], m["content"][0])
-        rows.append((s, f"| {name} | {c0.get('group', '')} | {c0.get('knob', '–')} | {_v(v)} | "
-                     + " | ".join(_ci(m[k]) for k in metrics) + f" | {s:.2f} |"))
-    for _, r in sorted(rows, key=lambda x: -x[0]):
+        size = sample_size(cells)
+        if not complete(results, regime, task, name):
+            size += " (" + ", ".join(c["target"] for c in cells) + ")"
+        row = (s, f"| {name} | {c0.get('group', '')} | {c0.get('knob', '–')} | {_v(v)} | {size} | "
+               + " | ".join(_ci(m[k]) for k in metrics) + f" | {s:.2f} |")
+        (full if complete(results, regime, task, name) else partial).append(row)
+    add(head[0])
+    add(head[1])
+    for _, r in sorted(full, key=lambda x: -x[0]):
         add(r)
+    if partial:
+        add("\nMeasured on some targets only (averages over those targets; not comparable row for row with the "
+            "table above):\n")
+        add(head[0])
+        add(head[1])
+        for _, r in sorted(partial, key=lambda x: -x[0]):
+            add(r)
     add("")
 
 
@@ -308,7 +352,7 @@ def _top_act(results, regime, task, k=3, groups=("paper", "layers", "variant")):
     scored = []
     for name in methods(results, regime, task):
         b = best(results, regime, task, name)
-        if b and b[2][0].get("group") in groups:
+        if b and b[2][0].get("group") in groups and complete(results, regime, task, name):
             scored.append((score(task, b[1]["presence"][0], b[1]["content"][0]), name))
     return [n for _, n in sorted(scored, reverse=True)[:k]]
 
@@ -318,12 +362,15 @@ def _task_section(results, out, regime, task, add, pipes, log):
     goal = GOALS[task]
     add("Goal (the issue's): " + ("presence ≥ 0.9 with content ≥ 0.8." if task == "style"
                                    else "named-shape presence ≤ 0.2 with content ≥ 0.8.") + " Rows: each method at "
-        "its best knob value, averaged over the targets (" + ", ".join(TARGETS[task]) + "), best score first.\n")
+        "its best knob value, averaged over the targets (" + ", ".join(regime_targets(results, regime, task))
+        + "), best score first; intervals: 95% bootstrap over prompts.\n")
     _best_table(results, regime, task, add)
     names = methods(results, regime, task)
-    paper = [n for n in names if _group(results, regime, task, n) in ("unsteered", "paper")]
+    paper = [n for n in names if _group(results, regime, task, n) in ("unsteered", "paper")
+             and complete(results, regime, task, n)]
     top = _top_act(results, regime, task)
-    base = [n for n in names if _group(results, regime, task, n) in ("baseline", "reference", "unsteered")]
+    base_all = [n for n in names if _group(results, regime, task, n) in ("baseline", "reference", "unsteered")]
+    base = [n for n in base_all if complete(results, regime, task, n)]
     goal_box = goal if task == "negation" else goal
     panels = [{"title": f"{regime} {task}: paper-regime variants (mean of targets)", "goal": goal_box,
                "series": _series(results, regime, task, paper)},
@@ -335,7 +382,8 @@ def _task_section(results, out, regime, task, add, pipes, log):
     tradeoff_plot(panels, out / fname)
     add(f"![{regime} {task}]({fname})\n")
     per_target = [{"title": f"{regime}: {t}", "goal": goal_box,
-                   "series": _series(results, regime, task, top + base, targets=(t,))} for t in TARGETS[task]]
+                   "series": _series(results, regime, task, top + base_all, targets=(t,))}
+                  for t in regime_targets(results, regime, task)]
     fname = f"tradeoff_{regime}_{task}_targets.png"
     tradeoff_plot(per_target, out / fname, size=(360, 360))
     add(f"Per target (best three AcT curves and the baselines):\n\n![{regime} {task} per target]({fname})\n")
@@ -372,7 +420,7 @@ def _grids(results, out, regime, task, top, base, pipes, log):
         if m is not None and b is not None:
             cols.append((m, b[0], f"{name[:28]} @ {_v(b[0])}"))
     written = []
-    for t in TARGETS[task]:
+    for t in regime_targets(results, regime, task):
         imgs = [study.images(task, t, m, v, seed=0, limit=4) for m, v, _ in cols]
         scenes = study.scenes(task, t)[:4]
         cells = [[upscale(imgs[c][r], 3) for c in range(len(cols))] for r in range(4)]
@@ -387,13 +435,13 @@ def confirm_plan(results, regime: str, task: str) -> List[Tuple[str, Optional[fl
     """``(method, value, target)`` cells to re-measure on fresh prompts: the unsteered model, the best
     AcT curve and the best baseline (every target, at their best values), and per target the AcT
     cell that scored best on the test prompts."""
-    plan = [("unsteered", None, t) for t in TARGETS[task]]
+    plan = [("unsteered", None, t) for t in regime_targets(results, regime, task)]
     for groups in (("paper", "layers", "variant"), ("baseline",)):
         top = _top_act(results, regime, task, k=1, groups=groups)
         if top:
             b = best(results, regime, task, top[0])
-            plan += [(top[0], b[0], t) for t in TARGETS[task]]
-    for t in TARGETS[task]:
+            plan += [(top[0], b[0], t) for t in regime_targets(results, regime, task)]
+    for t in regime_targets(results, regime, task):
         cells = [c for c in _cells(results, regime=regime, task=task, target=t)
                  if c.get("group") in ("paper", "layers", "variant")]
         if cells:
@@ -457,24 +505,26 @@ def _goals(results, add):
 
 def versus(results, regime: str, task: str, groups=("paper", "layers", "variant")) -> List[dict]:
     """The best AcT curve of ``groups`` (at its best knob value) against every baseline at ITS best
-    value: scores, the paired difference with its interval, and the verdict."""
+    value: scores, the paired difference with its interval, and the verdict. A baseline measured on
+    fewer targets is compared on those targets only (both sides' best values chosen there)."""
     top = _top_act(results, regime, task, k=1, groups=groups)
     if not top:
         return []
-    a = best(results, regime, task, top[0])
     rows = []
     for name in methods(results, regime, task):
         if _group(results, regime, task, name) != "baseline":
             continue
-        b = best(results, regime, task, name)
-        if b is None:
+        common = measured_targets(results, regime, task, name)
+        a = best(results, regime, task, top[0], targets=common)
+        b = best(results, regime, task, name, targets=common)
+        if a is None or b is None:
             continue
-        ca = sorted(a[2], key=lambda c: c["target"])
-        cb = sorted(b[2], key=lambda c: c["target"])
-        d = paired_difference(task, ca, cb)
+        d = paired_difference(task, a[2], b[2])
         rows.append({"act": top[0], "act_value": a[0], "baseline": name, "baseline_value": b[0],
+                     "targets": common, "size": sample_size(a[2]),
                      "act_score": score(task, a[1]["presence"][0], a[1]["content"][0]),
                      "baseline_score": score(task, b[1]["presence"][0], b[1]["content"][0]), "difference": d,
+                     "act_point": (a[1]["presence"], a[1]["content"]), "baseline_point": (b[1]["presence"], b[1]["content"]),
                      "verdict": "beats" if d[1] > 0 else "loses" if d[2] < 0 else "matches"})
     return rows
 
@@ -486,13 +536,13 @@ def _versus(results, add):
         "`beats` / `loses`: the interval excludes 0; `matches`: it does not. Two AcT entries per regime and task: "
         "the best of everything measured, and the best of the paper's recipe (pooled maps fitted at t = 999: UNet "
         "norms or text-encoder layers, Linear or Mean, either support or procedure).\n")
-    add("| regime | task | AcT | baseline | AcT score | baseline score | difference | verdict |")
-    add("|---|---|---|---|---|---|---|---|")
+    add("| regime | task | targets × prompts × seeds | AcT | baseline | AcT score | baseline score | difference | verdict |")
+    add("|---|---|---|---|---|---|---|---|---|")
     for regime in ("student", "teacher"):
         for task in ("style", "negation"):
             for groups in (("paper", "layers", "variant"), ("paper",)):
                 for r in versus(results, regime, task, groups):
-                    add(f"| {regime} | {task} | {r['act']} @ {_v(r['act_value'])} | {r['baseline']} @ "
+                    add(f"| {regime} | {task} | {r['size']} | {r['act']} @ {_v(r['act_value'])} | {r['baseline']} @ "
                         f"{_v(r['baseline_value'])} | {r['act_score']:.2f} | {r['baseline_score']:.2f} | "
                         f"{_ci(r['difference'])} | {r['verdict']} |")
     add("")
@@ -513,7 +563,7 @@ def _appendix(results, add):
             for name in names:
                 for v, m, cells in curve(results, regime, task, name):
                     by_t = {c["target"]: S.cell_arrays(c) for c in cells}
-                    parts = [f"{by_t[t][k].mean():.2f}" for t in TARGETS[task] for k in metrics[:2]]
+                    parts = [f"{by_t[t][k].mean():.2f}" if t in by_t else "–" for t in TARGETS[task] for k in metrics[:2]]
                     add(f"| {name} | {_v(v)} | " + " | ".join(parts) + f" | {_ci(m['presence'])} | "
                         f"{_ci(m['content'])} |")
             add("\n</details>\n")
