@@ -110,6 +110,12 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(results, indent=0))
         tmp.replace(res_path)
 
+    if phases - {"report"}:  # what measured results.json, for the report's Reproduce section
+        import shlex
+
+        given = sys.argv[1:] if argv is None else list(argv)
+        results.setdefault("runs", []).append(" ".join(["python bench/miniworld_experiments.py"]
+                                                       + [shlex.quote(a) for a in given]))
     judges = Judges.load()
     results["judges_accuracy"] = judges.accuracy
     if "quality" in phases:

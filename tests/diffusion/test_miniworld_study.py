@@ -159,3 +159,12 @@ def test_report_averages_partial_methods_over_their_targets_and_pairs_on_common_
     R._best_table(results, "student", "negation", lines.append)
     text = "\n".join(lines)
     assert "some targets only" in text and "(circle)" in text
+
+
+def test_wilson_interval_known_answers():
+    from act_core.diffusion.miniworld.report import wilson
+
+    lo, hi = wilson(0.5, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    lo, hi = wilson(1.0, 20)
+    assert hi == pytest.approx(1.0) and lo == pytest.approx(0.8389, abs=1e-3)

@@ -73,7 +73,7 @@ def measure_all(judges, log: Callable[[str], None] = print, done: Optional[dict]
     teacher = None
     val = None
     for name, cfg in configs().items():
-        if name in out:
+        if name in out and out[name].get("n") == n and out[name].get("seeds") == list(seeds):
             continue
         if cfg["student"] is not None and not STUDENTS[cfg["student"]].exists():
             log(f"[quality] {name}: no weights, skipped")

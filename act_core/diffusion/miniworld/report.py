@@ -32,6 +32,16 @@ def score(task: str, presence: float, content: float) -> float:
     return S.screen_score(task, presence, content)
 
 
+def wilson(p: float, n: int, z: float = 1.96) -> Tuple[float, float]:
+    """95% Wilson score interval of a proportion ``p`` observed on ``n`` trials."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    d = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / d
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (float(mid - half), float(mid + half))
+
+
 def meets(task: str, presence: float, content: float) -> bool:
     c_min, p_lo, p_hi = GOALS[task]
     return content >= c_min and p_lo <= presence <= p_hi
@@ -181,11 +191,25 @@ def write_report(results: dict, out: Path, pipes: Optional[Callable] = None, jud
     _versus(results, add)
     _appendix(results, add)
     add("## Reproduce\n")
+    add("One command regenerates everything from the committed weights: `" + CMD_EXP + "` (every phase and "
+        "every method at the sample sizes above, teacher included: several hours on one core; resumable, finished "
+        "cells in results.json are reused). `--phases report` re-derives this file, the plots and the grids from "
+        "results.json (about 2 minutes); `--quick` is a small end-to-end run (12 prompts × 1 seed, the core "
+        "methods) into ./miniworld-quick that checks the pipeline, not the claims.\n")
     add("```bash")
     add(f"{CMD_TRAIN}   # the teacher (~45 min on 1 busy core)")
-    add(f"{CMD_DISTILL}   # the students (~1 h)")
+    add(f"{CMD_DISTILL}   # the students (4-step: ~95 min)")
     add(f"{CMD_EXP}   # this report (resumable)")
+    add(f"{CMD_EXP} --phases report   # only the report, from results.json")
     add("```\n")
+    runs = results.get("runs")
+    if runs:
+        add("The committed results.json was measured by these runs (in order; the teacher with fewer methods "
+            "and prompts to fit the CPU budget):\n")
+        add("```bash")
+        for r in runs:
+            add(r)
+        add("```\n")
     path = out / "REPORT.md"
     path.write_text("\n".join(L))
     return path
@@ -247,17 +271,24 @@ def _quality(results, add):
     from . import STUDENTS
 
     add("## The distilled students: unsteered quality by the same judges\n")
-    add("64 held-out captions prompted in each style × 3 seeds per row. Cells: style recognised / content "
-        "(every prompted shape and colour found). `latent MSE`: mean squared error of the clean latent against the "
-        "guided teacher's (24-step trailing Euler, CFG 4) from the same noise, on 128 held-out prompts (latents have "
-        "unit variance).\n")
-    add("| sampler | " + " | ".join(W.STYLES) + " | latent MSE | ms / image (1 thread) |")
-    add("|---|" + "---|" * (len(W.STYLES) + 2))
+    first = next(iter(q.values()))
+    n, k = first.get("n", 64), len(first.get("seeds", [0, 1, 2]))
+    add(f"{n} held-out captions prompted in each style × {k} seed{'s' if k > 1 else ''} per row ({n * k} images per "
+        "cell). Cells: style recognised / content (every prompted shape and colour found). `content, all styles`: "
+        f"the mean over the five styles ({5 * n * k} images) with a 95% Wilson interval. `latent MSE`: mean squared "
+        "error of the clean latent against the guided teacher's (24-step trailing Euler, CFG 4) from the same noise, "
+        f"on {first.get('n_latent', 128)} held-out prompts (latents have unit variance).\n")
+    add("| sampler | " + " | ".join(W.STYLES) + " | content, all styles | latent MSE | ms / image (1 thread) |")
+    add("|---|" + "---|" * (len(W.STYLES) + 3))
     for name, row in q.items():
         r = row["rates"]
         cells = [f"{r[s]['presence']:.2f} / {r[s]['content']:.2f}" for s in W.STYLES]
         mse = f"{row['latent_mse']:.3f}" if "latent_mse" in row else "–"
-        add(f"| {name} | " + " | ".join(cells) + f" | {mse} | {row['seconds_per_image'] * 1000:.0f} |")
+        total = 5 * row.get("n", n) * len(row.get("seeds", [0] * k))
+        c = float(np.mean([r[s]["content"] for s in W.STYLES]))
+        lo, hi = wilson(c, total)
+        add(f"| {name} | " + " | ".join(cells) + f" | {c:.2f} [{lo:.2f}, {hi:.2f}] | {mse} | "
+            f"{row['seconds_per_image'] * 1000:.0f} |")
     add("")
     for k, path in sorted(STUDENTS.items(), reverse=True):
         if path.exists():
