@@ -282,7 +282,11 @@ def run(model_name: str, tasks_wanted, threads: int, out: Path) -> dict:
            "torch": torch.__version__, "threads": threads, "machine": platform.machine(), "new_tokens": NEW_TOKENS}
     choice_sent = None
     order = [n for n in ("sentiment-", "toxicity", "sentiment+", "concept", "truthfulness") if n in tasks]
+    from act_core.cli.common import ProgressBar
+
+    bar = ProgressBar(f"harness {model_name}", total=len(order))
     for name in order:
+        bar.tick(name)
         task = tasks[name]
         t0 = time.time()
         eff_report = task.effect_fn(model, tok, getattr(task, "report", None))
@@ -309,6 +313,7 @@ def run(model_name: str, tasks_wanted, threads: int, out: Path) -> dict:
                               "choice": choice, "rows": rows, "paired_linear_minus_vector_0.5": paired, "seconds": time.time() - t0}
         (out / f"harness_{model_name}.json").write_text(json.dumps(res, indent=1, ensure_ascii=False), encoding="utf-8")
         log(f"{name}: done in {time.time() - t0:.0f}s")
+    bar(len(order), len(order))
     res["seconds"] = time.time() - t_start
     res["loadavg_end"] = list(os.getloadavg())
     (out / f"harness_{model_name}.json").write_text(json.dumps(res, indent=1, ensure_ascii=False), encoding="utf-8")

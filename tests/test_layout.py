@@ -131,3 +131,13 @@ def test_importing_the_core_loads_no_wing_and_no_framework(module):
             "or k.startswith(('act_core.diffusion', 'act_core.llm', 'act_core.cli'))); print(bad)").format(m=module)
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_test_modules_have_distinct_basenames():
+    """tests/ has no __init__.py files, so two test modules of one basename stop a whole-suite run at collection."""
+    seen = {}
+    for p in sorted((ROOT / "tests").rglob("test_*.py")):
+        if "_artifacts" in p.parts:
+            continue
+        assert p.name not in seen, f"{p.relative_to(ROOT)} and {seen[p.name].relative_to(ROOT)} share a basename: rename one"
+        seen[p.name] = p

@@ -65,10 +65,10 @@ class ProgressBar:
     times the steps left.
     """
 
-    def __init__(self, label: str, width: int = 24, stream=None):
+    def __init__(self, label: str, width: int = 24, stream=None, total: int = 0):
         import time
 
-        self.label, self.width = label, width
+        self.label, self.width, self.total, self.count = label, width, total, 0
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.t0 = time.monotonic()
@@ -114,3 +114,8 @@ class ProgressBar:
             self._last = (frac, now)
             self.stream.write(text + "\n")
         self.stream.flush()
+
+    def tick(self, msg: str = "") -> None:
+        """For callbacks that report only a message as each of ``total`` steps starts (``progress(msg)``)."""
+        self(self.count, self.total, msg)
+        self.count += 1

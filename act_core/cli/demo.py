@@ -23,7 +23,7 @@ import torch
 from ..fitting import fit_map
 from ..hooks import ActivationCollector, run_until_stop, steer
 from ..mapfile import TransportMap
-from .common import CLIError, positive_int
+from .common import CLIError, ProgressBar, positive_int
 
 
 class TokenRunner:
@@ -115,8 +115,10 @@ def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, 
     log(f"loaded {model} ({pipe.act_defaults['kind']}) in {time.time() - t0:.0f}s")
     real_style = style if style != "poster" else "watercolor"
     real_concept = concept if concept != "circle" else "pink_elephant"
-    smap = D.fit_style_map(pipe, real_style, n=n_fit, seed=seed, layers=layers or "unet_norms")
-    nmap = D.fit_negation_map(pipe, real_concept, n=n_fit, seed=seed, layers=layers or "unet_norms")
+    smap = D.fit_style_map(pipe, real_style, n=n_fit, seed=seed, layers=layers or "unet_norms",
+                           progress=ProgressBar(f"fit style {real_style}"))
+    nmap = D.fit_negation_map(pipe, real_concept, n=n_fit, seed=seed, layers=layers or "unet_norms",
+                              progress=ProgressBar(f"fit negation {real_concept}"))
     smap.save(outp / f"style_{real_style}.safetensors")
     nmap.save(outp / f"negation_{real_concept}.safetensors")
     from ..diffusion import prompts as P
@@ -127,8 +129,8 @@ def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, 
     neg_prompts = P.negation_eval_prompts(real_concept, n=3, seed=seed)
     save_image(D.sweep_grid(pipe, neg_prompts, nmap, strengths, seed=seed, steps=steps),
                  outp / "negation_grid.png", {"map": real_concept, "strengths": list(strengths)})
-    log(f"wrote {outp}/style_grid.png and negation_grid.png ({time.time() - t0:.0f}s); "
-        "measure them with `act-steer evaluate --clip ...`")
+    log(f"wrote style_grid.png, negation_grid.png and the two maps ({time.time() - t0:.0f}s) into\n  "
+        f"{outp.resolve()}\nmeasure them with `act-steer evaluate --clip ...`")
     (outp / "results.json").write_text(json.dumps({"model": str(model), "style": real_style,
                                                    "concept": real_concept}, indent=2))
     return {"style": [], "negation": []}
@@ -195,15 +197,20 @@ def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps
                                        f"Regime: **{regime}** ({d['steps']} Euler steps, guidance {d['guidance']}).", ""]
     for task, target in (("style", style), ("negation", concept)):
         method = _mini_method(regime, task, layers)
+        fit_bar = ProgressBar(f"fit {task} {target}")
+        fit_bar(0, 1, f"{method.name}, {n_fit} prompt pairs")
         tmap = study.tmap(task, target, method)
+        fit_bar(1, 1)
         name = f"{task}_{target}.safetensors"
         tmap.meta.update(demo_method=method.name, token_gate=method.positions)
         tmap.save(outp / name)
-        rows = []
-        for lam in strengths:
+        bar, rows = ProgressBar(f"sweep {task} {target}"), []
+        for i, lam in enumerate(strengths):  # one λ at a time, for the progress bar
+            bar(i, len(strengths), f"λ={lam:g}: {n_eval} images")
             cell = study.run_cell(task, target, method, float(lam))
             a = S.cell_arrays(cell)
             rows.append({"strength": float(lam), **{k: float(v.mean()) for k, v in a.items()}})
+        bar(len(strengths), len(strengths))
         images = {float(lam): study.images(task, target, method, float(lam), seed, limit=6) for lam in strengths}
         scenes = study.scenes(task, target)
         img = E.grid(images, [W.caption(s) for s in scenes], rows=6)
@@ -221,7 +228,8 @@ def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps
             f"content {r0['content']:.2f} -> {r1['content']:.2f}  ({time.time() - t0:.0f}s)")
     (outp / "results.md").write_text("\n".join(md))
     (outp / "results.json").write_text(json.dumps(results, indent=2))
-    log(f"wrote {outp}/results.md, style_grid.png, negation_grid.png and the two maps ({time.time() - t0:.0f}s)")
+    log(f"wrote results.md, style_grid.png, negation_grid.png and the two maps ({time.time() - t0:.0f}s) into\n  "
+        f"{outp.resolve()}")
     return results
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from .common import finite_float, parse_strengths, positive_int
+from .common import ProgressBar, finite_float, parse_strengths, positive_int
 from ..files import atomic_write_bytes
 
 MODEL_HELP = ("SDXL model: a diffusers folder (model_index.json) or a single-file .safetensors checkpoint "
@@ -131,18 +131,6 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-class _Progress:
-    """One-line stderr progress: ``[label] 3/8 message (12.3 s)``."""
-
-    def __init__(self, label: str):
-        self.label, self.t0 = label, time.perf_counter()
-
-    def __call__(self, done: int, total: int, msg: str = "") -> None:
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r[{self.label}] {done}/{total} {msg} ({time.perf_counter() - self.t0:.1f} s)\033[K{end}")
-        sys.stderr.flush()
-
-
 def _check_png(out: Path) -> None:
     from .common import CLIError
 
@@ -200,10 +188,10 @@ def _fit_common(args, fit_fn, name_kw: dict) -> int:
     out = _out_map(args)
     caps = load_prompt_file(args.captions) if args.captions else None
     pipe = _load(args)
-    collect_bar = _Progress("collect")
+    collect_bar = ProgressBar("collect")
     tmap = fit_fn(pipe, n=args.num_prompts, layers=_layers(args.layers), method=args.method,
                   procedure=args.procedure, seed=args.seed, captions=caps, batch_size=args.batch_size,
-                  height=args.size, width=args.size, support=args.support, progress=_Progress("fit"),
+                  height=args.size, width=args.size, support=args.support, progress=ProgressBar("fit"),
                   on_batch=lambda d, t: collect_bar(d, t, "batches"), **name_kw)
     tmap.save(out)
     s = tmap.summary()
@@ -298,7 +286,7 @@ def _generate(args) -> int:
     prompts = _gather_prompts(args)
     _check_png(out)
     pipe = _load(args)
-    bar = _Progress("generate")
+    bar = ProgressBar("generate")
     for i, p in enumerate(prompts):
         img = generate(pipe, p, tmap, strength=args.strength, seed=args.seed, **_gen_kw(args))[0]
         path = out if len(prompts) == 1 else out.with_name(f"{out.stem}_{i:03d}.png")
@@ -326,7 +314,7 @@ def _sweep(args) -> int:
     out = Path(args.out)
     _check_png(out)  # before any image is generated
     pipe = _load(args)
-    bar = _Progress("sweep")
+    bar = ProgressBar("sweep")
     rows = sweep_images(pipe, prompts, tmap, strengths, seed=args.seed, on_image=lambda d, t: bar(d, t, "images"),
                         **_gen_kw(args))
     grid = label_grid(rows, [f"λ={s:g}" for s in strengths], prompts)
@@ -350,7 +338,7 @@ def _evaluate(args) -> int:
     out = Path(args.out)
     pipe = _load(args)
     out.mkdir(parents=True, exist_ok=True)
-    bar = _Progress("evaluate")
+    bar = ProgressBar("evaluate")
     rows = sweep_images(pipe, prompts, tmap, strengths, seed=args.seed, on_image=lambda d, t: bar(d, t, "images"),
                         **_gen_kw(args))
     by_lam = {lam: [rows[i][j] for i in range(len(prompts))] for j, lam in enumerate(strengths)}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import finite_float, parse_strengths, positive_int
+from .common import ProgressBar, finite_float, parse_strengths, positive_int
 from ..files import atomic_write_bytes
 
 
@@ -101,10 +101,6 @@ def register(sub) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _progress(done: int, total: int, msg: str) -> None:
-    print(f"[{done}/{total}] {msg}", file=sys.stderr, flush=True)
 
 
 def _load_model(args):
@@ -222,7 +218,7 @@ def _fit(args) -> int:
           file=sys.stderr)
     tmap = fit_lm_map(model, tok, src, tgt, layers=layers, method=args.method, pooling=args.pooling,
                       procedure=args.procedure, support=args.support, batch_size=args.batch_size,
-                      max_length=args.max_length, progress=_progress, **meta)
+                      max_length=args.max_length, progress=ProgressBar("fit"), **meta)
     tmap.save(out)
     s = tmap.summary()
     print(f"wrote {out}: {s['modules']} modules, {s['units']} units, architecture {s['architecture']}")
@@ -286,14 +282,16 @@ def _eval(args) -> int:
     rows = []
     if args.task == "truthfulness":
         items = truthfulqa_items()
+        bar = ProgressBar("evaluate")
         for lam in strengths:
-            _progress(len(rows), len(strengths), f"MC scoring at λ={lam:g}")
+            bar(len(rows), len(strengths), f"MC scoring at λ={lam:g}")
             if lam == 0:
                 r = mc_scores(model, tok, items)
             else:
                 with steer_lm(model, tmap, lam, support=args.support):
                     r = mc_scores(model, tok, items)
             rows.append({"λ": f"{lam:g}", "MC1": r["mc1"], "MC2": r["mc2"]})
+        bar(len(rows), len(strengths))
         cols = ["λ", "MC1", "MC2"]
     else:
         emb = MiniLM()
@@ -326,9 +324,10 @@ def _eval(args) -> int:
                        "concept_sim": lambda t: float(scorer.similarity(t).mean())}
             default_prompts = neutral_prompts()
         prompts = _prompts(args, default_prompts)
+        bar = ProgressBar("evaluate", total=len(strengths))
         pts = sweep(model, tok, tmap, strengths, prompts, scorers, ppl_texts=neutral_texts(),
-                    max_new_tokens=args.max_new_tokens, support=args.support,
-                    progress=lambda m: print(m, file=sys.stderr, flush=True))
+                    max_new_tokens=args.max_new_tokens, support=args.support, progress=bar.tick)
+        bar(len(strengths), len(strengths))
         rows = [{"λ": f"{p.strength:g}", **p.metrics, "example": p.samples[0][:60].replace("|", "/").replace("\n", " ")} for p in pts]
         cols = ["λ"] + list(scorers) + ["ppl", "example"]
     table = markdown_table(rows, cols)

@@ -33,7 +33,7 @@ def test_fit_generate_export(tiny, capsys):
                        "--target", str(tiny / "tgt.txt"), "--layers", "residual[1:]", "--method", "mean",
                        "--support", "all", "--out", str(m))
     assert rc == 0, err
-    assert "[3/3] done" in err and "1 modules" in out
+    assert "3/3 100 %" in err and "done in" in err and "1 modules" in out
     tmap = TransportMap.load(m)
     assert tmap.modules == ["model.layers.1"] and tmap.meta["task"] == "custom"
     rc, out, err = run(capsys, "lm-generate", "--model", str(tiny / "model"), "--map", str(m), "--strength", "0",

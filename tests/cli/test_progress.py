@@ -34,3 +34,14 @@ def test_terminal_redraws_one_line_and_logs_are_sparse():
         bar(i, 100)
     lines = log.getvalue().splitlines()
     assert 5 <= len(lines) <= 12 and "100/100" in lines[-1] and "done in" in lines[-1]
+
+
+def test_tick_counts_steps_for_message_only_callbacks():
+    log = io.StringIO()
+    bar = ProgressBar("evaluate", stream=log, total=3)
+    for lam in (0, 0.5, 1):
+        bar.tick(f"λ={lam}")
+    bar(3, 3)
+    lines = log.getvalue().splitlines()
+    assert [line.split()[2] for line in lines] == ["0/3", "1/3", "2/3", "3/3"]
+    assert lines[1].endswith("λ=0.5") and "done in" in lines[-1]

@@ -8,7 +8,6 @@ the tests exercise the CLI's own checks and save path in a few seconds.
 
 import errno
 import os
-import tempfile
 
 import pytest
 import torch
@@ -139,11 +138,15 @@ def test_fit_save_failure_keeps_the_existing_map(tmp_path, capsys, fake_fit, mon
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
         target, name = os, "fsync"
-    elif failure == "permission":
-        def boom(*a, **k):
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path))
+    elif failure == "permission":  # the folder refuses the temporary file the atomic write creates
+        real_open = os.open
 
-        target, name = tempfile, "mkstemp"
+        def boom(path, *a, **k):
+            if str(path).endswith(".tmp"):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path))
+            return real_open(path, *a, **k)
+
+        target, name = os, "open"
     else:
         def boom(fd):
             raise KeyboardInterrupt()

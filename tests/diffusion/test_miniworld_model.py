@@ -101,11 +101,16 @@ def test_single_file_export_loads_back_identically(pipe, tmp_path):
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
-def test_image_demo_writes_grids_maps_and_table(tmp_path):
+def test_image_demo_writes_grids_maps_and_table(tmp_path, capsys):
     from act_core.cli.demo import run_demo
     from act_core.mapfile import TransportMap
 
-    res = run_demo(out=str(tmp_path), n_fit=8, n_eval=4, strengths=(0.0, 1.0), steps=6, log=lambda m: None)
+    logs = []
+    res = run_demo(out=str(tmp_path), n_fit=8, n_eval=4, strengths=(0.0, 1.0), steps=6, log=logs.append)
+    assert str(tmp_path.resolve()) in logs[-1]  # says where its outputs are (and opens nothing)
+    err = capsys.readouterr().err  # a progress bar with an estimate for each fit and each sweep
+    for label in ("fit style poster", "sweep style poster", "fit negation circle", "sweep negation circle"):
+        assert f"[{label}]" in err and "done in" in err.split(f"[{label}]")[-1].splitlines()[0], label
     for f in ("style_grid.png", "negation_grid.png", "results.md", "results.json", "style_poster.safetensors",
               "negation_circle.safetensors"):
         assert (tmp_path / f).exists(), f
