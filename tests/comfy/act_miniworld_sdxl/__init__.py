@@ -154,7 +154,8 @@ _StockVAE = comfy.sd.VAE
 class MiniworldAwareVAE(_StockVAE):
     def __init__(self, sd=None, device=None, config=None, dtype=None, metadata=None):
         if sd is None or config is not None or not _is_miniworld_vae(sd):
-            return super().__init__(sd=sd, device=device, config=config, dtype=dtype, metadata=metadata)
+            super().__init__(sd=sd, device=device, config=config, dtype=dtype, metadata=metadata)
+            return
         import comfy.taesd.taesd
 
         # every attribute ComfyUI's VAE needs, from a stand-in; then the miniature's own model
