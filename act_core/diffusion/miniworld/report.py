@@ -192,8 +192,9 @@ def write_report(results: dict, out: Path, pipes: Optional[Callable] = None, jud
     _appendix(results, add)
     add("## Reproduce\n")
     add("One command regenerates everything from the committed weights: `" + CMD_EXP + "` (every phase and "
-        "every method at the sample sizes above, teacher included: several hours on one core; resumable, finished "
-        "cells in results.json are reused). `--phases report` re-derives this file, the plots and the grids from "
+        "every method; the teacher, like the student, at 48 prompts × 3 seeds and the quality table at 64 captions "
+        "× 3 seeds, more than the committed results below: many hours on one core; resumable, finished cells in "
+        "results.json are reused). `--phases report` re-derives this file, the plots and the grids from "
         "results.json (about 2 minutes); `--quick` is a small end-to-end run (12 prompts × 1 seed, the core "
         "methods) into ./miniworld-quick that checks the pipeline, not the claims.\n")
     add("```bash")
