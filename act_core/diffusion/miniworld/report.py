@@ -420,10 +420,10 @@ def _task_section(results, out, regime, task, add, pipes, log):
     tradeoff_plot(per_target, out / fname, size=(360, 360))
     add(f"Per target (best three AcT curves and the baselines):\n\n![{regime} {task} per target]({fname})\n")
     if pipes is not None:
-        gname = _grids(results, out, regime, task, top[:2], base, pipes, log)
+        gname, legend = _grids(results, out, regime, task, top[:2], base, pipes, log)
         if gname:
-            add("Grids (seed 0, first 4 test prompts; columns: unsteered, then each method at its best value):\n\n"
-                + "\n".join(f"![grid {t}]({g})" for t, g in gname) + "\n")
+            add("Grids (seed 0, first 4 test prompts; columns: unsteered, then each method at its best value: "
+                + legend + "):\n\n" + "\n".join(f"![grid {t}]({g})" for t, g in gname) + "\n")
 
 
 def _group(results, regime, task, name):
@@ -442,7 +442,7 @@ def _grids(results, out, regime, task, top, base, pipes, log):
         pipe = pipes(regime)
     except FileNotFoundError as e:
         log(f"[report] no grids for {regime}: {e}")
-        return []
+        return [], ""
     study = S.Study(regime, pipe, Judges.load(), {}, log=lambda m: None)
     catalogue = {m.name: m for m in S.main_methods(task, regime, [tuple(x) for x in results.get("screened", {}).get(task, [])])}
     cols = [(None, None, "unsteered")]
@@ -450,17 +450,19 @@ def _grids(results, out, regime, task, top, base, pipes, log):
         m = catalogue.get(name)
         b = best(results, regime, task, name)
         if m is not None and b is not None:
-            cols.append((m, b[0], f"{name[:28]} @ {_v(b[0])}"))
+            cols.append((m, b[0], name))
     written = []
     for t in regime_targets(results, regime, task):
         imgs = [study.images(task, t, m, v, seed=0, limit=4) for m, v, _ in cols]
         scenes = study.scenes(task, t)[:4]
         cells = [[upscale(imgs[c][r], 3) for c in range(len(cols))] for r in range(4)]
-        g = label_grid(cells, [lab for _, _, lab in cols], [W.caption(s) for s in scenes])
+        labels = ["unsteered"] + [chr(65 + i) + ("" if v is None else f" @ {v:g}") for i, (_, v, _) in enumerate(cols[1:])]
+        g = label_grid(cells, labels, [W.caption(s) for s in scenes])
         name = f"grid_{regime}_{task}_{t}.png"
         g.save(out / name)
         written.append((t, name))
-    return written
+    legend = "; ".join(f"**{chr(65 + i)}** = {lab}" for i, (_, _, lab) in enumerate(cols[1:]))
+    return written, legend
 
 
 def confirm_plan(results, regime: str, task: str) -> List[Tuple[str, Optional[float], str]]:
