@@ -1,10 +1,23 @@
-"""Style control and concept negation on the miniature SDXL, per λ: the report.
+"""The miniature study, end to end: reports/miniworld/REPORT.md from one command.
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python bench/miniworld_experiments.py    # ~15-20 min, 1 core
-    python bench/miniworld_experiments.py --quick                                # a few minutes
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python bench/miniworld_experiments.py          # everything (hours, 1 core)
+    python bench/miniworld_experiments.py --phases report     # re-derive REPORT.md, plots, grids from results.json (~1 min)
+    python bench/miniworld_experiments.py --quick             # a small end-to-end run into ./miniworld-quick (~10 min)
 
-Writes reports/miniworld/REPORT.md, results.json (resumable: finished configurations are
-reused) and PNG plots/grids. Numbers are whatever they are; nothing is tuned per result.
+Phases (each resumable: finished cells in results.json are reused, so an interrupted run continues):
+
+- ``quality``: unsteered quality of the teacher (20 steps, CFG 4), the naive 4-step teacher and
+  the distilled students, by the judges (and the students' latent error against the teacher).
+- ``screen``: every layer preset × {Linear q_0_100, Linear all, Mean} on the 4-step student, on
+  VALIDATION prompts (another seed than the test prompts), 24 prompts × 1 seed; the best two
+  layer sets per task join the main study.
+- ``student`` / ``teacher``: every method of :func:`act_core.diffusion.miniworld.study.main_methods`
+  on the TEST prompts (--n per cell, --seeds), all knob values.
+- ``confirm``: the winners re-measured on FRESH prompts (another seed): per regime and task the
+  best AcT curve and the best baseline at their best values, and per target its best AcT cell.
+- ``report``: REPORT.md, plots (presence against content with 95% bootstrap intervals), grids.
+
+Writes into --out (default reports/miniworld): results.json, REPORT.md, PNGs.
 """
 
 from __future__ import annotations
@@ -19,68 +32,46 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-FULL = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-SHORT = (0.0, 0.5, 1.0, 1.5)
-
-
-def configs(quick: bool):
-    from act_core.diffusion.miniworld import world as W
-
-    styles, shapes = list(W.STYLES[1:]), list(W.SHAPES)
-    out = []
-    for method in ("linear", "mean"):
-        for s in styles:
-            out.append(dict(task="style", target=s, method=method, layers="unet_norms", procedure="simultaneous",
-                            strengths=SHORT if quick or method == "mean" else FULL, group="main"))
-        for k in shapes:
-            out.append(dict(task="negation", target=k, method=method, layers="unet_norms", procedure="simultaneous",
-                            strengths=SHORT if quick or method == "mean" else FULL, group="main"))
-    for s in styles:
-        out.append(dict(task="style", target=s, method="linear", layers="unet_norms", procedure="causal",
-                        strengths=SHORT, group="causal"))
-        out.append(dict(task="style", target=s, method="linear", layers="text_encoder_layers",
-                        procedure="simultaneous", strengths=SHORT, group="text"))
-    for k in shapes:
-        out.append(dict(task="negation", target=k, method="linear", layers="unet_norms", procedure="causal",
-                        strengths=SHORT, group="causal"))
-        out.append(dict(task="negation", target=k, method="linear", layers="text_encoder_layers",
-                        procedure="simultaneous", strengths=SHORT, group="text"))
-    for task, targets in (("style", styles), ("negation", shapes)):
-        for t in targets:  # Linear-AcT applied on the unbounded support (its default is the source's q_0_100 band)
-            out.append(dict(task=task, target=t, method="linear", layers="unet_norms", procedure="simultaneous",
-                            strengths=SHORT, group="support_all", support="all"))
-    for k in shapes:
-        for layers in ("unet_norms", "text_encoder_layers"):
-            out.append(dict(task="negation_swap", target=k, method="linear", layers=layers, procedure="simultaneous",
-                            strengths=SHORT, group="swap"))
-    for s in styles:
-        out.append(dict(task="style", target=s, method="linear", layers="unet_norms", procedure="per_step",
-                        strengths=SHORT, group="perstep"))
-    if quick:
-        out = [c for c in out if c["group"] == "main" and c["method"] == "linear"]
-    return out
-
-
-def key(c) -> str:
-    k = f"{c['task']}:{c['target']}:{c['method']}:{c['layers']}:{c['procedure']}"
-    return k + (f":support={c['support']}" if c.get("support") else "")
+PHASES = ("quality", "screen", "student", "teacher", "confirm", "report")
+#: --quick: the paper's recipe, the best AcT variants and the baselines (regex over method names)
+QUICK_METHODS = (r"^UNet norms, Linear, q_0_100 \(paper\)$|^text layers, Linear, q_0_100$|, phrase-gated$|"
+                 r"^text layers, EOS-token fit, Linear all|^prompt:|^NAG α 1 τ 2.5|^negative prompt 'a small red k'|"
+                 r"^mean-difference vector, text layers$")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="reports/miniworld")
-    ap.add_argument("--n", type=int, default=24, help="held-out prompts per λ")
-    ap.add_argument("--n-fit", type=int, default=64, help="prompt pairs per map")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--n", type=int, default=48, help="held-out test prompts per cell")
+    ap.add_argument("--seeds", default="0,1,2", help="generation seeds per cell")
+    ap.add_argument("--targets", default=None, help="restrict to some targets, e.g. poster,circle")
+    ap.add_argument("--teacher-n", type=int, default=None, help="test prompts per teacher cell (default: --n)")
+    ap.add_argument("--teacher-seeds", default=None, help="seeds per teacher cell (default: --seeds)")
+    ap.add_argument("--quality-n", type=int, default=None, help="captions per style in the quality phase (default 64)")
+    ap.add_argument("--quality-seeds", default=None, help="seeds in the quality phase (default 0,1,2)")
+    ap.add_argument("--quality-latent", type=int, default=128, help="prompts for the students' latent error")
+    ap.add_argument("--only", default=None, help="regex: run only the methods whose name matches (student/teacher)")
+    ap.add_argument("--exclude", default=None, help="regex: skip the methods whose name matches (student/teacher)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true",
+                    help="a small end-to-end run (12 prompts × 1 seed, the core methods, every phase but the screen) "
+                         "into ./miniworld-quick unless --out is given: checks the pipeline, not the claims")
     args = ap.parse_args(argv)
+    if args.quick:
+        if args.out == ap.get_default("out"):
+            args.out = "miniworld-quick"
+        args.n, args.seeds, args.teacher_n, args.teacher_seeds = 12, "0", 12, "0"
+        args.quality_n, args.quality_seeds, args.quality_latent = 4, "0", 8
+        args.only = args.only or QUICK_METHODS
+        if args.phases == ap.get_default("phases"):
+            args.phases = "quality,student,teacher,report"
 
     import torch
 
     torch.set_num_threads(args.threads)
     from act_core.diffusion import miniworld as MW
-    from act_core.diffusion.miniworld import experiments as E
+    from act_core.diffusion.miniworld import study as S
     from act_core.diffusion.miniworld import world as W
     from act_core.diffusion.miniworld.judges import Judges
 
@@ -88,75 +79,106 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    results.setdefault("settings", {"n": args.n, "n_fit": args.n_fit, "seed": args.seed, **MW.GENERATION})
-    results.setdefault("runs", {})
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    regime_n = {"student": args.n, "teacher": args.teacher_n or args.n}
+    regime_seeds = {"student": seeds,
+                    "teacher": tuple(int(s) for s in args.teacher_seeds.split(",")) if args.teacher_seeds else seeds}
+
+    def wanted(method) -> bool:
+        import re
+
+        return ((args.only is None or re.search(args.only, method.name) is not None)
+                and (args.exclude is None or re.search(args.exclude, method.name) is None))
+    results.setdefault("settings", {"n": args.n, "seeds": list(seeds), "n_fit": S.N_FIT, "teacher": MW.GENERATION,
+                                    "student": {"steps": 4, "guidance": 0.0}})
+    phases = set(args.phases.split(","))
+    targets = {"style": list(W.STYLES[1:]), "negation": list(W.SHAPES)}
+    if args.targets:
+        keep = set(args.targets.split(","))
+        targets = {k: [t for t in v if t in keep] for k, v in targets.items()}
     t0 = time.time()
-    pipe = MW.load()
-    judges = Judges.load()
-    cache: dict = {}
+    logf = open(out / "experiments_log.txt", "a")
+
+    def log(msg):
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
 
     def save():
         tmp = res_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
+        tmp.write_text(json.dumps(results, indent=0))
         tmp.replace(res_path)
 
-    # unsteered recognition and prompted references
-    if "unsteered" not in results:
-        scenes = E.style_eval_scenes(64, seed=E.EVAL_SEED + 1)
-        rec = {}
-        for st in W.STYLES:
-            sc = [W.with_style(s, st) for s in scenes]
-            imgs = E.generate_np(pipe, [W.caption(s) for s in sc], seed=args.seed)
-            j = judges.judge(imgs)
-            r = E.score_style(j, sc, st)
-            r["background"] = float((j["background"] == [s.background for s in sc]).mean())
-            rec[st] = r
-            print(f"[unsteered] prompted style {st}: judged style {r['presence']:.2f}, shapes {r['shapes']:.2f}, "
-                  f"colours {r['colors']:.2f}, background {r['background']:.2f}", flush=True)
-            if st == "none":
-                from PIL import Image
+    if phases - {"report"}:  # what measured results.json, for the report's Reproduce section
+        import shlex
 
-                tiles = [E.upscale(im, 2) for im in imgs[:32]]
-                sheet = Image.new("RGB", (8 * 64, 4 * 64), "white")
-                for i, t in enumerate(tiles):
-                    sheet.paste(t, ((i % 8) * 64, (i // 8) * 64))
-                sheet.save(out / "unsteered_samples.png")
-        results["unsteered"] = rec
-        save()
-    if "prompted" not in results:
-        results["prompted"] = {}
-        for task, targets in (("style", W.STYLES[1:]), ("negation", W.SHAPES)):
-            for t in targets:
-                results["prompted"][f"{task}:{t}"] = E.prompted_reference(pipe, judges, task, t, n=args.n, seed=args.seed)
-        save()
-    for c in configs(args.quick):
-        k = key(c)
-        if k in results["runs"] and [r["strength"] for r in results["runs"][k]["rows"]] == list(c["strengths"]):
-            continue
-        t1 = time.time()
-        tmap = E.fit(pipe, c["task"], c["target"], c["method"], c["layers"], c["procedure"], n=args.n_fit,
-                     seed=args.seed)
-        t_fit = time.time() - t1
-        gen = {"support": c["support"]} if c.get("support") else {}
-        rows, images = E.sweep(pipe, judges, c["task"], c["target"], tmap, c["strengths"], n=args.n, seed=args.seed,
-                               cache=cache, **gen)
-        results["runs"][k] = {**{x: c[x] for x in ("task", "target", "method", "layers", "procedure", "group")},
-                              "support": c.get("support") or "default",
-                              "strengths": list(c["strengths"]), "rows": rows, "fit_seconds": round(t_fit, 1),
-                              "modules": len(next(iter(tmap.values()))) if isinstance(tmap, dict) else len(tmap)}
-        if c["group"] == "main" and c["method"] == "linear":
-            scenes = E.style_eval_scenes(args.n) if c["task"] == "style" else E.negation_eval_scenes(c["target"], args.n)
-            E.grid(images, [W.caption(s) for s in scenes], rows=4).save(out / f"grid_{c['task']}_{c['target']}.png")
-        r0, r1 = rows[0], next(r for r in rows if r["strength"] == 1.0)
-        print(f"[{k}] fit {t_fit:.0f}s ({len(tmap)} modules); presence {r0['presence']:.2f} -> {r1['presence']:.2f}, "
-              f"content {r0['content']:.2f} -> {r1['content']:.2f} ({time.time() - t0:.0f}s)", flush=True)
-        save()
+        given = sys.argv[1:] if argv is None else list(argv)
+        results.setdefault("runs", []).append(" ".join(["python bench/miniworld_experiments.py"]
+                                                       + [shlex.quote(a) for a in given]))
+    judges = Judges.load()
     results["judges_accuracy"] = judges.accuracy
-    save()
-    from act_core.diffusion.miniworld.report import write_report
+    if "quality" in phases:
+        from act_core.diffusion.miniworld import quality as Q
 
-    write_report(results, out)
-    print(f"[done] {time.time() - t0:.0f}s -> {out / 'REPORT.md'}")
+        qn = args.quality_n or Q.N_SCENES
+        qs = tuple(int(s) for s in args.quality_seeds.split(",")) if args.quality_seeds else Q.SEEDS
+        results["quality"] = Q.measure_all(judges, log=log, done=results.get("quality"), n=qn, seeds=qs,
+                                           n_latent=args.quality_latent)
+        save()
+    pipes = {}
+
+    def pipe(regime):
+        if regime not in pipes:
+            pipes[regime] = MW.load(student=4) if regime == "student" else MW.load()
+        return pipes[regime]
+
+    if "screen" in phases:
+        st = S.Study("student", pipe("student"), judges, results, n=24, seeds=(0,), eval_seed=S.VALIDATION_SEED,
+                     store="screen", log=log, save=save)
+        for task, ts in targets.items():
+            for t in ts:
+                st.run_cell(task, t, None, None)
+                for m in S.screen_methods():
+                    st.run(task, t, m)
+        log(f"[screen] done ({time.time() - t0:.0f}s)")
+    screened = {task: S.best_screened(results, task) for task in targets}
+    results["screened"] = screened
+    for regime in ("student", "teacher"):
+        if regime not in phases:
+            continue
+        st = S.Study(regime, pipe(regime), judges, results, n=regime_n[regime], seeds=regime_seeds[regime], log=log,
+                     save=save)
+        for task, ts in targets.items():
+            for t in ts:
+                st.run_cell(task, t, None, None)
+                for m in S.main_methods(task, regime, screened[task]):
+                    if wanted(m):
+                        st.run(task, t, m)
+        log(f"[{regime}] done ({time.time() - t0:.0f}s)")
+        save()
+    if "confirm" in phases:
+        from act_core.diffusion.miniworld import report as R
+
+        for regime in ("student", "teacher"):
+            if not any(c["regime"] == regime for c in results.get("cells", {}).values()):
+                continue
+            st = S.Study(regime, pipe(regime), judges, results, n=regime_n[regime], seeds=regime_seeds[regime],
+                         eval_seed=S.CONFIRM_SEED, store="confirm", log=log, save=save)
+            for task, ts in targets.items():
+                catalogue = {m.name: m for m in S.main_methods(task, regime, screened[task])}
+                for name, value, target in R.confirm_plan(results, regime, task):
+                    if target in ts and name in catalogue:
+                        st.run_cell(task, target, catalogue[name], value)
+                    elif target in ts and name == "unsteered":
+                        st.run_cell(task, target, None, None)
+        log(f"[confirm] done ({time.time() - t0:.0f}s)")
+    if "report" in phases:
+        from act_core.diffusion.miniworld.report import write_report
+
+        write_report(results, out, pipes=pipe, judges=judges, log=log)
+        log(f"[report] {out / 'REPORT.md'} ({time.time() - t0:.0f}s)")
+    save()
     return 0
 
 

@@ -103,10 +103,16 @@ def spec_style_control():
 
 
 def spec_concept_negation():
-    nodes = [(1, CKPT), (2, _pairs("negate: pink_elephant")), (3, _fit()), (4, _apply(1.0))]
-    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 0), 4, "model"), ((3, 0), 4, "transport_map")]
-    _sampling_tail(nodes, links, (4, 0), (1, 1), "a city street at noon, with a pink elephant", 5, prefix="act_negation")
-    return "Concept negation: remove a pink elephant that the prompt asks for", nodes, links
+    """Negation on SDXL base with CFG: the map is fitted on the text encoders' layers and applied to the
+    CLIP. Pooled negation maps on UNet norms (the paper's layers) removed the other object as often as
+    the named one on the miniature; text-encoder maps kept more of it (reports/miniworld/REPORT.md,
+    the negation tables of both regimes)."""
+    nodes = [(1, CKPT), (2, _pairs("negate: pink_elephant")), (3, _fit("text encoder layers")),
+             (4, ("ActApplyToClip", {"strength": 1.0}))]
+    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 1), 4, "clip"),
+             ((3, 0), 4, "transport_map")]
+    _sampling_tail(nodes, links, (1, 0), (4, 0), "a city street at noon, with a pink elephant", 5, prefix="act_negation")
+    return "Concept negation: remove a pink elephant that the prompt asks for (text-encoder map)", nodes, links
 
 
 def spec_fit_then_save():
@@ -174,6 +180,35 @@ def spec_generic_style_control():
     return "Any other model: the generic path (ComfyUI's own layer names)", nodes, links, "generic"
 
 
+def spec_few_step():
+    """A distilled few-step model (SDXL-Lightning 4-step, Turbo, the miniature's student): 4 steps, CFG 1, no
+    negative prompt; steering from a map fitted at the first step (the paper's regime). Layers, method and
+    strength follow reports/miniworld/REPORT.md (the 4-step student's tables)."""
+    nodes = [(1, ("CheckpointLoaderSimple", {"ckpt_name": "sdxl_lightning_4step.safetensors"})),
+             (2, _pairs(FEW_STEP["goal"], FEW_STEP["count"])),
+             (3, ("ActFitTransportMap", {**_fit(FEW_STEP["layers_option"])[1], "method": FEW_STEP["method"],
+                                         "support": FEW_STEP["support"]})),
+             (4, ("ActApplyToClip", {"strength": FEW_STEP["strength"]})),
+             (5, ("CLIPTextEncode", {"text": FEW_STEP["prompt"]})),
+             (6, ("CLIPTextEncode", {"text": ""})),
+             (7, _latent()),
+             (8, ("KSampler", {"seed": 42, "steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                               "denoise": 1.0})),
+             (9, ("VAEDecode", {})),
+             (10, ("SaveImage", {"filename_prefix": "act_few_step"}))]
+    links = [((1, 0), 3, "model"), ((1, 1), 3, "clip"), ((2, 0), 3, "prompt_pairs"), ((1, 1), 4, "clip"),
+             ((3, 0), 4, "transport_map"), ((4, 0), 5, "clip"), ((4, 0), 6, "clip"), ((1, 0), 8, "model"),
+             ((5, 0), 8, "positive"), ((6, 0), 8, "negative"), ((7, 0), 8, "latent_image"), ((8, 0), 9, "samples"),
+             ((1, 2), 9, "vae"), ((9, 0), 10, "images")]
+    return FEW_STEP["title"], nodes, links, "sdxl"
+
+
+#: the few-step template's settings (from reports/miniworld/REPORT.md, 4-step student)
+FEW_STEP = {"title": "Few-step model (Lightning/Turbo), 4 steps, CFG 1: a style from text-encoder maps",
+            "goal": "style: watercolor", "count": 64, "layers_option": "text encoder layers", "method": "Linear-AcT",
+            "support": "method default", "strength": 1.0, "prompt": "a lighthouse on a cliff above the sea"}
+
+
 def spec_masked_style():
     nodes = [(1, CKPT), (2, _pairs("style: watercolor")), (3, _fit()),
              (4, ("SolidMask", {"value": 0.0, "width": 1024, "height": 1024})),
@@ -195,10 +230,17 @@ _GROUPS = ("**1 · Fit** runs each source and target prompt through the model on
            "one transport per layer. **2 · Apply** steers a copy of the model with strength λ (0 = off, 1 = the "
            "full transport). **3 · Sample** is the usual text-to-image graph.")
 NOTES = {
-    "act_style_control": f"{_SDXL_BASE}\n\n{_GROUPS}\n\n**Change first:** the style in *Prompt pairs* and your "
-                         "prompt in the first *CLIP Text Encode*; then λ in *Apply* (try 0.5–1.5).",
-    "act_concept_negation": f"{_SDXL_BASE}\n\n{_GROUPS}\n\n**Change first:** the concept in *Prompt pairs* "
-                            "(negate: …), then λ. The prompt names the concept on purpose: λ = 0 draws it.",
+    "act_style_control": f"{_SDXL_BASE}\n\n{_GROUPS}\n\nUNet norms are the paper's layers and the ones masks "
+                         "and fused mode need. For style alone, maps on the text encoders' layers "
+                         "(*act_text_encoder_style*) did better in the project's measurements "
+                         "(reports/miniworld/REPORT.md, style tables).\n\n**Change first:** the style in *Prompt "
+                         "pairs* and your prompt in the first *CLIP Text Encode*; then λ in *Apply* (try 0.5–1.5).",
+    "act_concept_negation": f"{_SDXL_BASE}\n\n{_GROUPS} The map is fitted on the text encoders' layers and "
+                            "applied to the CLIP: UNet-norm negation maps removed the other objects too in the "
+                            "project's measurements (reports/miniworld/REPORT.md, negation tables), and a negative "
+                            "prompt remains a strong alternative with CFG.\n\n**Change first:** the concept in "
+                            "*Prompt pairs* (negate: …), then λ in *Apply to CLIP*. The prompt names the concept on "
+                            "purpose: λ = 0 draws it.",
     "act_fit_then_save": f"{_SDXL_BASE}\n\n**1 · Fit** a map from 64 prompt pairs and save it to "
                          "`models/act_maps` (*Save map* numbers the files, never overwrites). Run it once; "
                          "then use *Load and apply*.\n\n**Change first:** the goal in *Prompt pairs* and the file "
@@ -217,7 +259,8 @@ NOTES = {
                         "mode `hooks`.",
     "act_text_encoder_style": f"{_SDXL_BASE}\n\n{_GROUPS} Here the map is fitted on the text encoders' layers "
                               "and applied to the CLIP (not the UNet), which moves style the way the prompt "
-                              "would.\n\n**Change first:** the style in *Prompt pairs*, then λ in *Apply to CLIP*.",
+                              "would: the setting that did best for style on SDXL with CFG in the project's "
+                              "measurements (reports/miniworld/REPORT.md, teacher style table).\n\n**Change first:** the style in *Prompt pairs*, then λ in *Apply to CLIP*.",
     "act_sd15_style_control": "**Expects** an SD1.5 checkpoint (or a fine-tune with the same keys; an SD2.x checkpoint "
                               "works the same) in *Load Checkpoint*; KSampler at 25 steps, cfg 7, 512×512.\n\n"
                               f"{_GROUPS}\n\n*paper default* fits every UNet normalisation, as the paper does for "
@@ -251,6 +294,13 @@ NOTES = {
                                  "own module names (the generic path); such a map works on that model type only, "
                                  "and *Map info* says so.\n\n**Change first:** the checkpoint and the sampler "
                                  "settings, the style in *Prompt pairs*; then λ in *Apply*.",
+    "act_few_step": "**Expects** a distilled few-step SDXL (SDXL-Lightning 4-step, SDXL-Turbo, or the project's "
+                    "miniature student) in *Load Checkpoint*; KSampler at 4 steps, cfg 1, euler, scheduler simple, "
+                    "an empty negative prompt (CFG is off). The paper's image results are in this regime.\n\n"
+                    f"{_GROUPS} Here the map is fitted on the text encoders' layers and applied to the CLIP: on the "
+                    "miniature's 4-step student this beat UNet-norm maps for style (reports/miniworld/REPORT.md, "
+                    "student style table).\n\n**Change first:** the style in *Prompt pairs* and your prompt; "
+                    "then λ in *Apply to CLIP* (0.5–1.5).",
 }
 
 SPECS = {
@@ -266,6 +316,7 @@ SPECS = {
     "act_flux_t5_style": spec_flux_t5_style,
     "act_generic_style_control": spec_generic_style_control,
     "act_masked_style": spec_masked_style,
+    "act_few_step": spec_few_step,
 }
 
 

@@ -79,8 +79,13 @@ def _bake_diffusion(args, tmap, lam: float) -> int:
         raise CLIError(f"--out must be a .safetensors single file for a diffusion model, got {out.name!r}")
     if not out.parent.is_dir():
         raise CLIError(f"output folder {str(out.parent)!r} does not exist; create it first")
-    args.kind = "auto"
+    args.kind, args.family = "auto", "auto"
     pipe = _load(args)
+    from ..diffusion.pipeline import family_of
+
+    if family_of(pipe).name not in ("sdxl", "sd15"):
+        raise CLIError(f"bake writes SDXL and SD1.x single-file checkpoints; {args.model!r} is "
+                       f"{family_of(pipe).title}: steer it with the map instead (act-steer generate --map ...)")
     _note_support(tmap)
     try:
         bake(pipe, tmap, lam, support="all")

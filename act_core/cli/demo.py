@@ -87,13 +87,13 @@ def _pooled(runner, inputs, name):
 
 # -- the image demo --------------------------------------------------------------------------------
 
-DEMO_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEMO_STRENGTHS = (0.0, 0.5, 0.75, 1.0, 1.25)
 
 
 def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, unet: Optional[str] = None,
              config: Optional[str] = None, style: str = "poster", concept: str = "circle", n_fit: int = 64,
              n_eval: int = 16, strengths: Sequence[float] = DEMO_STRENGTHS, steps: Optional[int] = None,
-             layers: Optional[str] = None, log=print) -> dict:
+             layers: Optional[str] = None, log=print, regime: Optional[str] = None) -> dict:
     """Fit a style map and a negation map, write grids (+ a measured table on the miniature model).
 
     Returns ``{"style": rows, "negation": rows}`` (rows: dicts per λ; empty for real models) and
@@ -110,7 +110,7 @@ def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, 
     outp.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if model is None:
-        return _mini_demo(outp, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0, layers)
+        return _mini_demo(outp, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0, layers, regime)
     pipe = D.load_sdxl(model, unet=unet, config=config)
     log(f"loaded {model} ({pipe.act_defaults['kind']}) in {time.time() - t0:.0f}s")
     real_style = style if style != "poster" else "watercolor"
@@ -136,17 +136,46 @@ def run_demo(out: str = "act-demo", seed: int = 0, model: Optional[str] = None, 
     return {"style": [], "negation": []}
 
 
-#: layers the demo fits on the miniature model, per task (see reports/miniworld/REPORT.md)
-MINI_LAYERS = {"style": "text_encoder_layers", "negation": "text_encoder_layers"}
+#: what the demo runs on the miniature, per regime and task: a method of the study
+#: (:func:`act_core.diffusion.miniworld.study.main_methods`). Each entry is among the best rows of the
+#: cited table of reports/miniworld/REPORT.md (within the best row's interval): student negation 0.87
+#: against the best 0.89 (presence 0.13, content 0.89 at λ 0.75); student style 0.69 against 0.71
+#: (the prompt: 0.71); teacher negation the best row (0.89); teacher style 0.59 against 0.60 for
+#: the pooled text-encoder map (the prompt: 0.75, better than any map there).
+MINI_DEFAULTS = {
+    ("student", "style"): {"method": "text layers, EOS-token fit, Linear all, EOS-gated",
+                           "cite": "Style: 4-step distilled student"},
+    ("student", "negation"): {"method": "phrase→padding token map, Linear all, phrase-gated",
+                              "cite": "Negation: 4-step distilled student"},
+    ("teacher", "style"): {"method": "text layers, EOS-token fit, Linear all, EOS-gated",
+                           "cite": "Style: 20-step teacher, CFG 4"},
+    ("teacher", "negation"): {"method": "phrase→padding token map, Linear all, phrase-gated",
+                              "cite": "Negation: 20-step teacher, CFG 4"},
+}
 
 
-def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0, layers=None) -> dict:
+def _mini_method(regime: str, task: str, layers: Optional[str]):
+    import dataclasses
+
+    from ..diffusion.miniworld import study as S
+
+    name = MINI_DEFAULTS[(regime, task)]["method"]
+    m = next(x for x in S.main_methods(task, regime) if x.name == name)
+    if layers:  # --layers: the same recipe on other layers
+        m = dataclasses.replace(m, fit=tuple(sorted({**dict(m.fit), "layers": layers}.items())),
+                                name=f"{name} [{layers}]")
+    return m
+
+
+def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps, log, t0, layers=None,
+               regime: Optional[str] = None) -> dict:
     import json
     import time
 
     from ..diffusion import miniworld as MW
     from ..diffusion.images import save_image
     from ..diffusion.miniworld import experiments as E
+    from ..diffusion.miniworld import study as S
     from ..diffusion.miniworld import world as W
     from ..diffusion.miniworld.judges import Judges
 
@@ -154,33 +183,45 @@ def _mini_demo(outp: Path, seed, style, concept, n_fit, n_eval, strengths, steps
         raise ValueError(f"unknown miniworld style {style!r}: choose one of {', '.join(W.STYLES[1:])}")
     if concept not in W.SHAPES:
         raise ValueError(f"unknown miniworld concept {concept!r}: choose one of {', '.join(W.SHAPES)}")
-    pipe = MW.load()
+    regime = regime or ("student" if MW.available(student=4) else "teacher")
+    if regime not in ("student", "teacher"):
+        raise ValueError(f"unknown regime {regime!r}: student (the 4-step distilled model) or teacher (20 steps, CFG 4)")
+    pipe = MW.load(student=4 if regime == "student" else None)
+    if steps:
+        pipe.act_defaults["steps"] = int(steps)
     judges = Judges.load()
-    gen = {"steps": steps} if steps else {}
-    log(f"miniature SDXL loaded from {MW.MODEL} ({time.time() - t0:.1f}s)")
-    results, md = {}, ["# act-steer demo: the miniature SDXL (procedural world)", ""]
+    d = pipe.act_defaults
+    log(f"miniature SDXL ({regime}: {d['steps']} steps, guidance {d['guidance']}) loaded ({time.time() - t0:.1f}s)")
+    study = S.Study(regime, pipe, judges, {}, n=n_eval, seeds=(seed,), n_fit=n_fit, log=lambda m: None)
+    results, md = {"regime": regime}, ["# act-steer demo: the miniature SDXL (procedural world)", "",
+                                       f"Regime: **{regime}** ({d['steps']} Euler steps, guidance {d['guidance']}).", ""]
     for task, target in (("style", style), ("negation", concept)):
-        lay = layers or MINI_LAYERS[task]
-        tmap = E.fit(pipe, task, target, method="linear", layers=lay, n=n_fit, seed=seed,
-                     progress=ProgressBar(f"fit {task} {target}"))
+        method = _mini_method(regime, task, layers)
+        fit_bar = ProgressBar(f"fit {task} {target}")
+        fit_bar(0, 1, f"{method.name}, {n_fit} prompt pairs")
+        tmap = study.tmap(task, target, method)
+        fit_bar(1, 1)
         name = f"{task}_{target}.safetensors"
+        tmap.meta.update(demo_method=method.name, token_gate=method.positions)
         tmap.save(outp / name)
-        bar, rows, images = ProgressBar(f"sweep {task} {target}"), [], {}
+        bar, rows = ProgressBar(f"sweep {task} {target}"), []
         for i, lam in enumerate(strengths):  # one λ at a time, for the progress bar
             bar(i, len(strengths), f"λ={lam:g}: {n_eval} images")
-            r, im = E.sweep(pipe, judges, task, target, tmap, [lam], n=n_eval, seed=seed, **gen)
-            rows += r
-            images.update(im)
+            cell = study.run_cell(task, target, method, float(lam))
+            a = S.cell_arrays(cell)
+            rows.append({"strength": float(lam), **{k: float(v.mean()) for k, v in a.items()}})
         bar(len(strengths), len(strengths))
-        scenes = E.style_eval_scenes(n_eval) if task == "style" else E.negation_eval_scenes(target, n_eval)
+        images = {float(lam): study.images(task, target, method, float(lam), seed, limit=6) for lam in strengths}
+        scenes = study.scenes(task, target)
         img = E.grid(images, [W.caption(s) for s in scenes], rows=6)
         save_image(img, outp / f"{task}_grid.png", {"map": name, "strengths": list(strengths), "seed": seed})
         cols = ["presence", "content"] + (["color_gone"] if task == "negation" else [])
         what = (f"style **{style}** (presence = judged {style}; content = prompted shapes and colours found)"
                 if task == "style" else f"negation of **{concept}** (presence = a {concept} found; "
                 f"content = the other object's shape and colour found)")
-        md += [f"## {what}", "", f"Linear-AcT on {lay}, fitted on {n_fit} prompt pairs; {n_eval} held-out "
-               f"prompts, seed {seed}; grid: `{task}_grid.png`.", "", E.table(rows, cols), ""]
+        md += [f"## {what}", "", f"{method.name}, fitted on {n_fit} prompt pairs; {n_eval} held-out prompts, seed "
+               f"{seed}; grid: `{task}_grid.png`. Why this setting: reports/miniworld/REPORT.md, section "
+               f"\"{MINI_DEFAULTS[(regime, task)]['cite']}\".", "", E.table(rows, cols), ""]
         results[task] = rows
         r0, r1 = rows[0], min(rows, key=lambda r: abs(r["strength"] - 1.0))
         log(f"{task} {target}: presence {r0['presence']:.2f} -> {r1['presence']:.2f} at λ={r1['strength']:g}, "
@@ -207,8 +248,11 @@ def register(sub) -> None:
                    "real models: a shipped style (default watercolor)")
     d.add_argument("--concept", default="circle", help="miniature: circle (default), square, triangle; "
                    "real models: a shipped concept (default pink_elephant)")
-    d.add_argument("--layers", default=None, help="a layer preset or regexes for both maps (default: the miniature's "
-                   "best, text_encoder_layers; real models: unet_norms)")
+    d.add_argument("--layers", default=None, help="a layer preset or regexes for both maps (default: the "
+                   "miniature's measured best per regime, see docs/miniworld.md; real models: unet_norms)")
+    d.add_argument("--regime", default=None, choices=["student", "teacher"],
+                   help="miniature: the 4-step distilled student, no CFG (default; the paper's regime) or the 20-step "
+                        "teacher with CFG 4")
     d.add_argument("--n-eval", type=positive_int, default=16, help="held-out prompts measured per λ (miniature)")
     d.add_argument("--llm", action="store_true", help="run the earlier tiny-Llama demo instead")
     d.set_defaults(handler=_demo)
@@ -223,5 +267,5 @@ def _demo(args) -> int:
     if args.unet and not args.model:
         raise CLIError("--unet needs --model (the SDXL base pipeline the UNet weights go on)")
     run_demo(out=args.out, seed=args.seed, model=args.model, unet=args.unet, config=args.config, style=args.style,
-             concept=args.concept, n_eval=args.n_eval, layers=args.layers)
+             concept=args.concept, n_eval=args.n_eval, layers=args.layers, regime=args.regime)
     return 0

@@ -45,13 +45,23 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=positive_int, default=None, help="image height=width in pixels (default: the model's)")
 
 
-def _fit_args(p: argparse.ArgumentParser) -> None:
+#: The default layers per command on SDXL, from the miniature study (reports/miniworld/REPORT.md). Style: maps on
+#: the text encoders' layers beat the paper's UNet norms in both regimes ("Style: 4-step distilled student"
+#: and "Style: 20-step teacher, CFG 4" tables; earlier/REPORT.md for the teacher's single-seed study).
+#: Negation: no pooled map meets the goal in either regime; text-encoder maps keep more of the other
+#: object than UNet norms ("Negation" tables), so they are the default there too.
+DEFAULT_LAYERS = {"fit-style": "text_encoder_layers", "fit-negation": "text_encoder_layers"}
+
+
+def _fit_args(p: argparse.ArgumentParser, command: str) -> None:
     g = p.add_argument_group("fitting")
     g.add_argument("--out", required=False, help="output map file (.safetensors)")
     g.add_argument("--layers", default=None,
-                   help="a layer preset or comma-separated full-match regexes over canonical names (default: the "
-                        "family's paper setting: unet_norms for SD/SDXL, transformer_paper for FLUX, "
-                        "transformer_blocks for SD3); see --list-presets")
+                   help=f"a layer preset or comma-separated full-match regexes over canonical names; see --list-presets "
+                        f"(default: SDXL {DEFAULT_LAYERS[command]}, the CLIP-L and CLIP-G layers, which steered better "
+                        "than the paper's unet_norms in the project's measurements, reports/miniworld/REPORT.md; other "
+                        "families: their paper setting, unet_norms for SD1.5/SD2, transformer_paper for FLUX, "
+                        "transformer_blocks for SD3)")
     g.add_argument("--method", default="linear", choices=["linear", "mean", "gaussian", "aura"])
     g.add_argument("--procedure", default="simultaneous",
                    choices=["simultaneous", "causal", "causal_chunked", "causal_reference"],
@@ -77,7 +87,7 @@ def register(sub) -> None:
     p.add_argument("--tags", help="your own comma-separated style tags (replace the shipped ones)")
     p.add_argument("--list", action="store_true", help="list the shipped styles and exit")
     _model_args(p)
-    _fit_args(p)
+    _fit_args(p, "fit-style")
     p.set_defaults(handler=_fit_style)
 
     p = sub.add_parser("fit-negation", help="fit a concept-negation map (captions + concept -> plain captions)",
@@ -86,7 +96,7 @@ def register(sub) -> None:
     p.add_argument("--concept", help="a shipped concept (see --list), e.g. pink_elephant")
     p.add_argument("--list", action="store_true", help="list the shipped concepts and exit")
     _model_args(p)
-    _fit_args(p)
+    _fit_args(p, "fit-negation")
     p.set_defaults(handler=_fit_negation)
 
     p = sub.add_parser("generate", help="generate images with a map applied at a strength")
@@ -199,9 +209,14 @@ def _fit_common(args, fit_fn, name_kw: dict) -> int:
     caps = load_prompt_file(args.captions) if args.captions else None
     launch = FitLaunch(args)  # torchrun / accelerate launch: this rank's device, progress and writing on rank 0
     pipe = _load(args)
+    layers = _layers(args.layers)
+    from ..diffusion.pipeline import family_of
+
+    if layers is None and family_of(pipe).name == "sdxl":
+        layers = DEFAULT_LAYERS[args.command]
     collect_bar = ProgressBar("collect")
     tmap = launch.fit(lambda: fit_fn(
-        pipe, n=args.num_prompts, layers=_layers(args.layers), method=args.method,
+        pipe, n=args.num_prompts, layers=layers, method=args.method,
         procedure=args.procedure, seed=args.seed, captions=caps, batch_size=args.batch_size,
         height=args.size, width=args.size, support=args.support, progress=launch.progress(ProgressBar("fit")),
         on_batch=launch.progress(lambda d, t: collect_bar(d, t, "batches")), **launch.options(), **name_kw))
