@@ -34,17 +34,28 @@ def parse_strengths(text: str) -> List[float]:
 
 
 def labelled_grid(images: Sequence[torch.Tensor], labels: Sequence[str], columns: int) -> torch.Tensor:
-    """Tile ``(H, W, 3)`` images in rows of ``columns`` with a text strip above each; ``(1, H', W', 3)``."""
-    from PIL import Image, ImageDraw
+    """Tile ``(H, W, 3)`` images in rows of ``columns`` with a text strip above each; ``(1, H', W', 3)``.
+
+    The text is sized to the strip (a scalable font where Pillow has one) and kept ASCII: Pillow's
+    bundled fonts have no Greek, so a "λ" would be drawn as an empty box."""
+    from PIL import Image, ImageDraw, ImageFont
 
     h, w = images[0].shape[:2]
     strip = max(12, min(32, h // 8))
+    try:
+        font = ImageFont.load_default(size=strip - 4)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
     tiles = []
     for img, label in zip(images, labels):
         canvas = Image.new("RGB", (w, h + strip), (255, 255, 255))
         arr = (img.clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
         canvas.paste(Image.fromarray(arr), (0, strip))
-        ImageDraw.Draw(canvas).text((2, 1), label, fill=(0, 0, 0))
+        text = label.replace("λ", "lambda ").encode("ascii", "replace").decode()
+        draw = ImageDraw.Draw(canvas)
+        if draw.textlength(text, font=font) > w - 4:  # small images: the value alone ("lambda=1.5" -> "1.5")
+            text = text.split("=", 1)[-1]
+        draw.text((2, 1), text, fill=(0, 0, 0), font=font)
         tiles.append(torch.from_numpy(np.asarray(canvas).astype(np.float32) / 255.0))
     columns = max(1, min(columns, len(tiles)))
     rows = (len(tiles) + columns - 1) // columns
@@ -118,7 +129,7 @@ class StrengthSweep(io.ComfyNode):
             bar.update_absolute(i + 1, len(values))
         batch = torch.cat(images, 0)
         per = images[0].shape[0]
-        labels = [f"λ={lam:g}" + (f" #{k}" if per > 1 else "") for lam in values for k in range(per)]
+        labels = [f"lambda={lam:g}" + (f" #{k}" if per > 1 else "") for lam in values for k in range(per)]
         grid = labelled_grid(list(batch), labels, columns * per)
         return io.NodeOutput(grid, batch, ui=ui.PreviewImage(grid, cls=cls))
 

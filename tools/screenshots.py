@@ -1,8 +1,17 @@
 #!/usr/bin/env python3
-"""Regenerate the pictures of the templates in the docs, in the real ComfyUI frontend.
+"""Regenerate the ComfyUI pictures in the docs, in the real ComfyUI and its frontend.
 
-    python tools/screenshots.py            # every template -> docs/images/template_<name>.jpg
+    python tools/screenshots.py                # the docs' pictures: the quick start's three templates
+                                               # -> docs/images/template_<name>.jpg, and the Strength
+                                               # sweep's output -> docs/images/comfyui_sweep_output.png
+    python tools/screenshots.py NAME ...       # those templates -> docs/images/template_<name>.jpg
+    python tools/screenshots.py --all          # every template -> docs/images/template_<name>.jpg
     python tools/screenshots.py --thumbnails   # every template -> workflows/<name>.jpg (template browser)
+
+The sweep's output is a real run of workflows/act_strength_sweep.json in the test ComfyUI on the
+miniature SDXL's 4-step student (a single-file checkpoint written from the package's weights, loaded
+through the test-only pack tests/comfy/act_miniworld_sdxl), with the miniature's own prompt pairs and
+its sampler settings (4 steps, cfg 1, 128x128); about a minute on 2 CPU cores.
 
 Starts the test ComfyUI (tools/comfyui_setup.py, CPU, loopback) with this pack installed, opens its
 frontend in headless Chromium (Debian's package; tools/bootstrap.sh installs it with
@@ -109,13 +118,76 @@ def capture(names, out: Path = OUT, width: int = 1600, height: int = 900, qualit
     return written
 
 
+#: the templates the docs' quick start shows, in its order: fit and save, load and apply, fit and apply
+QUICK_START = ["act_fit_then_save", "act_load_and_apply", "act_style_control"]
+SWEEP_CKPT = "miniworld_student_4step.safetensors"
+
+
+def sweep_output(out: Path = OUT / "comfyui_sweep_output.png", style: str = "poster") -> Path:
+    """Run the Strength sweep template on the miniature's 4-step student and save its grid (enlarged) as a PNG."""
+    import shutil
+    from io import BytesIO
+
+    from PIL import Image
+
+    cdp, harness, setup = _browser_session()
+    import ui2api
+
+    sys.path.insert(0, str(ROOT))
+    from act_core.diffusion import miniworld as MW
+    from act_core.diffusion.miniworld import experiments as E
+    from act_core.files import atomic_write_bytes
+
+    src, tgt = E.style_pairs(style, 32)
+    caption = "a large blue circle and a small red triangle on a plain background"
+    with tempfile.TemporaryDirectory() as base:
+        base = Path(base)
+        harness.install_pack(base / "custom_nodes")
+        shutil.copytree(ROOT / "tests" / "comfy" / "act_miniworld_sdxl", base / "custom_nodes" / "act_miniworld_sdxl",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        (base / "models" / "checkpoints").mkdir(parents=True)
+        MW.single_file(base / "models" / "checkpoints" / SWEEP_CKPT, student=4)
+        server = harness.ComfyServer(setup.comfyui_dir(), base).start()
+        try:
+            info = server.get("/object_info")
+            ui = json.loads((ROOT / "workflows" / "act_strength_sweep.json").read_text())
+            prompt = ui2api.convert(ui, info, overrides={
+                "ckpt_name": SWEEP_CKPT, "width": 128, "height": 128, "steps": 4, "cfg": 1.0, "scheduler": "simple",
+                "goal": "(my own source/target lists)", "source_prompts": "\n".join(src),
+                "target_prompts": "\n".join(tgt), "strengths": "0, 0.5, 1, 1.5, 2", "columns": 5})
+            for node in prompt.values():  # the positive prompt: a caption of the miniature's world
+                if node["class_type"] == "CLIPTextEncode" and node["inputs"].get("text", "").startswith("a portrait"):
+                    node["inputs"]["text"] = caption
+                elif node["class_type"] == "CLIPTextEncode":
+                    node["inputs"]["text"] = ""
+            entry = server.run(prompt, timeout=600)
+            imgs = [i for o in entry["outputs"].values() for i in o.get("images", [])]
+            img = imgs[0]
+            grid = Image.open(base / img["type"] / img.get("subfolder", "") / img["filename"]).convert("RGB")
+        finally:
+            server.stop()
+    k = max(1, 720 // grid.width)  # the miniature draws 32x32 images: enlarge, pixel for pixel
+    grid = grid.resize((grid.width * k, grid.height * k), Image.NEAREST)
+    buf = BytesIO()
+    grid.save(buf, format="PNG", optimize=True)
+    atomic_write_bytes(out, buf.getvalue())
+    print(f"{out.relative_to(ROOT)}: {out.stat().st_size // 1024} KB, {grid.width}x{grid.height}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help="template names (default: every workflows/*.json)")
     ap.add_argument("--thumbnails", action="store_true",
                     help="write the template browser's thumbnails instead: workflows/<name>.jpg, 640x640")
+    ap.add_argument("--all", action="store_true", help="every template -> docs/images/template_<name>.jpg")
     args = ap.parse_args(argv)
-    names = args.names or sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    every = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    if not (args.names or args.all or args.thumbnails):
+        capture(QUICK_START)
+        sweep_output()
+        return 0
+    names = args.names or every
     if args.thumbnails:  # the frontend shows a pack's template <name>.json with the <name>.jpg next to it
         capture(names, out=ROOT / "workflows", width=640, height=640, quality=80, filename="{name}.jpg",
                 hide_controls=True)

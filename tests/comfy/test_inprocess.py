@@ -345,3 +345,22 @@ def test_sweep_at_zero_equals_ksampler_with_an_inpaint_mask_and_batch_index(mods
                                                      "normal", 1).result
     assert torch.equal(images, plain)
 
+
+
+def test_sweep_labels_are_readable_text_at_every_size(mods):
+    """Pillow's bundled fonts have no Greek: a "λ" would be drawn as an empty box. Labels are ASCII,
+    sized to the strip, and shortened to the value where the image is too narrow for the word."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    for size in (32, 512):
+        grid = mods.sweep.labelled_grid([torch.ones(size, size, 3)] * 2, ["lambda=0", "lambda=1.5"], 2)[0]
+        strip = max(12, min(32, size // 8))
+        assert grid.shape == (size + strip, 2 * size, 3)
+        ink = (grid[:strip].numpy() < 0.5).all(-1)
+        assert ink[:, :size].any() and ink[:, size:].any()  # each tile carries its label
+        want = "lambda=1.5" if size == 512 else "1.5"
+        ref = Image.new("RGB", (size, strip), "white")
+        ImageDraw.Draw(ref).text((2, 1), want, fill=(0, 0, 0), font=ImageFont.load_default(size=strip - 4))
+        assert np.array_equal(ink[:, size:], (np.asarray(ref) < 128).all(-1))
