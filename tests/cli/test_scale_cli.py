@@ -1,6 +1,5 @@
 """Large fits from the command line: `act-steer lm-fit` under torchrun (2 gloo processes), with a cache."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from act_core.cli import main
 from act_core.mapfile import TransportMap
 from act_core.llm.adapter import save_lm
 from lm_helpers import FRIENDLY, HOSTILE, make_model
+from process_helpers import child_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ def test_lm_fit_under_torchrun_writes_the_single_process_map_once(tiny, tmp_path
     assert main(fit_args(tiny, alone, "--procedure", "causal_chunked")) == 0
     capsys.readouterr()
     out = tmp_path / "two.safetensors"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     env.pop("WORLD_SIZE", None)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "-m", "act_core.cli", *fit_args(tiny, out, "--procedure", "causal_chunked", "--cache",

@@ -9,7 +9,6 @@ maps agree to float rounding (atol 1e-5).
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +22,13 @@ from act_core.distributed import Local, Ranks, launched
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from tiny_stack import PATTERN, StackRunner, TinyStack, data  # noqa: E402
+from process_helpers import child_env  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
     env.pop("WORLD_SIZE", None)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(HERE / "dist_worker.py"), str(out)], env=env, capture_output=True, text=True, timeout=300)
@@ -39,7 +39,7 @@ def job(tmp_path_factory):
 def test_accelerate_launch_runs_the_same_fit(tmp_path):
     """``accelerate launch --multi_gpu`` starts the ranks through torch.distributed's launcher (on a
     machine without GPUs the ranks use gloo); the map is the single-process map."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(HERE.parents[1]))
     env.pop("WORLD_SIZE", None)
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

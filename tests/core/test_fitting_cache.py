@@ -1,6 +1,5 @@
 """Resumable fits: an activation cache of safetensors shards, keyed by model, prompts, layers, settings."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from act_core.cache import ActivationCache, CacheError, model_fingerprint
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from tiny_stack import PATTERN, StackRunner, TinyStack, data  # noqa: E402
+from process_helpers import child_env  # noqa: E402
 
 
 def dies_at(k):
@@ -74,7 +74,7 @@ def test_a_hard_kill_leaves_only_whole_shards_and_the_fit_resumes(tmp_path):
         source, target = data()
         fit_map(StackRunner(TinyStack(), on_batch=on_batch), source, target, PATTERN, cache={str(tmp_path)!r})
     """)
-    r = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    r = subprocess.run([sys.executable, "-c", script], env=child_env(OMP_NUM_THREADS="1"), timeout=120)
     assert r.returncode == -signal.SIGKILL
     assert len(shards(tmp_path)) == 7
     source, target = data()
