@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from .fold import effective_support
-from .hookguard import ForwardOverride, GuardedHooks, exit_hooks, remove_hooks
+from .hookguard import ForwardOverride, GuardedHooks, GuardedOwner
 from .mapfile import TransportMap, find_module
-from .transport import _closed_band, _subnormal, _wide, check_strength, normalize_support, ordinary_tensors
+from .transport import _closed_band, _subnormal, _wide, normalize_support, ordinary_tensors
 from .trees import module_tree
 
 DEFAULT_BACKEND = "inductor"
@@ -191,7 +191,7 @@ def _norm_kind(module: torch.nn.Module) -> Optional[str]:
     return None
 
 
-class CompiledSteerHandle:
+class CompiledSteerHandle(GuardedOwner):
     """Steering through compiled forwards (see the module docstring); the interface of
     :class:`act_core.hooks.SteerHandle`: ``attach()``, ``remove()``, ``set_strength()``,
     a context manager. Created by ``steer(..., compile=...)`` / ``attach(..., compile=...)``.
@@ -232,22 +232,7 @@ class CompiledSteerHandle:
         self._guard = GuardedHooks(self, "steered")
 
     def set_strength(self, strength: Union[float, Mapping[str, float], None]) -> None:
-        default = self.tmap.default_strength
-        if strength is None:
-            s = {n: default for n in self.tmap.maps}
-        elif isinstance(strength, Mapping):
-            unknown = [n for n in strength if n not in self.tmap.maps]
-            if unknown:
-                raise ValueError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
-            s = {n: strength.get(n, default) for n in self.tmap.maps}
-        else:
-            s = {n: strength for n in self.tmap.maps}
-        for n, v in s.items():  # a finite number within ±STRENGTH_LIMIT, as the eager hooks
-            try:
-                s[n] = float(check_strength(v))
-            except ValueError as e:
-                raise ValueError(f"{e} (module {n!r})") from None
-        self.strengths = s
+        self.strengths = self.tmap.module_strengths(strength)
 
     def _forward(self, name: str, module: torch.nn.Module):
         params, backend = self.params[name], self.backend
@@ -302,23 +287,6 @@ class CompiledSteerHandle:
         self._guard.attach(pairs, self.model, ForwardOverride)
         return self
 
-    #: remove every replaced forward (finishes even when interrupted; a Ctrl-C meanwhile is delivered after)
-    remove = remove_hooks
-    __exit__ = exit_hooks
-
-    @property
-    def attached(self) -> bool:
-        return self._guard.attached
-
-    def __enter__(self) -> "CompiledSteerHandle":
-        if self._guard.attached:
-            return self
-        try:  # an interrupt after attaching, before __enter__ returns (no __exit__ then), removes again
-            self.attach()
-            return self
-        except BaseException:
-            self.remove()
-            raise
 
 
 __all__ = ["CompiledSteerHandle", "compiled", "DEFAULT_BACKEND"]

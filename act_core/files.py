@@ -62,17 +62,22 @@ def atomic_write_bytes(path: Path, data: Data) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0),
                  0o600)
     try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in _chunks(data):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_all(fd, data)
         os.chmod(tmp, _target_mode(path))
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
     _fsync_folder(folder)
+
+
+def _write_all(fd: int, data: Data) -> None:
+    """Write ``data`` to the open file descriptor ``fd``, flush and fsync it, and close it."""
+    with os.fdopen(fd, "wb") as f:
+        for chunk in _chunks(data):
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _unlink_quietly(p, dir_fd: Optional[int] = None) -> None:
@@ -222,11 +227,7 @@ def _write_new_at(folder, subfolders: Sequence[str], label: str, choose_name, da
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666,
                      dir_fd=dfd)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in _chunks(data):
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+            _write_all(fd, data)
             for _ in range(attempts):
                 name = choose_name([e.name for e in os.scandir(dfd)])
                 try:  # link() never follows or replaces an existing name, link or not
@@ -272,11 +273,7 @@ def _write_new_by_path(folder, subfolders: Sequence[str], label: str, choose_nam
     tmp = os.path.join(where, temp_name(label))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in _chunks(data):
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_all(fd, data)
         for _ in range(attempts):
             name = choose_name(os.listdir(where))
             target = os.path.join(where, name)

@@ -374,6 +374,32 @@ def exit_hooks(owner, *exc) -> None:
         _deliver()
 
 
+class GuardedOwner:
+    """What every act_core hook owner (anything with a ``_guard`` and an ``attach()``) shares:
+    ``remove()``, ``with`` support and ``attached``. ``__enter__`` attaches unless attached already;
+    an interrupt after attaching, before ``__enter__`` returns (no ``__exit__`` then), removes again."""
+
+    _guard: "GuardedHooks"
+
+    #: remove every hook (finishes even when interrupted; a Ctrl-C meanwhile is delivered after)
+    remove = remove_hooks
+    __exit__ = exit_hooks
+
+    @property
+    def attached(self) -> bool:
+        return self._guard.attached
+
+    def __enter__(self):
+        if self._guard.attached:
+            return self
+        try:
+            self.attach()
+            return self
+        except BaseException:
+            self.remove()
+            raise
+
+
 _PROTECTED = {remove_hooks.__code__, exit_hooks.__code__}
 
 

@@ -23,10 +23,10 @@ import torch
 from .fold import effective_support
 from .fused_norms import FusedNorm, fusible
 from .hookguard import ForwardOverride as _ForwardOverride
-from .hookguard import GuardedHooks, exit_hooks, mark, remove_hooks
+from .hookguard import GuardedHooks, GuardedOwner, mark
 from .mapfile import Index, MapFileError, TransportMap, find_module, output_problem, tree_index
 from .pooling import POOLINGS, pool
-from .transport import check_strength, normalize_support
+from .transport import normalize_support
 from .trees import module_tree
 
 
@@ -93,7 +93,7 @@ def count_hooks(model: torch.nn.Module) -> int:
                + int(getattr(m.__dict__.get("forward"), "_act_fused", False)) for m in model.modules())
 
 
-class _HookSet:
+class _HookSet(GuardedOwner):
     """Forward hooks registered together and removed together: all or nothing under any
     exception, one thread per model, no hook in copies (:class:`act_core.hookguard.GuardedHooks`)."""
 
@@ -110,14 +110,6 @@ class _HookSet:
         if self._guard.handles:
             raise RuntimeError(f"{type(self).__name__} is already attached")
         self._guard.attach(pairs, root, _ForwardOverride)
-
-    #: remove every hook (finishes even when interrupted; a Ctrl-C meanwhile is delivered after)
-    remove = remove_hooks
-    __exit__ = exit_hooks
-
-    @property
-    def attached(self) -> bool:
-        return self._guard.attached
 
 
 # -- collection --------------------------------------------------------------------------------
@@ -283,22 +275,7 @@ class SteerHandle(_HookSet):
         self.tmap.check_model(self.model, name_map=name_map)  # before anything is attached
 
     def set_strength(self, strength: Union[float, Mapping[str, float], None]) -> None:
-        default = self.tmap.default_strength
-        if strength is None:
-            strengths = {n: default for n in self.tmap.maps}
-        elif isinstance(strength, Mapping):
-            unknown = [n for n in strength if n not in self.tmap.maps]
-            if unknown:
-                raise ValueError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
-            strengths = {n: strength.get(n, default) for n in self.tmap.maps}
-        else:
-            strengths = {n: strength for n in self.tmap.maps}
-        for n, v in strengths.items():  # a finite number within ±STRENGTH_LIMIT (act_core.transport)
-            try:
-                strengths[n] = check_strength(v)
-            except ValueError as e:
-                raise ValueError(f"{e} (module {n!r})") from None
-        self.strengths = strengths
+        self.strengths = self.tmap.module_strengths(strength)
 
     def _index(self, name: str) -> Index:
         local = self.name_map(name) if self.name_map else name
@@ -398,16 +375,6 @@ class SteerHandle(_HookSet):
 
         forward._act_on = on
         return types.MethodType(forward, module)  # bound, so copy.deepcopy rebinds it to the copy
-
-    def __enter__(self) -> "SteerHandle":
-        if self._guard.attached:
-            return self
-        try:  # an interrupt after attaching, before __enter__ returns (no __exit__ then), removes again
-            self.attach()
-            return self
-        except BaseException:
-            self.remove()
-            raise
 
 
 def _handle(model, tmap, strength, compile, kwargs):

@@ -19,7 +19,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -29,7 +29,7 @@ from .mapfile_reader import MapParts, read_map_bytes, read_map_file
 from .mapformat import (FORMAT, FORMAT_VERSION, MAX_FILE_BYTES, MAX_HEADER_BYTES, MapFileError, MapWriteError,
                         canonical_header, check_module_name, check_values, data_bytes, metadata_text, no_gc,
                         read_metadata)
-from .transport import BAND_NAMES, FLAG_CONSTANT_SOURCE, LAYOUTS, UnitTransport, normalize_support
+from .transport import BAND_NAMES, FLAG_CONSTANT_SOURCE, LAYOUTS, UnitTransport, check_strength, normalize_support
 
 #: which part of a module output a hook reads: None (the tensor, or item 0 of a tuple), item k
 #: of a tuple, or a tuple of items joined along dim 1 (one token sequence; only in memory, fixed
@@ -94,6 +94,27 @@ class TransportMap:
     @property
     def default_strength(self) -> float:
         return float(self.meta.get("default_strength", 1.0))
+
+    def module_strengths(self, strength: Union[float, Mapping[str, float], None] = None) -> Dict[str, float]:
+        """``{module: λ}`` for every module of the map: ``None`` -> the map's default strength, a number
+        -> that λ everywhere, a mapping -> per-module λ (the default elsewhere; a name not in the map is
+        a ValueError). Every λ must be finite and within ±STRENGTH_LIMIT (:func:`check_strength`)."""
+        default = self.default_strength
+        if strength is None:
+            strengths = {n: default for n in self.maps}
+        elif isinstance(strength, Mapping):
+            unknown = [n for n in strength if n not in self.maps]
+            if unknown:
+                raise ValueError(f"per-module strengths name modules that are not in the map: {unknown[:5]}")
+            strengths = {n: strength.get(n, default) for n in self.maps}
+        else:
+            strengths = {n: strength for n in self.maps}
+        for n, v in strengths.items():
+            try:
+                strengths[n] = check_strength(v)
+            except ValueError as e:
+                raise ValueError(f"{e} (module {n!r})") from None
+        return strengths
 
     @property
     def default_support(self) -> Optional[str]:

@@ -83,9 +83,10 @@ def _bake_diffusion(args, tmap, lam: float) -> int:
     pipe = _load(args)
     from ..diffusion.pipeline import family_of
 
-    if family_of(pipe).name not in ("sdxl", "sd15"):
+    family = family_of(pipe)
+    if family.name not in ("sdxl", "sd15"):
         raise CLIError(f"bake writes SDXL and SD1.x single-file checkpoints; {args.model!r} is "
-                       f"{family_of(pipe).title}: steer it with the map instead (act-steer generate --map ...)")
+                       f"{family.title}: steer it with the map instead (act-steer generate --map ...)")
     _note_support(tmap)
     try:
         bake(pipe, tmap, lam, support="all")
